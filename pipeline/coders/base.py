@@ -1,0 +1,48 @@
+"""What every sparse coder is: encode, decode, a loss of named parts, an analytic FLOP count, safetensors I/O."""
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHTS = "coder.safetensors"
+CONFIG = "config.json"
+
+
+class Coder(nn.Module):
+    """A sparse dictionary over `d_in`-dimensional inputs with `n_features` latents."""
+
+    kind = ""
+
+    def __init__(self, d_in: int, n_features: int, **hparams):
+        super().__init__()
+        self.d_in, self.n_features, self.hparams = d_in, n_features, hparams
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """({"loss": total, and each named part}, feature activations); `sparsity_scale` ramps the penalty in."""
+        raise NotImplementedError
+
+    @classmethod
+    def training_flops(cls, d_in: int, n_features: int) -> float:
+        """Training FLOPs per input row: forward plus backward (twice the forward), matrix products only."""
+        raise NotImplementedError
+
+    def flops_per_token(self) -> float:
+        return self.training_flops(self.d_in, self.n_features)
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "d_in": self.d_in, "n_features": self.n_features, **self.hparams}
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, folder / WEIGHTS)
+        (folder / CONFIG).write_text(json.dumps(self.config(), indent=1))

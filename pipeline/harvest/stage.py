@@ -1,0 +1,104 @@
+"""The harvest stage: tokenize into the store, then fill every incomplete shard with activations."""
+
+import math
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.data.contexts import build_contexts
+from pipeline.data.corpus import documents
+from pipeline.models.hooks import parse_hook
+from pipeline.models.loading import ModelInfo, describe, load_tokenizer
+from pipeline.store import codecs
+from pipeline.store.activation_store import ActivationStore
+from pipeline.store.schema import base_attrs, check_reusable
+from pipeline.errors import ConfigError
+
+
+def store_path(cfg: PipelineConfig) -> Path:
+    return Path(cfg.out_dir) / "store.zarr"
+
+
+def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
+    """The attributes a store made by this configuration has; also what validation checks."""
+    h, d, s = cfg.harvest, cfg.data, cfg.store
+    if h.n_tokens <= 0:
+        raise ConfigError(f"harvest.n_tokens: expected a positive number of tokens, got {h.n_tokens}")
+    if d.context_len < 2 + int(h.drop_bos):
+        raise ConfigError(f"data.context_len: expected at least {2 + int(h.drop_bos)}, got {d.context_len}")
+    if h.contexts_per_shard <= 0 or h.batch_contexts <= 0 or h.n_workers <= 0:
+        raise ConfigError("harvest: contexts_per_shard, batch_contexts and n_workers must be positive")
+    codecs.check(s.dtype, s.codec)
+    for hook in h.hooks:
+        parse_hook(hook, info.n_layers)
+    if len(set(h.hooks)) != len(h.hooks) or not h.hooks:
+        raise ConfigError(f"harvest.hooks: expected distinct hook names, got {list(h.hooks)}")
+    rows_per_context = d.context_len - int(h.drop_bos)
+    n_shards = math.ceil(h.n_tokens / (rows_per_context * h.contexts_per_shard))
+    layout = {
+        "n_contexts": n_shards * h.contexts_per_shard,
+        "context_len": d.context_len,
+        "rows_per_context": rows_per_context,
+        "contexts_per_shard": h.contexts_per_shard,
+        "drop_bos": h.drop_bos,
+    }
+    model = {
+        "name": info.name,
+        "revision": info.revision,
+        "dtype": info.dtype,
+        "n_layers": info.n_layers,
+        "d_model": info.d_model,
+        "has_lm_head": info.has_lm_head,
+    }
+    dataset = {
+        "source": d.source,
+        "name": d.name,
+        "subset": d.subset,
+        "split": d.split,
+        "seed": d.seed,
+        "context_len": d.context_len,
+        "paths": list(d.paths),
+    }
+    codec = {"dtype": s.dtype, "codec": s.codec, "contexts_per_chunk": s.contexts_per_chunk}
+    return base_attrs(model, dataset, list(h.hooks), layout, codec)
+
+
+def validate(cfg: PipelineConfig) -> dict:
+    """Checks everything the harvest needs before any work; returns the planned attributes."""
+    attrs = planned_attrs(cfg, describe(cfg.model))
+    path = store_path(cfg)
+    if (path / "zarr.json").exists():
+        check_reusable(_existing_attrs(path), attrs, str(path))
+    return attrs
+
+
+def _existing_attrs(path: Path) -> dict:
+    import zarr
+
+    return dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+def run_harvest(cfg: PipelineConfig) -> ActivationStore:
+    attrs = validate(cfg)
+    path = store_path(cfg)
+    if (path / "zarr.json").exists():
+        store = ActivationStore(path)
+        if store.complete:
+            print(f"harvest: {path} is complete ({store.layout.n_rows:,} rows per hook); nothing to do", flush=True)
+            return store
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = ActivationStore.create(path, attrs, attrs["model"]["d_model"])
+    if not store.tokens_complete():
+        label = f"{cfg.data.source}:{cfg.data.name}/{cfg.data.split}"
+        tokenizer = load_tokenizer(cfg.model)
+        store.write_tokens(build_contexts(tokenizer, documents(cfg.data), store.layout.n_contexts, cfg.data.context_len, label))
+    pending = store.incomplete_shards()
+    if pending:
+        from pipeline.cluster import connect
+        from pipeline.harvest.coordinator import run_actors
+
+        connect(cfg.ray)
+        print(f"harvest: {len(pending)} of {store.layout.n_shards} shards to write into {path}", flush=True)
+        run_actors(str(path), pending, cfg, attrs["model"]["n_layers"], store.layout.rows_per_shard)
+    store.finalize()
+    return store

@@ -1,0 +1,72 @@
+"""Each subcommand as a function of the configuration: validate everything first, then do the work."""
+
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import ConfigError
+from pipeline.harvest import stage as harvest_stage
+from pipeline.sweep import stage as sweep_stage
+
+
+def harvest(cfg: PipelineConfig) -> None:
+    harvest_stage.run_harvest(cfg)
+
+
+def train(cfg: PipelineConfig) -> None:
+    from pipeline.models.loading import pick_device
+    from pipeline.store.activation_store import open_store
+    from pipeline.store.schema import check_trainable
+    from pipeline.train.data import ActivationData
+    from pipeline.train.trainer import train_run
+
+    store = open_store(Path(cfg.out_dir) / "store.zarr")
+    hook = cfg.train.hook or store.hooks[0]
+    check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
+    run_id = f"{cfg.coder.kind}_N{cfg.coder.n_features}_lr{cfg.train.lr:g}_s{cfg.train.seed}"
+    run_dir = Path(cfg.out_dir) / "train" / run_id
+    data = ActivationData(store, hook, cfg.train, pick_device(cfg.train.device))
+    metrics = train_run(cfg.coder, cfg.train, data, run_dir, cfg.tracking, run_id, group="train")
+    print(
+        f"train {run_id}: loss {metrics['loss']:.4g}, fvu {metrics['fvu']:.3f}, l0 {metrics['l0']:.1f}, "
+        f"dead {metrics['dead_fraction']:.1%}; weights and metrics.json in {run_dir}"
+    )
+
+
+def sweep(cfg: PipelineConfig) -> None:
+    sweep_stage.run_sweep(cfg)
+
+
+def fit_paths(cfg: PipelineConfig) -> list[Path]:
+    return [Path(p) for p in cfg.fit.results] or [Path(cfg.out_dir) / "sweep" / "results.parquet"]
+
+
+def fit(cfg: PipelineConfig) -> dict:
+    from pipeline.fit.stage import read_results, run_fit, summary_table
+
+    table = read_results(fit_paths(cfg))
+    out = Path(cfg.out_dir) / "fit"
+    result = run_fit(table, out, cfg.fit)
+    print(summary_table(result))
+    print(f"fit: report in {out / 'report.md'}, numbers in {out / 'fit.json'}")
+    return result
+
+
+def run(cfg: PipelineConfig) -> None:
+    """All stages in order; the sweep is planned against the store the harvest will write, before any work."""
+    if cfg.fit.results:
+        raise ConfigError("fit.results: `pipeline run` fits its own sweep; use `pipeline fit` for other tables")
+    attrs = harvest_stage.validate(cfg)
+    sweep_stage.validate(cfg, attrs)
+    harvest(cfg)
+    if cfg.dry_run:
+        sweep(cfg)
+        return
+    sweep(cfg)
+    fit(cfg)
+
+
+STAGES = {"harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run": run}
+
+
+def run_stage(name: str, cfg: PipelineConfig) -> None:
+    STAGES[name](cfg)

@@ -1,0 +1,216 @@
+"""The activation store: a Zarr v3 group of `tokens` and `acts/<hook>` with per-shard completion records.
+
+A shard is `contexts_per_shard` consecutive contexts: one Zarr shard of `tokens` and of every
+`acts/<hook>` array. Each shard has exactly one writer, is written whole, and counts as complete
+only once its record in `completion/` exists; the record is written after the data, atomically.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.store import codecs
+from pipeline.store.schema import check_schema
+
+RECORDS = "completion"
+
+
+@dataclass(frozen=True)
+class Layout:
+    n_contexts: int
+    context_len: int
+    rows_per_context: int  # context_len, less one when the BOS position is dropped
+    contexts_per_shard: int
+
+    @property
+    def n_shards(self) -> int:
+        return self.n_contexts // self.contexts_per_shard
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_contexts * self.rows_per_context
+
+    @property
+    def rows_per_shard(self) -> int:
+        return self.contexts_per_shard * self.rows_per_context
+
+    def contexts(self, shard: int) -> tuple[int, int]:
+        return shard * self.contexts_per_shard, (shard + 1) * self.contexts_per_shard
+
+    def rows(self, shard: int) -> tuple[int, int]:
+        return shard * self.rows_per_shard, (shard + 1) * self.rows_per_shard
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def checksum(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+class ActivationStore:
+    def __init__(self, path: Path):
+        import zarr
+
+        self.path = Path(path)
+        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        self.attrs = dict(self.group.attrs)
+        check_schema(self.attrs, str(self.path))
+        layout = self.attrs["layout"]
+        self.layout = Layout(
+            layout["n_contexts"], layout["context_len"], layout["rows_per_context"], layout["contexts_per_shard"]
+        )
+        self.dtype = self.attrs["codec"]["dtype"]
+        self.hooks: list[str] = self.attrs["hooks"]
+
+    @classmethod
+    def create(cls, path: Path, attrs: dict, d_model: int) -> "ActivationStore":
+        """Sizes every array once; the harvest then only fills shards."""
+        import zarr
+
+        layout, codec = attrs["layout"], attrs["codec"]
+        cps, rpc = layout["contexts_per_shard"], layout["rows_per_context"]
+        chunk_contexts = min(codec["contexts_per_chunk"], cps)
+        if cps % chunk_contexts:
+            raise ConfigError(
+                f"store.contexts_per_chunk: {chunk_contexts} must divide harvest.contexts_per_shard ({cps})"
+            )
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group.create_array(
+            "tokens",
+            shape=(layout["n_contexts"], layout["context_len"]),
+            chunks=(cps, layout["context_len"]),
+            dtype="int32",
+            fill_value=0,
+        )
+        disk_dtype = codecs.DTYPES[codec["dtype"]][0]
+        for hook in attrs["hooks"]:
+            group.create_array(
+                f"acts/{hook}",
+                shape=(layout["n_contexts"] * rpc, d_model),
+                chunks=(chunk_contexts * rpc, d_model),
+                shards=(cps * rpc, d_model),
+                dtype=disk_dtype,
+                compressors=codecs.compressors(codec["codec"]),
+                fill_value=0,
+                attributes={"logical_dtype": codec["dtype"]},
+            )
+        group.attrs.update(attrs)
+        (Path(path) / RECORDS).mkdir(exist_ok=True)
+        return cls(path)
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def tokens_complete(self) -> bool:
+        return (self.path / RECORDS / "tokens.json").exists()
+
+    def write_tokens(self, tokens: np.ndarray) -> None:
+        self.group["tokens"][:] = tokens
+        written = self.group["tokens"][:]
+        if not np.array_equal(written, tokens):
+            raise OSError(f"{self.path}/tokens: read-back differs from what was written")
+        record = {"rows": [0, len(tokens)], "checksums": {"tokens": checksum(written)}, **_stamp()}
+        write_json_atomic(self.path / RECORDS / "tokens.json", record)
+
+    def read_tokens(self, start: int, stop: int) -> np.ndarray:
+        return self.group["tokens"][start:stop]
+
+    # -- activation shards -------------------------------------------------------------------
+
+    def write_shard(self, shard: int, acts: dict[str, torch.Tensor]) -> dict:
+        """Writes one shard of every hook, verifies it by reading back, then records it complete."""
+        start, stop = self.layout.rows(shard)
+        checksums, sum_sq = {}, {}
+        for hook in self.hooks:
+            data = codecs.encode(acts[hook], self.dtype)
+            if data.shape[0] != stop - start:
+                raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
+            target = f"{self.path}/acts/{hook}"
+            try:
+                self.group[f"acts/{hook}"][start:stop] = data
+                written = self.group[f"acts/{hook}"][start:stop]
+            except OSError as err:
+                raise OSError(f"shard {shard}: writing {target} failed: {err}") from err
+            if checksum(written) != checksum(data):
+                raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
+            checksums[f"acts/{hook}"] = checksum(written)
+            sum_sq[hook] = float(codecs.decode(written, self.dtype).double().pow(2).sum())
+        record = {
+            "shard": shard,
+            "contexts": list(self.layout.contexts(shard)),
+            "rows": [start, stop],
+            "checksums": checksums,
+            "sum_sq_norm": sum_sq,
+            **_stamp(),
+        }
+        write_json_atomic(self.path / RECORDS / f"shard-{shard:06d}.json", record)
+        return record
+
+    def record(self, shard: int) -> dict | None:
+        path = self.path / RECORDS / f"shard-{shard:06d}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def incomplete_shards(self) -> list[int]:
+        done = {int(p.stem.split("-")[1]) for p in (self.path / RECORDS).glob("shard-*.json")}
+        return [k for k in range(self.layout.n_shards) if k not in done]
+
+    def verify_shard(self, shard: int) -> bool:
+        """True when every array of the shard still matches its recorded checksum."""
+        record = self.record(shard)
+        if record is None:
+            return False
+        start, stop = record["rows"]
+        return all(checksum(self.group[name][start:stop]) == digest for name, digest in record["checksums"].items())
+
+    def finalize(self) -> None:
+        """Once every shard is complete: the normalisation statistics and the `complete` flag."""
+        if self.incomplete_shards():
+            raise RuntimeError(f"{self.path}: shards {self.incomplete_shards()[:5]} are not complete")
+        stats = {}
+        for hook in self.hooks:
+            total = sum(self.record(k)["sum_sq_norm"][hook] for k in range(self.layout.n_shards))
+            stats[hook] = {"mean_sq_norm": total / self.layout.n_rows, "n_rows": self.layout.n_rows}
+        self.group.attrs.update({"norm_stats": stats, "complete": True})
+        self.attrs = dict(self.group.attrs)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    def d_model(self, hook: str) -> int:
+        return self.group[f"acts/{hook}"].shape[1]
+
+    def read_rows(self, hook: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of one hook in the store's logical dtype."""
+        return codecs.decode(self.group[f"acts/{hook}"][start:stop], self.dtype)
+
+
+def _stamp() -> dict:
+    return {"writer": f"{socket.gethostname()}:{os.getpid()}", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def open_store(path: Path) -> ActivationStore:
+    """An existing, fully harvested store, or ConfigError saying what is wrong with it."""
+    if not (Path(path) / "zarr.json").exists():
+        raise ConfigError(f"out_dir: no activation store at {path}; run `pipeline harvest` first")
+    store = ActivationStore(path)
+    if not store.complete:
+        raise ConfigError(f"out_dir: the store at {path} is not completely harvested; run `pipeline harvest` again")
+    return store

@@ -1,0 +1,78 @@
+"""The store's group attributes and the rule for when an existing store can be reused."""
+
+from pipeline import __version__
+from pipeline.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+# Attributes that must match for a store to be resumed or trained on: (attribute path, config field).
+_MUST_MATCH = (
+    (("model", "name"), "model.name"),
+    (("model", "revision"), "model.revision"),
+    (("model", "dtype"), "model.dtype"),
+    (("dataset", "source"), "data.source"),
+    (("dataset", "name"), "data.name"),
+    (("dataset", "subset"), "data.subset"),
+    (("dataset", "split"), "data.split"),
+    (("dataset", "seed"), "data.seed"),
+    (("dataset", "context_len"), "data.context_len"),
+    (("dataset", "paths"), "data.paths"),
+    (("hooks",), "harvest.hooks"),
+    (("layout", "drop_bos"), "harvest.drop_bos"),
+    (("layout", "contexts_per_shard"), "harvest.contexts_per_shard"),
+    (("codec", "dtype"), "store.dtype"),
+    (("codec", "codec"), "store.codec"),
+    (("codec", "contexts_per_chunk"), "store.contexts_per_chunk"),
+)
+
+
+def _get(attrs: dict, path: tuple[str, ...]):
+    for key in path:
+        attrs = attrs.get(key, {}) if isinstance(attrs, dict) else {}
+    return attrs
+
+
+def check_schema(attrs: dict, where: str) -> None:
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{where}: store schema version {version!r} is not the supported {SCHEMA_VERSION}")
+
+
+def check_reusable(existing: dict, wanted: dict, where: str) -> None:
+    """Refuses, naming the first differing field, a store made by another configuration."""
+    check_schema(existing, where)
+    for path, field in _MUST_MATCH:
+        have, want = _get(existing, path), _get(wanted, path)
+        if have != want:
+            raise ConfigError(f"{field}: the store at {where} was written with {have!r}, this run asks for {want!r}")
+    have_rows, want_rows = existing["layout"]["n_contexts"], wanted["layout"]["n_contexts"]
+    if want_rows > have_rows:
+        raise ConfigError(
+            f"harvest.n_tokens: the store at {where} was sized for {have_rows} contexts and cannot grow "
+            f"to {want_rows}; use a new out_dir"
+        )
+
+
+def check_trainable(attrs: dict, model_name: str, hook: str, where: str) -> None:
+    """Refuses to train on a store from another model, or without the hook asked for."""
+    check_schema(attrs, where)
+    if attrs["model"]["name"] != model_name:
+        raise ConfigError(
+            f"model.name: the store at {where} holds activations of {attrs['model']['name']!r}, not {model_name!r}"
+        )
+    if hook not in attrs["hooks"]:
+        raise ConfigError(f"train.hook: the store at {where} has hooks {attrs['hooks']}, not {hook!r}")
+
+
+def base_attrs(model: dict, dataset: dict, hooks: list[str], layout: dict, codec: dict) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "pipeline_version": __version__,
+        "model": model,
+        "dataset": dataset,
+        "hooks": list(hooks),
+        "layout": layout,
+        "codec": codec,
+        "norm_stats": {},
+        "complete": False,
+    }

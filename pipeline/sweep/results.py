@@ -1,0 +1,69 @@
+"""The sweep's results: one JSON row per arm in its run folder, gathered into `sweep/results.parquet`.
+
+Each arm writes only its own file, so concurrent arms never touch each other's rows; the table is
+rebuilt from those files and replaced atomically.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.store.activation_store import write_json_atomic
+from pipeline.sweep.plan import Arm
+
+RESULT = "result.json"
+METRIC_COLUMNS = ("loss", "mse", "fvu", "l0", "dead_fraction", "dead_window_tokens", "flops_per_token")
+COLUMNS = (
+    "run_id", "status", "kind", "budget", "n_features", "d_in", "lr", "sparsity", "seed", "batch_size",
+    "steps", "tokens", "flops", *METRIC_COLUMNS, "wall_time_s", "attempts", "checkpoint", "wandb_run_id", "error",
+)  # fmt: skip
+
+
+def run_dir(sweep_dir: Path, run_id: str) -> Path:
+    return sweep_dir / "runs" / run_id
+
+
+def read_row(sweep_dir: Path, run_id: str) -> dict | None:
+    path = run_dir(sweep_dir, run_id) / RESULT
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_row(sweep_dir: Path, arm: Arm, status: str, attempts: int, metrics: dict | None = None, error: str = "") -> dict:
+    metrics = metrics or {}
+    folder = run_dir(sweep_dir, arm.run_id)
+    row = {
+        "run_id": arm.run_id,
+        "status": status,
+        "kind": arm.kind,
+        "budget": arm.budget,
+        "n_features": arm.n_features,
+        "d_in": arm.d_in,
+        "lr": arm.lr,
+        "sparsity": arm.l1_coefficient,
+        "seed": arm.seed,
+        "batch_size": arm.batch_size,
+        "steps": metrics.get("steps", arm.steps),
+        "tokens": metrics.get("tokens", 0),
+        "flops": metrics.get("flops", 0.0),
+        **{k: float(metrics.get(k, float("nan"))) for k in METRIC_COLUMNS},
+        "wall_time_s": metrics.get("wall_time_s", 0.0),
+        "attempts": attempts,
+        "checkpoint": str(folder / "coder") if status == "done" else "",
+        "wandb_run_id": metrics.get("wandb_run_id", ""),
+        "error": error,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / RESULT, row)
+    return row
+
+
+def gather(sweep_dir: Path) -> pd.DataFrame:
+    """Rebuilds `results.parquet` from every arm's row."""
+    rows = [json.loads(p.read_text()) for p in sorted((sweep_dir / "runs").glob(f"*/{RESULT}"))]
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    tmp = sweep_dir / f".results.{os.getpid()}.parquet"
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, sweep_dir / "results.parquet")
+    return table

@@ -1,0 +1,64 @@
+"""A sweep file (`sweeps/NAME.yaml`): what to vary across the arms of a scaling-law study."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.errors import ConfigError
+
+PACKAGED = Path(__file__).resolve().parents[2] / "sweeps"
+
+
+@dataclass
+class SweepSpec:
+    name: str = ""  # sweep id, used to group runs (defaults to the file's stem)
+    kind: str = "relu"  # coder kind of every arm
+    budgets: list[float] = field(default_factory=list)  # compute budgets C, in training FLOPs per arm
+    n_features: list[int] = field(default_factory=list)  # dictionary widths N (or use `expansion`)
+    expansion: list[float] = field(default_factory=list)  # widths as multiples of the activation size d
+    lrs: list[float] = field(default_factory=list)  # peak learning rates
+    l1_coefficients: list[float] = field(default_factory=lambda: [5.0])  # sparsity penalties lambda
+    seeds: list[int] = field(default_factory=lambda: [0])  # seeds of init and data order
+    batch_size: int = 1024  # activation rows per step
+    repeat_data: bool = True  # allow arms to see the store's rows more than once
+
+
+def find_sweep(name: str) -> Path:
+    """A path to a YAML file, else `sweeps/NAME.yaml` here or among the packaged sweeps."""
+    for candidate in (Path(name), Path("sweeps") / f"{name}.yaml", PACKAGED / f"{name}.yaml"):
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            return candidate
+    raise ConfigError(f"sweep: no sweep file {name!r} (looked for sweeps/{name}.yaml and the packaged sweeps)")
+
+
+def load_spec(name: str) -> SweepSpec:
+    path = find_sweep(name)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweepSpec(name=path.stem)), OmegaConf.load(path))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"sweep: {path}: {str(err).splitlines()[0]}") from err
+    spec = SweepSpec(**OmegaConf.to_container(merged))
+    _validate(spec, path)
+    return spec
+
+
+def _validate(spec: SweepSpec, path: Path) -> None:
+    def fail(field_: str, expected: str) -> None:
+        raise ConfigError(f"sweep: {path}: {field_} {expected}")
+
+    if not spec.budgets or any(b <= 0 for b in spec.budgets):
+        fail("budgets", f"should be a non-empty list of positive FLOP counts, got {spec.budgets}")
+    if bool(spec.n_features) == bool(spec.expansion):
+        fail("n_features/expansion", "exactly one of the two should list the widths")
+    if any(w <= 0 for w in [*spec.n_features, *spec.expansion]):
+        fail("n_features/expansion", "should hold positive widths")
+    if not spec.lrs or any(lr <= 0 for lr in spec.lrs):
+        fail("lrs", f"should be a non-empty list of positive learning rates, got {spec.lrs}")
+    if not spec.l1_coefficients or any(c < 0 for c in spec.l1_coefficients):
+        fail("l1_coefficients", f"should be a non-empty list of non-negative numbers, got {spec.l1_coefficients}")
+    if not spec.seeds:
+        fail("seeds", "should list at least one seed")
+    if spec.batch_size <= 0:
+        fail("batch_size", f"should be positive, got {spec.batch_size}")

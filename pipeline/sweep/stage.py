@@ -1,0 +1,66 @@
+"""The sweep stage: plan every arm, write the plan, run the arms not yet done, gather the results table."""
+
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import ConfigError
+from pipeline.store.activation_store import open_store, write_json_atomic
+from pipeline.store.schema import check_trainable
+from pipeline.sweep.launch import check_launcher, launch
+from pipeline.sweep.plan import Arm, format_table, plan
+from pipeline.sweep.results import gather, read_row
+from pipeline.sweep.spec import SweepSpec, load_spec
+
+
+def sweep_dir(cfg: PipelineConfig) -> Path:
+    return Path(cfg.out_dir) / "sweep"
+
+
+def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[str, list[Arm]]:
+    """(hook, arms) for a store with these attributes (a real store, or the one a harvest will write)."""
+    hook = cfg.train.hook or store_attrs["hooks"][0]
+    check_trainable(store_attrs, cfg.model.name, hook, str(Path(cfg.out_dir) / "store.zarr"))
+    layout = store_attrs["layout"]
+    n_rows = layout["n_contexts"] * layout["rows_per_context"]
+    if not 0 < cfg.train.eval_tokens < n_rows:
+        raise ConfigError(f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.train.eval_tokens}")
+    return hook, plan(spec, store_attrs["model"]["d_model"], n_rows - cfg.train.eval_tokens)
+
+
+def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, list[Arm]]:
+    check_launcher(cfg.launcher.name)
+    spec = load_spec(cfg.sweep)
+    hook, arms = plan_arms(cfg, spec, store_attrs)
+    return spec, hook, arms
+
+
+def pending_arms(arms: list[Arm], folder: Path, max_retries: int) -> list[Arm]:
+    """Arms without a `done` row, less those that failed more than `max_retries` times after the first try."""
+    todo = []
+    for arm in arms:
+        row = read_row(folder, arm.run_id)
+        if row is None or (row["status"] != "done" and row["attempts"] <= max_retries):
+            todo.append(arm)
+    return todo
+
+
+def run_sweep(cfg: PipelineConfig):
+    store = open_store(Path(cfg.out_dir) / "store.zarr")
+    spec, hook, arms = validate(cfg, store.attrs)
+    folder = sweep_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        folder / "plan.json",
+        {"sweep": spec.name, "hook": hook, "store": str(store.path), "arms": [a.as_dict() for a in arms]},
+    )
+    if cfg.dry_run:
+        print(format_table(arms))
+        print(f"sweep {spec.name}: {len(arms)} arms planned in {folder / 'plan.json'}; dry run, nothing launched")
+        return None
+    todo = pending_arms(arms, folder, cfg.launcher.max_retries)
+    print(f"sweep {spec.name}: {len(arms)} arms, {len(arms) - len(todo)} already finished, {len(todo)} to run", flush=True)
+    launch(cfg, todo, hook, folder, group=spec.name)
+    table = gather(folder)
+    failed = table[table.status != "done"]
+    print(f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {folder / 'results.parquet'}")
+    return table
