@@ -15,45 +15,68 @@ class HarvestError(RuntimeError):
     pass
 
 
+class ShardLeases:
+    """Hands each pending shard to one actor at a time and takes it back if that actor dies."""
+
+    def __init__(self, store_path: str, pending: list[int], cfg: PipelineConfig, n_layers: int):
+        import ray
+
+        h = cfg.harvest
+        self.remote_worker = ray.remote(num_cpus=h.worker_cpus, num_gpus=h.worker_gpus, max_restarts=0)(HarvestWorker)
+        self.worker_args = (store_path, cfg.model, n_layers, h.batch_contexts, h.drop_bos)
+        self.max_restarts = h.max_actor_restarts
+        self.queue = deque(pending)
+        self.leases: dict = {}  # object ref -> (actor, shard)
+        self.actors: list = []
+        fault_shard = int(os.environ.get(FAULT_ENV, "-1"))
+        for i in range(min(h.n_workers, len(pending))):
+            self.lease(self.new_actor(fault_shard if i == 0 else -1))
+
+    def new_actor(self, fault_shard: int = -1):
+        actor = self.remote_worker.remote(*self.worker_args, fault_shard)
+        self.actors.append(actor)
+        return actor
+
+    def lease(self, actor) -> None:
+        if self.queue:
+            shard = self.queue.popleft()
+            self.leases[actor.harvest.remote(shard)] = (actor, shard)
+
+    def run(self, progress: Progress, rows_per_shard: int) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        restarts = 0
+        while self.leases:
+            [ref], _ = ray.wait(list(self.leases), num_returns=1)
+            actor, shard = self.leases.pop(ref)
+            try:
+                ray.get(ref)
+            except RayActorError as err:
+                restarts += 1
+                if restarts > self.max_restarts:
+                    raise HarvestError(f"harvest: actors died {restarts} times, last on shard {shard}: {err}") from err
+                print(f"harvest: the actor on shard {shard} died; leasing it to a new actor", flush=True)
+                self.queue.appendleft(shard)
+                self.lease(self.new_actor())
+                continue
+            except RayTaskError as err:
+                raise HarvestError(f"harvest: shard {shard} failed: {err.cause}") from err
+            progress.update(1, extra=f"{progress.done * rows_per_shard:,} tokens")
+            self.lease(actor)
+
+    def release(self) -> None:
+        """Frees the actors' CPUs and GPUs now rather than when their handles are collected."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
 def run_actors(store_path: str, pending: list[int], cfg: PipelineConfig, n_layers: int, rows_per_shard: int) -> None:
     """Harvests every shard in `pending`; returns when each has its completion record."""
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
-
-    h = cfg.harvest
-    remote_worker = ray.remote(num_cpus=h.worker_cpus, num_gpus=h.worker_gpus, max_restarts=0)(HarvestWorker)
-
-    def new_actor(fault_shard: int = -1):
-        return remote_worker.remote(store_path, cfg.model, n_layers, h.batch_contexts, h.drop_bos, fault_shard)
-
-    fault_shard = int(os.environ.get(FAULT_ENV, "-1"))
-    actors = [new_actor(fault_shard if i == 0 else -1) for i in range(min(h.n_workers, len(pending)))]
-    queue = deque(pending)
-    leases: dict = {}  # object ref -> (actor, shard)
-    progress = Progress("harvest", len(pending), "shards")
-    restarts = 0
-
-    def lease(actor) -> None:
-        if queue:
-            shard = queue.popleft()
-            leases[actor.harvest.remote(shard)] = (actor, shard)
-
-    for actor in actors:
-        lease(actor)
-    while leases:
-        [ref], _ = ray.wait(list(leases), num_returns=1)
-        actor, shard = leases.pop(ref)
-        try:
-            ray.get(ref)
-        except RayActorError as err:
-            restarts += 1
-            if restarts > h.max_actor_restarts:
-                raise HarvestError(f"harvest: actors died {restarts} times, last on shard {shard}: {err}") from err
-            print(f"harvest: the actor on shard {shard} died; leasing it to a new actor", flush=True)
-            queue.appendleft(shard)
-            lease(new_actor())
-            continue
-        except RayTaskError as err:
-            raise HarvestError(f"harvest: shard {shard} failed: {err.cause}") from err
-        progress.update(1, extra=f"{progress.done * rows_per_shard + rows_per_shard:,} tokens")
-        lease(actor)
+    leases = ShardLeases(store_path, pending, cfg, n_layers)
+    try:
+        leases.run(Progress("harvest", len(pending), "shards"), rows_per_shard)
+    finally:
+        leases.release()

@@ -1,0 +1,82 @@
+"""Shared fixtures: one local Ray instance per test session, tiny models built in-process."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+FAMILIES = ("gpt2", "neox", "llama", "bert")
+
+
+def _minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from pipeline.config import ModelConfig
+    from pipeline.models.loading import resolve_path
+
+    return AutoTokenizer.from_pretrained(resolve_path(ModelConfig()))
+
+
+def _tiny(family: str, vocab: int) -> torch.nn.Module:
+    import transformers as tf
+
+    shape = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+    if family == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=2, n_positions=64))
+    if family == "neox":
+        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**shape, max_position_embeddings=64))
+    if family == "llama":
+        return tf.LlamaForCausalLM(tf.LlamaConfig(**shape, num_key_value_heads=2, max_position_embeddings=64))
+    return tf.BertModel(tf.BertConfig(**shape, max_position_embeddings=64))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """A folder per family with random weights (safetensors) and the MiniLM tokenizer."""
+    tokenizer = _minilm_tokenizer()
+    root = tmp_path_factory.mktemp("models")
+    folders = {}
+    for family in FAMILIES:
+        torch.manual_seed(0)
+        folder = root / family
+        _tiny(family, tokenizer.vocab_size).save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        folders[family] = folder
+    return folders
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def compose(*overrides: str):
+    from pipeline.cli import compose as cli_compose
+
+    return cli_compose(list(overrides))
+
+
+def tiny_overrides(model_dir: Path, out_dir: Path, **extra) -> list[str]:
+    """A harvest small enough for a test: 2 shards of 4 contexts of 16 tokens from the tiny model."""
+    base = {
+        "out_dir": str(out_dir),
+        "model.name": str(model_dir),
+        "harvest.hooks": "[resid_post.1]",
+        "harvest.n_tokens": 120,
+        "harvest.contexts_per_shard": 4,
+        "harvest.batch_contexts": 2,
+        "harvest.n_workers": 1,
+        "store.contexts_per_chunk": 2,
+        "data.context_len": 16,
+        "tracking.mode": "disabled",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.store import codecs
+from pipeline.store.activation_store import ActivationStore, open_store
+from pipeline.store.schema import base_attrs, check_reusable, check_trainable
+
+
+def _attrs(dtype="float16", codec="none", n_contexts=8, hooks=("resid_post.1",)):
+    return base_attrs(
+        model={"name": "m", "revision": "main", "dtype": "float32", "n_layers": 2, "d_model": 8, "has_lm_head": False},
+        dataset={"source": "stdlib", "name": "x", "subset": "", "split": "train", "seed": 0, "context_len": 5, "paths": []},
+        hooks=list(hooks),
+        layout={"n_contexts": n_contexts, "context_len": 5, "rows_per_context": 4, "contexts_per_shard": 4, "drop_bos": True},
+        codec={"dtype": dtype, "codec": codec, "contexts_per_chunk": 2},
+    )
+
+
+def _fill(store: ActivationStore, seed: int = 0) -> dict[int, torch.Tensor]:
+    written = {}
+    for shard in range(store.layout.n_shards):
+        acts = torch.randn(store.layout.rows_per_shard, 8, generator=torch.Generator().manual_seed(seed + shard))
+        store.write_shard(shard, {h: acts for h in store.hooks})
+        written[shard] = acts
+    return written
+
+
+@pytest.mark.parametrize("codec", codecs.CODECS)
+@pytest.mark.parametrize("dtype", list(codecs.DTYPES))
+def test_round_trip_is_exact_in_the_logical_dtype(tmp_path, dtype, codec):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(dtype, codec), d_model=8)
+    written = _fill(store)
+    logical = codecs.DTYPES[dtype][1]
+    for shard, acts in written.items():
+        start, stop = store.layout.rows(shard)
+        read = store.read_rows("resid_post.1", start, stop)
+        assert read.dtype == logical
+        assert torch.equal(read, acts.to(logical))
+
+
+def test_bfloat16_is_stored_as_uint16_bits_with_its_logical_dtype_named(tmp_path):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs("bfloat16"), d_model=8)
+    array = store.group["acts/resid_post.1"]
+    assert array.dtype == np.uint16
+    assert array.attrs["logical_dtype"] == "bfloat16"
+
+
+def test_shards_count_only_once_their_record_exists_and_records_hold_checksums(tmp_path):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(), d_model=8)
+    assert store.incomplete_shards() == [0, 1]
+    store.write_shard(1, {"resid_post.1": torch.ones(16, 8)})
+    assert store.incomplete_shards() == [0]
+    record = store.record(1)
+    assert record["rows"] == [16, 32] and record["contexts"] == [4, 8]
+    assert set(record["checksums"]) == {"acts/resid_post.1"}
+    assert record["sum_sq_norm"]["resid_post.1"] == pytest.approx(16 * 8)
+    with pytest.raises(RuntimeError, match="not complete"):
+        store.finalize()
+
+
+def test_finalize_records_mean_squared_norm_and_verify_catches_corruption(tmp_path):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(dtype="float32"), d_model=8)
+    written = _fill(store)
+    store.finalize()
+    expected = torch.cat(list(written.values())).double().pow(2).sum(1).mean().item()
+    assert open_store(tmp_path / "s.zarr").attrs["norm_stats"]["resid_post.1"]["mean_sq_norm"] == pytest.approx(expected)
+    assert store.verify_shard(0) and store.verify_shard(1)
+    store.group["acts/resid_post.1"][0:16] = np.zeros((16, 8), dtype=np.float32)
+    assert not store.verify_shard(0)
+    assert store.verify_shard(1)
+
+
+def test_a_failed_write_leaves_the_shard_unrecorded_and_names_it(tmp_path):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(), d_model=8)
+    # A directory where the shard's file must go makes the write fail, for root too.
+    (tmp_path / "s.zarr" / "acts" / "resid_post.1" / "c" / "0" / "0").mkdir(parents=True)
+    with pytest.raises(OSError, match="shard 0: writing .*acts/resid_post.1"):
+        store.write_shard(0, {"resid_post.1": torch.ones(16, 8)})
+    assert store.incomplete_shards() == [0, 1]
+
+
+def test_a_failed_record_write_leaves_no_record(tmp_path, monkeypatch):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(), d_model=8)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        store.write_shard(0, {"resid_post.1": torch.ones(16, 8)})
+    assert store.incomplete_shards() == [0, 1]
+    assert not list((tmp_path / "s.zarr" / "completion").iterdir())
+
+
+def test_reuse_is_refused_for_another_model_hook_or_dtype_and_for_growth():
+    have = _attrs()
+    check_reusable(have, _attrs(n_contexts=4), "s")  # a smaller request reuses the bigger store
+    for wanted, field in (
+        (_attrs(hooks=("resid_post.0",)), "harvest.hooks"),
+        (_attrs(dtype="float32"), "store.dtype"),
+        (_attrs(n_contexts=12), "harvest.n_tokens"),
+    ):
+        with pytest.raises(ConfigError, match=field):
+            check_reusable(have, wanted, "s")
+    other_model = _attrs()
+    other_model["model"]["name"] = "other"
+    with pytest.raises(ConfigError, match="model.name"):
+        check_reusable(have, other_model, "s")
+
+
+def test_training_is_refused_on_a_store_of_another_model_or_hook():
+    attrs = _attrs()
+    check_trainable(attrs, "m", "resid_post.1", "s")
+    with pytest.raises(ConfigError, match="model.name"):
+        check_trainable(attrs, "gpt2", "resid_post.1", "s")
+    with pytest.raises(ConfigError, match="train.hook"):
+        check_trainable(attrs, "m", "mlp_out.0", "s")
+
+
+def test_a_store_of_an_unknown_schema_is_refused(tmp_path):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(), d_model=8)
+    store.group.attrs["schema_version"] = 99
+    with pytest.raises(ConfigError, match="schema version 99"):
+        ActivationStore(tmp_path / "s.zarr")

@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import torch
+
+from pipeline.coders.registry import build, load
+from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.errors import ConfigError
+from pipeline.store.activation_store import ActivationStore
+from pipeline.store.schema import base_attrs
+from pipeline.train.data import ActivationData
+from pipeline.train.metrics import FiringTracker, evaluate
+from pipeline.train.trainer import TrainingDiverged, schedules, train_run
+
+D = 16
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> ActivationStore:
+    """A store of sparse synthetic activations: each row a sum of a few of 64 fixed directions."""
+    attrs = base_attrs(
+        model={"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": D, "has_lm_head": False},
+        dataset={"source": "synthetic", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": 9, "paths": []},
+        hooks=["resid_post.0"],
+        layout={"n_contexts": 512, "context_len": 9, "rows_per_context": 8, "contexts_per_shard": 128, "drop_bos": True},
+        codec={"dtype": "float32", "codec": "none", "contexts_per_chunk": 64},
+    )
+    store = ActivationStore.create(tmp_path_factory.mktemp("store") / "s.zarr", attrs, D)
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.randn(64, D, generator=gen)
+    for shard in range(store.layout.n_shards):
+        codes = torch.rand(store.layout.rows_per_shard, 64, generator=gen) * (torch.rand(store.layout.rows_per_shard, 64, generator=gen) < 0.05)
+        noise = 0.01 * torch.randn(store.layout.rows_per_shard, D, generator=gen)
+        store.write_shard(shard, {"resid_post.0": 3 * codes @ directions + noise})
+    store.finalize()
+    return store
+
+
+def _data(store, **train):
+    return ActivationData(store, "resid_post.0", TrainConfig(**{"eval_tokens": 512, **train}), torch.device("cpu"))
+
+
+def test_inputs_are_scaled_to_mean_squared_norm_d_and_eval_rows_are_held_out(store):
+    data = _data(store)
+    assert (data.n_train, len(data.eval)) == (4096 - 512, 512)
+    all_rows = torch.cat([data.train, data.eval])
+    assert all_rows.pow(2).sum(1).mean().item() == pytest.approx(D, rel=1e-4)
+
+
+def test_batch_order_is_a_pure_function_of_the_seed_and_resumable(store):
+    data = _data(store)
+    a = list(data.batches(256, 20, seed=1))
+    b = list(data.batches(256, 20, seed=1))
+    c = list(data.batches(256, 20, seed=2))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    resumed = list(data.batches(256, 20, seed=1, start_step=13))
+    assert len(resumed) == 7 and all(torch.equal(x, y) for x, y in zip(a[13:], resumed))
+    per_epoch = data.n_train // 256
+    epoch = torch.cat(a[:per_epoch])
+    assert len(torch.unique(epoch, dim=0)) == per_epoch * 256  # no row twice within an epoch
+
+
+def test_schedules_warm_the_penalty_up_and_decay_the_rate():
+    cfg = TrainConfig(lambda_warmup_frac=0.1, lr_decay_frac=0.2)
+    assert schedules(0, 100, cfg) == (1.0, 0.1)
+    assert schedules(50, 100, cfg) == (1.0, 1.0)
+    assert schedules(90, 100, cfg) == (0.5, 1.0)
+    assert schedules(99, 100, cfg)[0] == pytest.approx(0.05)
+
+
+def test_dead_features_are_counted_over_the_trailing_window():
+    tracker = FiringTracker(3, torch.device("cpu"))
+    tracker.update(torch.tensor([[1.0, 0.0, 0.0]] * 10))
+    tracker.update(torch.tensor([[0.0, 1.0, 0.0]] * 10))
+    assert tracker.dead_fraction(window=100) == (pytest.approx(1 / 3), 20)  # short run: all its tokens
+    assert tracker.dead_fraction(window=10) == (pytest.approx(2 / 3), 10)
+
+
+def test_a_perfect_reconstruction_has_zero_fvu_and_mse():
+    coder = build(CoderConfig(n_features=4, l1_coefficient=0.0), d_in=4)
+    with torch.no_grad():
+        coder.w_enc.copy_(torch.eye(4))
+        coder.w_dec.copy_(torch.eye(4))
+    x = torch.rand(32, 4) + 0.1  # positive, so the ReLU passes everything
+    metrics = evaluate(coder, [x[:16], x[16:]])
+    assert metrics["mse"] == pytest.approx(0.0, abs=1e-12) and metrics["fvu"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics["l0"] == 4.0
+    assert metrics["density_histogram"]["never_fired"] == 0 and sum(metrics["density_histogram"]["counts"]) == 4
+
+
+def test_training_learns_the_synthetic_dictionary_and_writes_its_run(store, tmp_path):
+    data = _data(store)
+    coder_cfg = CoderConfig(n_features=128, l1_coefficient=0.5)
+    train_cfg = TrainConfig(tokens=120_000, batch_size=256, lr=3e-3)
+    metrics = train_run(coder_cfg, train_cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
+    assert metrics["fvu"] < 0.25 and metrics["l0"] < 40
+    assert metrics["steps"] == 468 and metrics["tokens"] == 468 * 256
+    assert metrics["flops"] == metrics["tokens"] * 12 * D * 128
+    assert metrics["dead_window_tokens"] == metrics["tokens"]  # shorter than the 10M default window
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["fvu"] == metrics["fvu"]
+    coder = load(tmp_path / "run" / "coder")
+    assert coder.n_features == 128
+
+
+def test_same_seed_gives_the_same_weights(store, tmp_path):
+    data = _data(store)
+    cfg = TrainConfig(tokens=5120, batch_size=256, seed=4)
+    runs = [train_run(CoderConfig(n_features=32), cfg, data, tmp_path / f"r{i}", TrackingConfig(mode="disabled"), "r", "g") for i in range(2)]
+    assert runs[0]["loss"] == runs[1]["loss"]
+    a, b = load(tmp_path / "r0" / "coder"), load(tmp_path / "r1" / "coder")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_diverging_run_stops_with_the_step_named(store, tmp_path):
+    data = _data(store)
+    cfg = TrainConfig(tokens=25600, batch_size=256, lr=1e30, grad_clip=1e30, log_every=1)
+    with pytest.raises(TrainingDiverged, match=r"step \d+: the loss is (nan|inf)"):
+        train_run(CoderConfig(n_features=32), cfg, data, tmp_path / "r", TrackingConfig(mode="disabled"), "r", "g")
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_too_few_tokens_for_one_batch_is_refused(store, tmp_path):
+    with pytest.raises(ConfigError, match="train.tokens"):
+        train_run(CoderConfig(), TrainConfig(tokens=10, batch_size=256), _data(store), tmp_path, TrackingConfig(mode="disabled"), "r", "g")
