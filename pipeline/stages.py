@@ -69,4 +69,9 @@ STAGES = {"harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run":
 
 
 def run_stage(name: str, cfg: PipelineConfig) -> None:
+    from pipeline.sweep.launch import check_launcher
+    from pipeline.track.wandb_run import resolve_mode
+
+    resolve_mode(cfg.tracking)
+    check_launcher(cfg.launcher.name)
     STAGES[name](cfg)

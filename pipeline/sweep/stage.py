@@ -6,7 +6,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import open_store, write_json_atomic
 from pipeline.store.schema import check_trainable
-from pipeline.sweep.launch import check_launcher, launch
+from pipeline.sweep.launch import launch
 from pipeline.sweep.plan import Arm, format_table, plan
 from pipeline.sweep.results import gather, read_row
 from pipeline.sweep.spec import SweepSpec, load_spec
@@ -28,7 +28,6 @@ def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[
 
 
 def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, list[Arm]]:
-    check_launcher(cfg.launcher.name)
     spec = load_spec(cfg.sweep)
     hook, arms = plan_arms(cfg, spec, store_attrs)
     return spec, hook, arms

@@ -1,0 +1,113 @@
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.harvest.stage import run_harvest
+from pipeline.sweep.plan import plan
+from pipeline.sweep.results import COLUMNS
+from pipeline.sweep.spec import SweepSpec, load_spec
+from pipeline.sweep.stage import run_sweep
+
+from conftest import compose, tiny_overrides
+
+
+def _write_sweep(folder, **fields) -> str:
+    spec = {"kind": "relu", "budgets": [2e7, 6e7], "n_features": [16, 32], "lrs": [1e-3, 3e-3], "batch_size": 32, **fields}
+    path = folder / "tiny.yaml"
+    path.write_text(json.dumps(spec))  # JSON is valid YAML
+    return str(path)
+
+
+def test_tokens_are_the_budget_over_flops_per_token():
+    arms = plan(SweepSpec(budgets=[1e9], expansion=[1, 2], lrs=[1e-3], batch_size=100), d_in=64, train_rows=10**6)
+    assert [a.n_features for a in arms] == [64, 128]
+    for arm in arms:
+        fpt = 12 * 64 * arm.n_features
+        assert arm.steps == int(1e9 // fpt) // 100 and arm.tokens == arm.steps * 100
+        assert arm.flops == arm.tokens * fpt <= 1e9
+
+
+def test_arms_that_cannot_run_are_refused_with_the_arm_named():
+    with pytest.raises(ConfigError, match=r"arm relu_C1000_N64_lr0.001_l1-5_s0: .*less than one batch"):
+        plan(SweepSpec(budgets=[1e3], n_features=[64], lrs=[1e-3]), d_in=8, train_rows=10**6)
+    with pytest.raises(ConfigError, match="repeat_data is false"):
+        plan(SweepSpec(budgets=[1e9], n_features=[64], lrs=[1e-3], repeat_data=False), d_in=8, train_rows=1000)
+
+
+def test_sweep_files_are_validated(tmp_path):
+    assert load_spec("quickstart").budgets and load_spec("smoke").lrs
+    with pytest.raises(ConfigError, match="sweep: no sweep file 'nope'"):
+        load_spec("nope")
+    with pytest.raises(ConfigError, match="budgets should be a non-empty list of positive"):
+        load_spec(_write_sweep(tmp_path, budgets=[-1.0]))
+    with pytest.raises(ConfigError, match="exactly one of the two"):
+        load_spec(_write_sweep(tmp_path, expansion=[2]))
+    with pytest.raises(ConfigError, match="tiny.yaml"):
+        load_spec(_write_sweep(tmp_path, widths=[2]))
+
+
+@pytest.fixture(scope="module")
+def harvested(ray_session, tiny_models, tmp_path_factory):
+    """A store of the tiny GPT-2 big enough for a few short arms."""
+    root = tmp_path_factory.mktemp("sweep")
+    overrides = tiny_overrides(tiny_models["gpt2"], root / "run", **{"harvest.n_tokens": 2400, "harvest.contexts_per_shard": 40})
+    run_harvest(compose(*overrides))
+    return root, overrides + ["train.eval_tokens=256"]
+
+
+def test_a_local_sweep_writes_plan_and_one_done_row_per_arm_and_skips_them_next_time(harvested, capsys):
+    root, overrides = harvested
+    cfg = compose(*overrides, f"sweep={_write_sweep(root)}", f"out_dir={root / 'local'}")
+    (root / "local").mkdir()
+    (root / "local" / "store.zarr").symlink_to(root / "run" / "store.zarr")
+    table = run_sweep(cfg)
+    plan_json = json.loads((root / "local" / "sweep" / "plan.json").read_text())
+    assert len(plan_json["arms"]) == 8 and plan_json["hook"] == "resid_post.1"
+    on_disk = pd.read_parquet(root / "local" / "sweep" / "results.parquet")
+    assert list(on_disk.columns) == list(COLUMNS)
+    assert len(on_disk) == 8 and (on_disk.status == "done").all()
+    assert (on_disk.flops <= on_disk.budget).all() and (on_disk.fvu > 0).all()
+    assert set(on_disk.run_id) == {a["run_id"] for a in plan_json["arms"]}
+    assert len(table) == 8
+    capsys.readouterr()
+    run_sweep(cfg)
+    assert "8 already finished, 0 to run" in capsys.readouterr().out
+    assert len(pd.read_parquet(root / "local" / "sweep" / "results.parquet")) == 8
+
+
+def test_a_failing_arm_is_recorded_and_the_others_finish(harvested):
+    root, overrides = harvested
+    # lr 1e30 diverges for real; the other learning rate trains normally.
+    cfg = compose(*overrides, f"sweep={_write_sweep(root, lrs=[1e-3, 1e30])}", "train.grad_clip=1e30", "train.log_every=1")
+    cfg.out_dir = str(root / "run")
+    table = run_sweep(cfg)
+    failed = table[table.status == "failed"]
+    assert len(failed) == 4 and (table[table.lr == 1e-3].status == "done").all()
+    assert failed.error.str.contains("TrainingDiverged").all()
+    again = run_sweep(cfg)  # max_retries=1: failed arms are tried once more, then left alone
+    assert (again[again.status == "failed"].attempts == 2).all()
+    third = run_sweep(cfg)
+    assert (third[third.status == "failed"].attempts == 2).all()
+
+
+def test_the_ray_launcher_runs_arms_as_tasks(harvested):
+    root, overrides = harvested
+    cfg = compose(*overrides, f"sweep={_write_sweep(root, budgets=[2e7], lrs=[1e-3])}", "launcher=ray", f"out_dir={root / 'ray'}")
+    (root / "ray").mkdir()
+    (root / "ray" / "store.zarr").symlink_to(root / "run" / "store.zarr")
+    table = run_sweep(cfg)
+    assert len(table) == 2 and (table.status == "done").all()
+
+
+def test_a_dry_run_plans_without_launching(harvested, capsys):
+    root, overrides = harvested
+    cfg = compose(*overrides, f"sweep={_write_sweep(root)}", "dry_run=true", f"out_dir={root / 'dry'}")
+    (root / "dry").mkdir()
+    (root / "dry" / "store.zarr").symlink_to(root / "run" / "store.zarr")
+    assert run_sweep(cfg) is None
+    out = capsys.readouterr().out
+    assert "relu_C2e+07_N16_lr0.001_l1-5_s0" in out and "dry run" in out
+    assert (root / "dry" / "sweep" / "plan.json").exists()
+    assert not (root / "dry" / "sweep" / "runs").exists()
