@@ -6,10 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.store.activation_store import ActivationStore
+from pipeline.store.schema import base_attrs
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 FAMILIES = ("gpt2", "neox", "llama", "bert")
+SYNTHETIC_D = 16
 
 
 def _minilm_tokenizer():
@@ -80,3 +84,24 @@ def tiny_overrides(model_dir: Path, out_dir: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory):
+    """A store of sparse synthetic activations: each row a sum of a few of 64 fixed directions."""
+    attrs = base_attrs(
+        model={"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": SYNTHETIC_D, "has_lm_head": False},
+        dataset={"source": "synthetic", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": 9, "paths": []},
+        hooks=["resid_post.0"],
+        layout={"n_contexts": 512, "context_len": 9, "rows_per_context": 8, "contexts_per_shard": 128, "drop_bos": True},
+        codec={"dtype": "float32", "codec": "none", "contexts_per_chunk": 64},
+    )
+    store = ActivationStore.create(tmp_path_factory.mktemp("store") / "s.zarr", attrs, SYNTHETIC_D)
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.randn(64, SYNTHETIC_D, generator=gen)
+    for shard in range(store.layout.n_shards):
+        codes = torch.rand(store.layout.rows_per_shard, 64, generator=gen) * (torch.rand(store.layout.rows_per_shard, 64, generator=gen) < 0.05)
+        noise = 0.01 * torch.randn(store.layout.rows_per_shard, SYNTHETIC_D, generator=gen)
+        store.write_shard(shard, {"resid_post.0": 3 * codes @ directions + noise})
+    store.finalize()
+    return store

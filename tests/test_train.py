@@ -7,33 +7,16 @@ from pipeline.coders.registry import build, load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
-from pipeline.store.schema import base_attrs
 from pipeline.train.data import ActivationData
 from pipeline.train.metrics import FiringTracker, evaluate
 from pipeline.train.trainer import TrainingDiverged, schedules, train_run
 
-D = 16
+from conftest import SYNTHETIC_D as D
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> ActivationStore:
-    """A store of sparse synthetic activations: each row a sum of a few of 64 fixed directions."""
-    attrs = base_attrs(
-        model={"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": D, "has_lm_head": False},
-        dataset={"source": "synthetic", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": 9, "paths": []},
-        hooks=["resid_post.0"],
-        layout={"n_contexts": 512, "context_len": 9, "rows_per_context": 8, "contexts_per_shard": 128, "drop_bos": True},
-        codec={"dtype": "float32", "codec": "none", "contexts_per_chunk": 64},
-    )
-    store = ActivationStore.create(tmp_path_factory.mktemp("store") / "s.zarr", attrs, D)
-    gen = torch.Generator().manual_seed(0)
-    directions = torch.randn(64, D, generator=gen)
-    for shard in range(store.layout.n_shards):
-        codes = torch.rand(store.layout.rows_per_shard, 64, generator=gen) * (torch.rand(store.layout.rows_per_shard, 64, generator=gen) < 0.05)
-        noise = 0.01 * torch.randn(store.layout.rows_per_shard, D, generator=gen)
-        store.write_shard(shard, {"resid_post.0": 3 * codes @ directions + noise})
-    store.finalize()
-    return store
+def store(synthetic_store) -> ActivationStore:
+    return synthetic_store
 
 
 def _data(store, **train):

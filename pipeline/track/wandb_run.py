@@ -34,6 +34,7 @@ class Tracker:
             dir=str(folder),
             mode=resolve_mode(cfg),
             reinit="create_new",
+            settings=wandb.Settings(silent=True),
         )
         self.run.define_metric("tokens")
         self.run.define_metric("flops")
