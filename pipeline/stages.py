@@ -46,9 +46,26 @@ def fit(cfg: PipelineConfig) -> dict:
     table = read_results(fit_paths(cfg))
     out = Path(cfg.out_dir) / "fit"
     result = run_fit(table, out, cfg.fit)
+    track_fit(cfg, table, result, out)
     print(summary_table(result))
     print(f"fit: report in {out / 'report.md'}, numbers in {out / 'fit.json'}")
     return result
+
+
+def track_fit(cfg: PipelineConfig, table, result: dict, out: Path) -> None:
+    """One W&B run for the sweep as a whole: its results table, the fitted laws and the plots."""
+    from pipeline.track.wandb_run import open_tracker
+
+    laws = {k: result[k] for k in ("n_opt", "tokens_opt", "lr_opt") if result.get(k)}
+    tracker = open_tracker(
+        cfg.tracking, name=f"fit-{Path(cfg.sweep).stem}", group=Path(cfg.sweep).stem, config={"fit": laws}, folder=out, job_type="fit"
+    )
+    if tracker is None:
+        return
+    tracker.log_table("results", table)
+    tracker.log_images([out / name for name in result.get("plots", [])])
+    tracker.summary({f"{law}/{part}": laws[law][part] for law in laws for part in ("coefficient", "exponent")})
+    tracker.finish()
 
 
 def run(cfg: PipelineConfig) -> None:

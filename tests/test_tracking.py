@@ -45,3 +45,17 @@ def test_disabled_tracking_never_imports_wandb(synthetic_store, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_fit_is_logged_as_one_offline_run_with_table_and_plots(tmp_path, monkeypatch):
+    from pipeline.cli import main
+    from test_fit import synthetic_sweep
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    results = tmp_path / "results.parquet"
+    synthetic_sweep(n_widths=5, n_lrs=3).to_parquet(results)
+    assert main(["fit", f"out_dir={tmp_path}", f"fit.results=[{results}]", "fit.n_bootstrap=50", "tracking.mode=offline"]) == 0
+    runs = list((tmp_path / "fit" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    media = {p.name.split("_")[0] for p in runs[0].glob("files/media/images/*.png")}
+    assert {"isoflop", "frontier", "optima"} <= media

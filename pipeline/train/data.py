@@ -35,17 +35,13 @@ class ActivationData:
         if per_epoch == 0:
             raise ConfigError(f"train.batch_size: {batch_size} exceeds the {self.n_train} training rows")
         generator = torch.Generator().manual_seed(seed)
-        epoch_order = None
-        for epoch in range(start_step // per_epoch + 1):
-            epoch_order = torch.randperm(self.n_train, generator=generator)
-        step = start_step
-        while step < n_steps:
-            i = step % per_epoch
-            if i == 0 and step > 0:
-                epoch_order = torch.randperm(self.n_train, generator=generator)
-            idx = epoch_order[i * batch_size : (i + 1) * batch_size].to(self.train.device)
-            yield self.train[idx]
-            step += 1
+        epochs_drawn, order = 0, None
+        for step in range(start_step, n_steps):
+            epoch, i = divmod(step, per_epoch)
+            while epochs_drawn <= epoch:  # a resumed run redraws the permutations it skipped
+                order = torch.randperm(self.n_train, generator=generator).to(self.train.device)
+                epochs_drawn += 1
+            yield self.train[order[i * batch_size : (i + 1) * batch_size]]
 
     def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(self.eval), batch_size):
