@@ -29,6 +29,13 @@ def test_tokens_are_the_budget_over_flops_per_token():
         assert arm.flops == arm.tokens * fpt <= 1e9
 
 
+def test_topk_arms_are_planned_with_their_k():
+    arms = plan(SweepSpec(kind="topk", budgets=[1e9], n_features=[256], lrs=[1e-3], sparsity=[8, 32], batch_size=10), 64, 10**6)
+    assert [a.run_id for a in arms] == ["topk_C1e+09_N256_lr0.001_k8_s0", "topk_C1e+09_N256_lr0.001_k32_s0"]
+    for arm, k in zip(arms, (8, 32)):
+        assert arm.sparsity == k and arm.steps == int(1e9 // (3 * (2 * 64 * 256 + 2 * 64 * k))) // 10
+
+
 def test_arms_that_cannot_run_are_refused_with_the_arm_named():
     with pytest.raises(ConfigError, match=r"arm relu_C1000_N64_lr0.001_l1-5_s0: .*less than one batch"):
         plan(SweepSpec(budgets=[1e3], n_features=[64], lrs=[1e-3]), d_in=8, train_rows=10**6)
@@ -99,6 +106,17 @@ def test_the_ray_launcher_runs_arms_as_tasks(harvested):
     (root / "ray" / "store.zarr").symlink_to(root / "run" / "store.zarr")
     table = run_sweep(cfg)
     assert len(table) == 2 and (table.status == "done").all()
+
+
+def test_a_topk_sweep_trains_each_k(harvested):
+    root, overrides = harvested
+    sweep = _write_sweep(root, kind="topk", sparsity=[2, 4], budgets=[2e7], n_features=[32], lrs=[1e-3])
+    cfg = compose(*overrides, f"sweep={sweep}", f"out_dir={root / 'topk'}")
+    (root / "topk").mkdir()
+    (root / "topk" / "store.zarr").symlink_to(root / "run" / "store.zarr")
+    table = run_sweep(cfg).sort_values("sparsity")
+    assert list(table.sparsity) == [2.0, 4.0] and (table.status == "done").all()
+    assert (table.l0 <= table.sparsity + 1e-6).all()
 
 
 def test_a_dry_run_plans_without_launching(harvested, capsys):

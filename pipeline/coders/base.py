@@ -34,6 +34,9 @@ class Coder(nn.Module):
         """Training FLOPs per input row: forward plus backward (twice the forward), matrix products only."""
         raise NotImplementedError
 
+    def after_step(self) -> None:
+        """Called by the trainer after each optimiser step (e.g. to renormalise decoder columns); no-op by default."""
+
     def flops_per_token(self) -> float:
         return self.training_flops(self.d_in, self.n_features)
 

@@ -3,6 +3,7 @@
 import traceback
 from pathlib import Path
 
+from pipeline.coders.registry import SPARSITY_FIELD
 from pipeline.config import CoderConfig, PipelineConfig, TrainConfig
 from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
@@ -15,7 +16,9 @@ _DATA_CACHE: dict[tuple, ActivationData] = {}  # per process: arms that share a 
 
 
 def arm_configs(cfg: PipelineConfig, arm: Arm) -> tuple[CoderConfig, TrainConfig]:
-    coder = CoderConfig(**{**_fields(cfg.coder), "kind": arm.kind, "n_features": arm.n_features, "l1_coefficient": arm.l1_coefficient})
+    sparsity_field = SPARSITY_FIELD[arm.kind]
+    sparsity = int(arm.sparsity) if sparsity_field == "k" else arm.sparsity
+    coder = CoderConfig(**{**_fields(cfg.coder), "kind": arm.kind, "n_features": arm.n_features, sparsity_field: sparsity})
     train = TrainConfig(**{**_fields(cfg.train), "tokens": arm.tokens, "batch_size": arm.batch_size, "lr": arm.lr, "seed": arm.seed})
     return coder, train
 

@@ -3,7 +3,7 @@
 import itertools
 from dataclasses import asdict, dataclass
 
-from pipeline.coders.registry import coder_class
+from pipeline.coders.registry import SPARSITY_FIELD, coder_class
 from pipeline.errors import ConfigError
 from pipeline.sweep.spec import SweepSpec
 
@@ -16,7 +16,7 @@ class Arm:
     n_features: int
     d_in: int
     lr: float
-    l1_coefficient: float
+    sparsity: float  # penalty lambda or k, as SPARSITY_FIELD says for the kind
     seed: int
     batch_size: int
     steps: int
@@ -34,12 +34,14 @@ def widths(spec: SweepSpec, d_in: int) -> list[int]:
 def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
     """Every arm, or ConfigError naming the first arm that cannot run on this store."""
     cls = coder_class(spec.kind)
+    uses_k = SPARSITY_FIELD[spec.kind] == "k"
     arms = []
-    for budget, n, lr, l1, seed in itertools.product(
-        spec.budgets, widths(spec, d_in), spec.lrs, spec.l1_coefficients, spec.seeds
+    for budget, n, lr, sparsity, seed in itertools.product(
+        spec.budgets, widths(spec, d_in), spec.lrs, spec.sparsity, spec.seeds
     ):
-        run_id = f"{spec.kind}_C{budget:g}_N{n}_lr{lr:g}_l1-{l1:g}_s{seed}"
-        fpt = cls.training_flops(d_in, n)
+        tag = f"k{int(sparsity)}" if uses_k else f"l1-{sparsity:g}"
+        run_id = f"{spec.kind}_C{budget:g}_N{n}_lr{lr:g}_{tag}_s{seed}"
+        fpt = cls.training_flops(d_in, n, k=int(sparsity)) if uses_k else cls.training_flops(d_in, n)
         steps = int(budget // fpt) // spec.batch_size
         if steps < 1:
             raise ConfigError(
@@ -52,14 +54,14 @@ def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
                 f"{train_rows:,} training rows and repeat_data is false"
             )
         tokens = steps * spec.batch_size
-        arms.append(Arm(run_id, spec.kind, budget, n, d_in, lr, l1, seed, spec.batch_size, steps, tokens, tokens * fpt))
+        arms.append(Arm(run_id, spec.kind, budget, n, d_in, lr, sparsity, seed, spec.batch_size, steps, tokens, tokens * fpt))
     return arms
 
 
 def format_table(arms: list[Arm]) -> str:
-    head = f"{'run_id':<44} {'budget':>9} {'N':>7} {'lr':>8} {'l1':>5} {'tokens':>11} {'steps':>7}"
+    head = f"{'run_id':<44} {'budget':>9} {'N':>7} {'lr':>8} {'sparsity':>8} {'tokens':>11} {'steps':>7}"
     rows = [
-        f"{a.run_id:<44} {a.budget:>9.2e} {a.n_features:>7} {a.lr:>8.2g} {a.l1_coefficient:>5g} {a.tokens:>11,} {a.steps:>7}"
+        f"{a.run_id:<44} {a.budget:>9.2e} {a.n_features:>7} {a.lr:>8.2g} {a.sparsity:>8g} {a.tokens:>11,} {a.steps:>7}"
         for a in arms
     ]
     return "\n".join([head, *rows])

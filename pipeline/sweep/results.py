@@ -41,7 +41,7 @@ def write_row(sweep_dir: Path, arm: Arm, status: str, attempts: int, metrics: di
         "n_features": arm.n_features,
         "d_in": arm.d_in,
         "lr": arm.lr,
-        "sparsity": arm.l1_coefficient,
+        "sparsity": arm.sparsity,
         "seed": arm.seed,
         "batch_size": arm.batch_size,
         "steps": metrics.get("steps", arm.steps),

@@ -19,7 +19,7 @@ class SweepSpec:
     n_features: list[int] = field(default_factory=list)  # dictionary widths N (or use `expansion`)
     expansion: list[float] = field(default_factory=list)  # widths as multiples of the activation size d
     lrs: list[float] = field(default_factory=list)  # peak learning rates
-    l1_coefficients: list[float] = field(default_factory=lambda: [5.0])  # sparsity penalties lambda
+    sparsity: list[float] = field(default_factory=lambda: [5.0])  # per arm: penalty lambda (relu, jumprelu) or k (topk, batchtopk)
     seeds: list[int] = field(default_factory=lambda: [0])  # seeds of init and data order
     batch_size: int = 1024  # activation rows per step
     repeat_data: bool = True  # allow arms to see the store's rows more than once
@@ -56,8 +56,8 @@ def _validate(spec: SweepSpec, path: Path) -> None:
         fail("n_features/expansion", "should hold positive widths")
     if not spec.lrs or any(lr <= 0 for lr in spec.lrs):
         fail("lrs", f"should be a non-empty list of positive learning rates, got {spec.lrs}")
-    if not spec.l1_coefficients or any(c < 0 for c in spec.l1_coefficients):
-        fail("l1_coefficients", f"should be a non-empty list of non-negative numbers, got {spec.l1_coefficients}")
+    if not spec.sparsity or any(c < 0 for c in spec.sparsity):
+        fail("sparsity", f"should be a non-empty list of non-negative numbers, got {spec.sparsity}")
     if not spec.seeds:
         fail("seeds", "should list at least one seed")
     if spec.batch_size <= 0:

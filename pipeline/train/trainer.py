@@ -47,7 +47,7 @@ def train_run(
         raise ConfigError(f"train.tokens: {cfg.tokens} is less than one batch of {cfg.batch_size}")
     device = data.train.device
     torch.manual_seed(cfg.seed)
-    coder = build(coder_cfg, data.d).to(device)
+    coder = build(coder_cfg, data.d).to(device).train()
     optimizer = torch.optim.Adam(coder.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     firing = FiringTracker(coder.n_features, device)
     flops_per_token = coder.flops_per_token()
@@ -68,6 +68,7 @@ def train_run(
             torch.nn.utils.clip_grad_norm_(coder.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            coder.after_step()
             firing.update(f.detach())
             if loss is not None:
                 if not math.isfinite(loss):
@@ -77,7 +78,7 @@ def train_run(
                     tracker.log({f"train/{k}": v.item() for k, v in parts.items()} | {"tokens": tokens, "flops": tokens * flops_per_token})
                 progress.extra = f"loss {loss:.4g}"
             progress.update(1)
-        metrics = evaluate(coder, data.eval_batches(cfg.batch_size))
+        metrics = evaluate(coder.eval(), data.eval_batches(cfg.batch_size))
         dead, window = firing.dead_fraction(cfg.dead_window_tokens)
         metrics |= {
             "dead_fraction": dead,

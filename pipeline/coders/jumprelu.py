@@ -1,0 +1,167 @@
+"""JumpReLU sparse autoencoder with straight-through threshold gradients.
+
+Rajamanoharan et al. 2024 ("Jumping Ahead", used for Gemma Scope) and the tanh sparsity penalty and
+pre-activation loss of Anthropic's Circuit Tracing (2025):
+
+    pre = W_enc x + b_enc,  theta = exp(log_threshold)  (one threshold per feature)
+    f = JumpReLU_theta(pre) = pre * H(pre - theta),  x_hat = W_dec f + b_dec
+    loss = mean_rows ||x - x_hat||^2 + sparsity_scale * lambda * S + lambda_p * P
+
+with lambda = `l1_coefficient` (the generic sparsity lambda shared with relu), lambda_p = `preact_coefficient` and
+
+    penalty = "l0":   S = mean_rows sum_i H(pre_i - theta_i)                     (Gemma Scope)
+    penalty = "tanh": S = mean_rows sum_i tanh(c * f_i * ||W_dec[:, i]||)          (Circuit Tracing, c = tanh_scale)
+    P = mean_rows sum_i ReLU(theta_i - pre_i) * ||W_dec[:, i]||                  (0 unless preact_coefficient > 0)
+
+H has zero derivative almost everywhere, so theta learns through pseudo-derivatives with a rectangle
+kernel K(u) = 1 for |u| < 1/2 (else 0) of width eps = `bandwidth`:
+
+    d/dtheta JumpReLU_theta(z) := -(theta / eps) K((z - theta) / eps),  d/dz JumpReLU_theta(z) := H(z - theta)
+    d/dtheta H(z - theta)      := -(1 / eps) K((z - theta) / eps),      d/dz H(z - theta) := 0
+
+and d theta / d log_threshold = theta by the chain rule.
+
+Initialisation follows relu: decoder columns random directions of norm `init_decoder_norm`, encoder
+the decoder's transpose, biases zero, every theta = `init_threshold`. The L0 penalty cannot see the
+scale of a decoder column, so with penalty="l0" `after_step` holds every column at norm
+`init_decoder_norm` (Gemma Scope holds them at 1; any fixed norm removes the symmetry). The tanh
+penalty weights by the decoder norm, so there `after_step` does nothing.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from pipeline.coders.base import Coder
+from pipeline.errors import ConfigError
+
+PENALTIES = ("l0", "tanh")
+
+
+def _rectangle(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    return ((pre - theta).abs() < bandwidth / 2).to(pre.dtype)
+
+
+class JumpReLUFunction(torch.autograd.Function):
+    """pre * H(pre - theta) with the straight-through threshold gradient."""
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pre, theta = ctx.saved_tensors
+        grad_pre = grad * (pre > theta).to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_theta = None
+        if ctx.needs_input_grad[1]:
+            kernel = _rectangle(pre, theta, ctx.bandwidth)
+            grad_theta = (-(theta / ctx.bandwidth) * kernel * grad).sum_to_size(theta.shape)
+        return grad_pre, grad_theta, None
+
+
+class StepFunction(torch.autograd.Function):
+    """H(pre - theta) with the straight-through threshold gradient and no gradient to pre."""
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pre, theta = ctx.saved_tensors
+        grad_theta = None
+        if ctx.needs_input_grad[1]:
+            kernel = _rectangle(pre, theta, ctx.bandwidth)
+            grad_theta = (-(1.0 / ctx.bandwidth) * kernel * grad).sum_to_size(theta.shape)
+        return None, grad_theta, None
+
+
+class JumpReluSAE(Coder):
+    kind = "jumprelu"
+
+    def __init__(
+        self,
+        d_in: int,
+        n_features: int,
+        l1_coefficient: float = 5.0,
+        penalty: str = "tanh",
+        bandwidth: float = 0.001,
+        init_threshold: float = 0.001,
+        tanh_scale: float = 4.0,
+        preact_coefficient: float = 0.0,
+        init_decoder_norm: float = 0.1,
+    ):
+        if penalty not in PENALTIES:
+            raise ConfigError(f"coder.jumprelu_penalty: expected one of {', '.join(PENALTIES)}, got {penalty!r}")
+        if bandwidth <= 0:
+            raise ConfigError(f"coder.jumprelu_bandwidth: expected a positive width, got {bandwidth}")
+        if init_threshold <= 0:
+            raise ConfigError(f"coder.init_threshold: expected a positive threshold, got {init_threshold}")
+        super().__init__(
+            d_in,
+            n_features,
+            l1_coefficient=l1_coefficient,
+            penalty=penalty,
+            bandwidth=bandwidth,
+            init_threshold=init_threshold,
+            tanh_scale=tanh_scale,
+            preact_coefficient=preact_coefficient,
+            init_decoder_norm=init_decoder_norm,
+        )
+        self.l1_coefficient, self.penalty, self.bandwidth = l1_coefficient, penalty, bandwidth
+        self.tanh_scale, self.preact_coefficient = tanh_scale, preact_coefficient
+        self.init_decoder_norm = init_decoder_norm
+        w_dec = torch.randn(d_in, n_features)
+        w_dec *= init_decoder_norm / w_dec.norm(dim=0, keepdim=True)
+        self.w_dec = nn.Parameter(w_dec)
+        self.w_enc = nn.Parameter(w_dec.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(n_features))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.log_threshold = nn.Parameter(torch.full((n_features,), math.log(init_threshold)))
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.w_enc, self.b_enc)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return JumpReLUFunction.apply(self.pre_activation(x), self.threshold, self.bandwidth)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(f, self.w_dec, self.b_dec)
+
+    def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        pre = self.pre_activation(x)
+        theta = self.threshold
+        f = JumpReLUFunction.apply(pre, theta, self.bandwidth)
+        reconstruction = (x - self.decode(f)).pow(2).sum(-1).mean()
+        decoder_norm = self.w_dec.norm(dim=0)
+        if self.penalty == "l0":
+            sparsity = StepFunction.apply(pre, theta, self.bandwidth).sum(-1).mean()
+        else:
+            sparsity = torch.tanh(self.tanh_scale * f * decoder_norm).sum(-1).mean()
+        total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.preact_coefficient)):
+            preact = (torch.relu(theta - pre) * decoder_norm).sum(-1).mean()  # logged even when off
+        if self.preact_coefficient:
+            total = total + self.preact_coefficient * preact
+        return {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity, "preact": preact}, f
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.penalty == "l0":
+            self.w_dec *= self.init_decoder_norm / self.w_dec.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+    @classmethod
+    def training_flops(cls, d_in: int, n_features: int) -> float:
+        # Dense encoder and dense decoder, 2*d*N FLOPs each forward; backward twice the forward (as relu).
+        # Thresholds, penalties and decoder norms are O(N) or O(d*N) elementwise work and are not counted.
+        return 3 * 2 * (2 * d_in * n_features)
