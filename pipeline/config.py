@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 0  # seed of initialisation and data order
     device: str = "auto"  # torch device; auto = cuda when present, else cpu
     log_every: int = 50  # steps between progress lines and tracked metrics
+    checkpoint_every: int = 1000  # steps between checkpoints a killed run resumes from; 0 = none
 
 
 @dataclass

@@ -107,3 +107,57 @@ def test_a_diverging_run_stops_with_the_step_named(store, tmp_path):
 def test_too_few_tokens_for_one_batch_is_refused(store, tmp_path):
     with pytest.raises(ConfigError, match="train.tokens"):
         train_run(CoderConfig(), TrainConfig(tokens=10, batch_size=256), _data(store), tmp_path, TrackingConfig(mode="disabled"), "r", "g")
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(monkeypatch, cls, steps: int) -> None:
+    """Makes training raise after `steps` optimiser steps, as if the process were killed there."""
+    original, calls = cls.after_step, {"n": 0}
+
+    def after_step(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == steps:
+            raise Killed
+
+    monkeypatch.setattr(cls, "after_step", after_step)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(store, tmp_path, monkeypatch):
+    from pipeline.coders.topk import TopKSAE
+
+    data = _data(store)
+    coder_cfg = CoderConfig(kind="topk", n_features=32, k=4)
+    cfg = TrainConfig(tokens=40 * 256, batch_size=256, checkpoint_every=15, log_every=7)
+    disabled = TrackingConfig(mode="disabled")
+    whole = train_run(coder_cfg, cfg, data, tmp_path / "whole", disabled, "w", "g")
+
+    _kill_after(monkeypatch, TopKSAE, 33)
+    with pytest.raises(Killed):
+        train_run(coder_cfg, cfg, data, tmp_path / "killed", disabled, "k", "g")
+    assert (tmp_path / "killed" / "checkpoint.safetensors").exists()
+    monkeypatch.undo()
+    resumed = train_run(coder_cfg, cfg, data, tmp_path / "killed", disabled, "k", "g")
+
+    assert resumed["resumed_from_step"] == 30
+    assert resumed["loss"] == whole["loss"] and resumed["dead_fraction"] == whole["dead_fraction"]
+    a, b = load(tmp_path / "whole" / "coder"), load(tmp_path / "killed" / "coder")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not (tmp_path / "killed" / "checkpoint.safetensors").exists()
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(store, tmp_path, monkeypatch):
+    from pipeline.coders.relu import ReluSAE
+
+    data = _data(store)
+    disabled = TrackingConfig(mode="disabled")
+    _kill_after(monkeypatch, ReluSAE, 7)
+    with pytest.raises(Killed):
+        train_run(CoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5), data, tmp_path, disabled, "r", "g")
+    monkeypatch.undo()
+    other = TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5, lr=0.5)
+    with pytest.raises(ConfigError, match="checkpoint of another configuration"):
+        train_run(CoderConfig(n_features=32), other, data, tmp_path, disabled, "r", "g")

@@ -20,7 +20,9 @@ def resolve_mode(cfg: TrackingConfig) -> str:
 class Tracker:
     """One W&B run; metrics are logged against tokens and FLOPs as well as steps."""
 
-    def __init__(self, cfg: TrackingConfig, name: str, group: str, config: dict, folder: Path, job_type: str):
+    def __init__(
+        self, cfg: TrackingConfig, name: str, group: str, config: dict, folder: Path, job_type: str, resume_id: str = ""
+    ):
         import wandb
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -34,6 +36,8 @@ class Tracker:
             dir=str(folder),
             mode=resolve_mode(cfg),
             reinit="create_new",
+            id=resume_id or None,
+            resume="allow" if resume_id else None,
             settings=wandb.Settings(silent=True),
         )
         self.run.define_metric("tokens")
