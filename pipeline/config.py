@@ -87,9 +87,10 @@ class TrainConfig:
 @dataclass
 class LauncherConfig:
     name: str = "local"  # where sweep arms run: local (this process) or ray (tasks on the Ray cluster)
-    gpus_per_arm: float = 0.0  # GPUs each arm reserves with launcher=ray (fractions pack arms onto one GPU)
-    cpus_per_arm: float = 1.0  # CPUs each arm reserves with launcher=ray
+    gpus_per_arm: float = 0.0  # GPUs each pack of arms reserves with launcher=ray (fractions share a GPU)
+    cpus_per_arm: float = 1.0  # CPUs each pack of arms reserves with launcher=ray
     max_retries: int = 1  # times a failed arm is retried when the sweep runs again
+    pack: int = 8  # most arms trained fused in one process on one pass over the data (same batch size and seed)
 
 
 @dataclass

@@ -99,13 +99,25 @@ def test_a_failing_arm_is_recorded_and_the_others_finish(harvested):
     assert (third[third.status == "failed"].attempts == 2).all()
 
 
-def test_the_ray_launcher_runs_arms_as_tasks(harvested):
+def test_packs_group_arms_that_see_the_same_batches():
+    from pipeline.sweep.launch import packs
+
+    arms = plan(SweepSpec(budgets=[1e9], n_features=[8, 16, 32], lrs=[1e-3], seeds=[0, 1], batch_size=10), 8, 10**6)
+    groups = packs(arms, 2)
+    assert [len(g) for g in groups] == [2, 1, 2, 1]
+    assert all(len({(a.seed, a.batch_size) for a in g}) == 1 for g in groups)
+    with pytest.raises(ConfigError, match="launcher.pack"):
+        packs(arms, 0)
+
+
+def test_the_ray_launcher_runs_packs_as_tasks(harvested):
     root, overrides = harvested
-    cfg = compose(*overrides, f"sweep={_write_sweep(root, budgets=[2e7], lrs=[1e-3])}", "launcher=ray", f"out_dir={root / 'ray'}")
+    sweep = _write_sweep(root, budgets=[2e7], lrs=[1e-3, 3e-3])
+    cfg = compose(*overrides, f"sweep={sweep}", "launcher=ray", "launcher.pack=2", f"out_dir={root / 'ray'}")
     (root / "ray").mkdir()
     (root / "ray" / "store.zarr").symlink_to(root / "run" / "store.zarr")
     table = run_sweep(cfg)
-    assert len(table) == 2 and (table.status == "done").all()
+    assert len(table) == 4 and (table.status == "done").all()
 
 
 def test_a_topk_sweep_trains_each_k(harvested):

@@ -161,3 +161,34 @@ def test_a_checkpoint_of_another_configuration_is_refused(store, tmp_path, monke
     other = TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5, lr=0.5)
     with pytest.raises(ConfigError, match="checkpoint of another configuration"):
         train_run(CoderConfig(n_features=32), other, data, tmp_path, disabled, "r", "g")
+
+
+def test_each_arm_of_a_fused_grid_equals_the_arm_trained_alone(store, tmp_path):
+    from pipeline.train.trainer import ArmSpec, train_grid
+
+    data = _data(store)
+    disabled = TrackingConfig(mode="disabled")
+    arms = [
+        (CoderConfig(n_features=32), TrainConfig(tokens=30 * 256, batch_size=256, lr=1e-3)),
+        (CoderConfig(n_features=64, l1_coefficient=1.0), TrainConfig(tokens=12 * 256, batch_size=256, lr=3e-3)),
+        (CoderConfig(kind="topk", n_features=48, k=4), TrainConfig(tokens=20 * 256, batch_size=256, lr=2e-3)),
+        (CoderConfig(kind="jumprelu", n_features=32), TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3)),
+    ]
+    specs = [ArmSpec(c, t, tmp_path / f"grid{i}", f"a{i}", "g") for i, (c, t) in enumerate(arms)]
+    fused = train_grid(specs, data, disabled)
+    for i, (coder_cfg, train_cfg) in enumerate(arms):
+        alone = train_run(coder_cfg, train_cfg, data, tmp_path / f"alone{i}", disabled, f"a{i}", "g")
+        assert fused[i]["loss"] == alone["loss"] and fused[i]["steps"] == alone["steps"]
+        a, b = load(tmp_path / f"grid{i}" / "coder"), load(tmp_path / f"alone{i}" / "coder")
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_diverging_arm_stops_alone_in_its_grid(store, tmp_path):
+    from pipeline.train.trainer import ArmSpec, train_grid
+
+    data = _data(store)
+    good = ArmSpec(CoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256), tmp_path / "good", "good", "g")
+    bad_cfg = TrainConfig(tokens=5120, batch_size=256, lr=1e30, grad_clip=1e30, log_every=1)
+    bad = ArmSpec(CoderConfig(n_features=32), bad_cfg, tmp_path / "bad", "bad", "g")
+    outcomes = train_grid([bad, good], data, TrackingConfig(mode="disabled"))
+    assert isinstance(outcomes[0], TrainingDiverged) and outcomes[1]["steps"] == 20

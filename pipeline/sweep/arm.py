@@ -10,7 +10,7 @@ from pipeline.store.activation_store import open_store
 from pipeline.sweep.plan import Arm
 from pipeline.sweep.results import read_row, run_dir, write_row
 from pipeline.train.data import ActivationData
-from pipeline.train.trainer import train_run
+from pipeline.train.trainer import ArmSpec, train_grid
 
 _DATA_CACHE: dict[tuple, ActivationData] = {}  # per process: arms that share a store read it once
 
@@ -38,16 +38,24 @@ def activation_data(store_path: Path, hook: str, train: TrainConfig) -> Activati
     return _DATA_CACHE[key]
 
 
-def run_arm(cfg: PipelineConfig, arm: Arm, hook: str, sweep_dir: Path, group: str) -> dict:
-    """Trains the arm and writes its row; a failure is recorded in the row, never raised."""
-    previous = read_row(sweep_dir, arm.run_id)
-    attempts = (previous or {}).get("attempts", 0) + 1
-    coder, train = arm_configs(cfg, arm)
+def run_arms(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, group: str) -> list[dict]:
+    """Trains the arms as one fused grid and writes each one's row; failures are recorded, never raised."""
+    attempts = {arm.run_id: (read_row(sweep_dir, arm.run_id) or {}).get("attempts", 0) + 1 for arm in arms}
+    specs = []
+    for arm in arms:
+        coder, train = arm_configs(cfg, arm)
+        specs.append(ArmSpec(coder, train, run_dir(sweep_dir, arm.run_id), arm.run_id, group))
     try:
-        data = activation_data(Path(cfg.out_dir) / "store.zarr", hook, train)
-        metrics = train_run(coder, train, data, run_dir(sweep_dir, arm.run_id), cfg.tracking, arm.run_id, group)
-        return write_row(sweep_dir, arm, "done", attempts, metrics)
-    except Exception as err:  # noqa: BLE001 - a failing arm must not stop the others
-        print(f"sweep: arm {arm.run_id} failed: {err}", flush=True)
-        detail = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
-        return write_row(sweep_dir, arm, "failed", attempts, error=detail)
+        data = activation_data(Path(cfg.out_dir) / "store.zarr", hook, specs[0].train)
+        outcomes = train_grid(specs, data, cfg.tracking)
+    except Exception as err:  # noqa: BLE001 - a failing pack must not stop the other packs
+        outcomes = [err] * len(arms)
+    rows = []
+    for arm, outcome in zip(arms, outcomes):
+        if isinstance(outcome, Exception):
+            print(f"sweep: arm {arm.run_id} failed: {outcome}", flush=True)
+            detail = f"{type(outcome).__name__}: {outcome}\n{''.join(traceback.format_exception(outcome, limit=3))}"
+            rows.append(write_row(sweep_dir, arm, "failed", attempts[arm.run_id], error=detail))
+        else:
+            rows.append(write_row(sweep_dir, arm, "done", attempts[arm.run_id], outcome))
+    return rows

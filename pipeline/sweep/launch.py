@@ -5,7 +5,7 @@ from pathlib import Path
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.progress import Progress
-from pipeline.sweep.arm import run_arm
+from pipeline.sweep.arm import run_arms
 from pipeline.sweep.plan import Arm
 
 LAUNCHERS = ("local", "ray")
@@ -16,31 +16,42 @@ def check_launcher(name: str) -> None:
         raise ConfigError(f"launcher.name: expected one of {', '.join(LAUNCHERS)}, got {name!r}")
 
 
+def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:
+    """Arms that see the same batches (one batch size and seed), in groups of at most `pack`."""
+    if pack < 1:
+        raise ConfigError(f"launcher.pack: expected at least 1 arm per process, got {pack}")
+    by_data: dict[tuple, list[Arm]] = {}
+    for arm in arms:
+        by_data.setdefault((arm.batch_size, arm.seed), []).append(arm)
+    return [group[i : i + pack] for group in by_data.values() for i in range(0, len(group), pack)]
+
+
 def launch(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, group: str) -> list[dict]:
     check_launcher(cfg.launcher.name)
+    groups = packs(arms, cfg.launcher.pack)
     if cfg.launcher.name == "ray":
-        return _launch_ray(cfg, arms, hook, sweep_dir, group)
+        return _launch_ray(cfg, groups, hook, sweep_dir, group)
     progress = Progress("sweep", len(arms), "arms", every_s=0.0)
     rows = []
-    for arm in arms:
-        rows.append(run_arm(cfg, arm, hook, sweep_dir, group))
-        progress.update(1, extra=f"last: {arm.run_id} {rows[-1]['status']}")
+    for pack in groups:
+        rows.extend(run_arms(cfg, pack, hook, sweep_dir, group))
+        progress.update(len(pack), extra=f"last: {pack[-1].run_id} {rows[-1]['status']}")
     return rows
 
 
-def _launch_ray(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, group: str) -> list[dict]:
+def _launch_ray(cfg: PipelineConfig, groups: list[list[Arm]], hook: str, sweep_dir: Path, group: str) -> list[dict]:
     import ray
 
     from pipeline.cluster import connect
 
     connect(cfg.ray)
-    task = ray.remote(num_cpus=cfg.launcher.cpus_per_arm, num_gpus=cfg.launcher.gpus_per_arm, max_retries=0)(run_arm)
-    pending = {task.remote(cfg, arm, hook, sweep_dir, group): arm for arm in arms}
-    progress = Progress("sweep", len(arms), "arms", every_s=0.0)
+    task = ray.remote(num_cpus=cfg.launcher.cpus_per_arm, num_gpus=cfg.launcher.gpus_per_arm, max_retries=0)(run_arms)
+    pending = {task.remote(cfg, pack, hook, sweep_dir, group): pack for pack in groups}
+    progress = Progress("sweep", sum(len(p) for p in groups), "arms", every_s=0.0)
     rows = []
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
-        arm = pending.pop(ref)
-        rows.append(ray.get(ref))
-        progress.update(1, extra=f"last: {arm.run_id} {rows[-1]['status']}")
+        pack = pending.pop(ref)
+        rows.extend(ray.get(ref))
+        progress.update(len(pack), extra=f"last: {pack[-1].run_id} {rows[-1]['status']}")
     return rows

@@ -1,8 +1,13 @@
-"""Training one coder on one hook's activations, from a config to a run folder with weights and metrics.json."""
+"""Training coders on one hook's activations: a single run, or a fused grid of arms sharing each batch.
+
+Every arm of a grid sees the batches it would see alone (the order is a pure function of the seed
+and the step) and is initialised from its own seed, so each arm's result equals the arm trained
+alone. Reading the store and building each batch happens once for all of them.
+"""
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +27,17 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+@dataclass
+class ArmSpec:
+    """One coder to train: its configs and where its run folder goes."""
+
+    coder: CoderConfig
+    train: TrainConfig
+    run_dir: Path
+    run_id: str
+    group: str
+
+
 def schedules(step: int, n_steps: int, cfg: TrainConfig) -> tuple[float, float]:
     """(learning-rate factor, sparsity factor): the penalty ramps in at the start, the rate decays at the end."""
     warmup = max(1, round(cfg.lambda_warmup_frac * n_steps))
@@ -33,6 +49,131 @@ def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else asdict(cfg)
 
 
+class ArmRun:
+    """A coder in training: its optimiser, firing history, checkpoints and tracker."""
+
+    def __init__(self, spec: ArmSpec, data: ActivationData, tracking: TrackingConfig):
+        from pipeline.track.wandb_run import open_tracker
+
+        self.spec, self.cfg = spec, spec.train
+        self.n_steps = self.cfg.tokens // self.cfg.batch_size
+        if self.n_steps < 1:
+            raise ConfigError(f"train.tokens: {self.cfg.tokens} is less than one batch of {self.cfg.batch_size}")
+        torch.manual_seed(self.cfg.seed)
+        self.coder = build(spec.coder, data.d).to(data.train.device).train()
+        self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999))
+        self.firing = FiringTracker(self.coder.n_features, data.train.device)
+        self.config = {"coder": _plain(spec.coder), "train": _plain(self.cfg), "hook": data.hook, "scale": data.scale}
+        resumed = checkpoint.load(spec.run_dir, self.config, self.coder, self.optimizer, self.firing) or {}
+        self.start_step = resumed.get("step", 0)
+        self.last_good = f"step {self.start_step}" if self.start_step else "none"
+        self.tracker = open_tracker(
+            tracking, name=spec.run_id, group=spec.group, config=self.config, folder=spec.run_dir,
+            job_type="train", resume_id=resumed.get("wandb_id", ""),
+        )  # fmt: skip
+        self.started = time.monotonic() - resumed.get("wall_time_s", 0.0)
+        self.flops_per_token = self.coder.flops_per_token()
+        self.loss = float("nan")
+
+    def active(self, step: int) -> bool:
+        return self.start_step <= step < self.n_steps
+
+    def step(self, x: torch.Tensor, step: int) -> None:
+        cfg = self.cfg
+        lr_factor, sparsity_factor = schedules(step, self.n_steps, cfg)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = cfg.lr * lr_factor
+        parts, f = self.coder.loss(x, sparsity_factor)
+        done = step + 1
+        checkpoint_due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < self.n_steps
+        # Reading the loss syncs with the device, so it is read only to log it or to vouch for a checkpoint.
+        if step % cfg.log_every == 0 or done == self.n_steps or checkpoint_due:
+            self.loss = parts["loss"].item()
+            if not math.isfinite(self.loss):
+                raise TrainingDiverged(
+                    f"step {step}: the loss is {self.loss}; last good checkpoint: {self.last_good} in {self.spec.run_dir}"
+                )
+            if self.tracker:
+                tokens = done * cfg.batch_size
+                metrics = {f"train/{k}": v.item() for k, v in parts.items()}
+                self.tracker.log(metrics | {"tokens": tokens, "flops": tokens * self.flops_per_token})
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.coder.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.coder.after_step()
+        self.firing.update(f.detach())
+        if checkpoint_due:
+            extra = {"wandb_id": self.tracker.id if self.tracker else "", "wall_time_s": time.monotonic() - self.started}
+            checkpoint.save(self.spec.run_dir, done, self.config, self.coder, self.optimizer, self.firing, extra)
+            self.last_good = f"step {done}"
+
+    def finish(self, data: ActivationData) -> dict:
+        """Evaluates on the held-out rows and writes the run folder; the checkpoint is then removed."""
+        metrics = evaluate(self.coder.eval(), data.eval_batches(self.cfg.batch_size))
+        dead, window = self.firing.dead_fraction(self.cfg.dead_window_tokens)
+        tokens = self.n_steps * self.cfg.batch_size
+        metrics |= {
+            "dead_fraction": dead,
+            "dead_window_tokens": window,
+            "tokens": tokens,
+            "steps": self.n_steps,
+            "flops": tokens * self.flops_per_token,
+            "flops_per_token": self.flops_per_token,
+            "wall_time_s": time.monotonic() - self.started,
+            "resumed_from_step": self.start_step,
+            "wandb_run_id": self.tracker.id if self.tracker else "",
+        }
+        self.coder.save(self.spec.run_dir / "coder")
+        write_json_atomic(self.spec.run_dir / "metrics.json", metrics)
+        checkpoint.remove(self.spec.run_dir)
+        if self.tracker:
+            self.tracker.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
+            self.tracker.finish()
+        return metrics
+
+    def abandon(self) -> None:
+        if self.tracker:
+            self.tracker.finish(failed=True)
+
+
+def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig) -> list[dict | Exception]:
+    """Trains every arm on one pass over the data; each arm's metrics, or the exception that stopped it.
+
+    Arms must share the batch size and the seed, which fix the batches they see.
+    """
+    if len({(s.train.batch_size, s.train.seed) for s in specs}) != 1:
+        raise ValueError("a fused grid needs one batch size and one seed for all its arms")
+    outcomes: list[dict | Exception | None] = [None] * len(specs)
+    arms: dict[int, ArmRun] = {}
+    for i, spec in enumerate(specs):
+        try:
+            arms[i] = ArmRun(spec, data, tracking)
+        except Exception as err:  # noqa: BLE001 - one bad arm must not stop the grid
+            outcomes[i] = err
+    if arms:
+        cfg = specs[0].train
+        first, last = min(a.start_step for a in arms.values()), max(a.n_steps for a in arms.values())
+        label = specs[0].run_id if len(specs) == 1 else f"grid of {len(specs)} arms"
+        progress = Progress(f"train {label}", last - first, "steps", every_s=5.0)
+        for step, x in enumerate(data.batches(cfg.batch_size, last, cfg.seed, first), start=first):
+            for i, arm in list(arms.items()):
+                if not arm.active(step):
+                    continue
+                try:
+                    arm.step(x, step)
+                    if step + 1 == arm.n_steps:
+                        outcomes[i] = arms.pop(i).finish(data)
+                except Exception as err:  # noqa: BLE001
+                    arms.pop(i).abandon()
+                    outcomes[i] = err
+            progress.extra = "  ".join(f"loss {a.loss:.4g}" for a in list(arms.values())[:4])
+            progress.update(1)
+        for i, arm in arms.items():  # arms resumed at or past their last step
+            outcomes[i] = arm.finish(data)
+    return outcomes
+
+
 def train_run(
     coder_cfg: CoderConfig,
     cfg: TrainConfig,
@@ -42,82 +183,8 @@ def train_run(
     run_id: str,
     group: str,
 ) -> dict:
-    """Trains (resuming from `run_dir`'s checkpoint if there is one), evaluates on the held-out rows,
-    saves `run_dir/coder/` and `run_dir/metrics.json`."""
-    from pipeline.track.wandb_run import open_tracker
-
-    n_steps = cfg.tokens // cfg.batch_size
-    if n_steps < 1:
-        raise ConfigError(f"train.tokens: {cfg.tokens} is less than one batch of {cfg.batch_size}")
-    device = data.train.device
-    torch.manual_seed(cfg.seed)
-    coder = build(coder_cfg, data.d).to(device).train()
-    optimizer = torch.optim.Adam(coder.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    firing = FiringTracker(coder.n_features, device)
-    config = {"coder": _plain(coder_cfg), "train": _plain(cfg), "hook": data.hook, "scale": data.scale}
-    resumed = checkpoint.load(run_dir, config, coder, optimizer, firing) or {}
-    start_step = resumed.get("step", 0)
-    tracker = open_tracker(
-        tracking, name=run_id, group=group, config=config, folder=run_dir, job_type="train", resume_id=resumed.get("wandb_id", "")
-    )
-    start = time.monotonic() - resumed.get("wall_time_s", 0.0)
-    try:
-        _train_steps(coder, optimizer, firing, data, cfg, n_steps, start_step, tracker, run_id, run_dir, config, start)
-        metrics = evaluate(coder.eval(), data.eval_batches(cfg.batch_size))
-        dead, window = firing.dead_fraction(cfg.dead_window_tokens)
-        metrics |= {
-            "dead_fraction": dead,
-            "dead_window_tokens": window,
-            "tokens": n_steps * cfg.batch_size,
-            "steps": n_steps,
-            "flops": n_steps * cfg.batch_size * coder.flops_per_token(),
-            "flops_per_token": coder.flops_per_token(),
-            "wall_time_s": time.monotonic() - start,
-            "resumed_from_step": start_step,
-            "wandb_run_id": tracker.id if tracker else "",
-        }
-        coder.save(run_dir / "coder")
-        write_json_atomic(run_dir / "metrics.json", metrics)
-        checkpoint.remove(run_dir)  # the finished weights and metrics replace it
-        if tracker:
-            tracker.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
-            tracker.finish()
-        return metrics
-    except BaseException:
-        if tracker:
-            tracker.finish(failed=True)
-        raise
-
-
-def _train_steps(coder, optimizer, firing, data, cfg, n_steps, start_step, tracker, run_id, run_dir, config, start) -> None:
-    flops_per_token = coder.flops_per_token()
-    progress = Progress(f"train {run_id}", n_steps, "steps", every_s=5.0)
-    progress.done = start_step
-    last_good = "none" if start_step == 0 else f"step {start_step}"
-    for step, x in enumerate(data.batches(cfg.batch_size, n_steps, cfg.seed, start_step), start=start_step):
-        lr_factor, sparsity_factor = schedules(step, n_steps, cfg)
-        for param_group in optimizer.param_groups:
-            param_group["lr"] = cfg.lr * lr_factor
-        parts, f = coder.loss(x, sparsity_factor)
-        done = step + 1
-        checkpoint_due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps
-        # Reading the loss syncs with the device, so it is read only to log it or to vouch for a checkpoint.
-        loss = parts["loss"].item() if step % cfg.log_every == 0 or done == n_steps or checkpoint_due else None
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingDiverged(f"step {step}: the loss is {loss}; last good checkpoint: {last_good} in {run_dir}")
-        parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(coder.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        coder.after_step()
-        firing.update(f.detach())
-        if loss is not None:
-            tokens = (step + 1) * cfg.batch_size
-            if tracker:
-                tracker.log({f"train/{k}": v.item() for k, v in parts.items()} | {"tokens": tokens, "flops": tokens * flops_per_token})
-            progress.extra = f"loss {loss:.4g}"
-        if checkpoint_due:
-            extra = {"wandb_id": tracker.id if tracker else "", "wall_time_s": time.monotonic() - start}
-            checkpoint.save(run_dir, done, config, coder, optimizer, firing, extra)
-            last_good = f"step {done}"
-        progress.update(1)
+    """Trains one coder (resuming from `run_dir`'s checkpoint if there is one); raises what stops it."""
+    [outcome] = train_grid([ArmSpec(coder_cfg, cfg, run_dir, run_id, group)], data, tracking)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
