@@ -78,6 +78,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # maximum global gradient norm
     eval_tokens: int = 8192  # rows at the end of the store held out for final metrics, never trained on
     dead_window_tokens: int = 10_000_000  # a feature is dead if it never fired in this many most recent tokens
+    splice_contexts: int = 32  # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
     seed: int = 0  # seed of initialisation and data order
     device: str = "auto"  # torch device; auto = cuda when present, else cpu
     log_every: int = 50  # steps between progress lines and tracked metrics

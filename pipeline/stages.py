@@ -16,6 +16,7 @@ def train(cfg: PipelineConfig) -> None:
     from pipeline.models.loading import pick_device
     from pipeline.store.activation_store import open_store
     from pipeline.store.schema import check_trainable
+    from pipeline.sweep.arm import make_splicer
     from pipeline.train.data import ActivationData
     from pipeline.train.trainer import train_run
 
@@ -24,8 +25,10 @@ def train(cfg: PipelineConfig) -> None:
     check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
     run_id = f"{cfg.coder.kind}_N{cfg.coder.n_features}_lr{cfg.train.lr:g}_s{cfg.train.seed}"
     run_dir = Path(cfg.out_dir) / "train" / run_id
-    data = ActivationData(store, hook, cfg.train, pick_device(cfg.train.device))
-    metrics = train_run(cfg.coder, cfg.train, data, run_dir, cfg.tracking, run_id, group="train")
+    device = pick_device(cfg.train.device)
+    data = ActivationData(store, hook, cfg.train, device)
+    splicer = make_splicer(store, hook, cfg.train, device)
+    metrics = train_run(cfg.coder, cfg.train, data, run_dir, cfg.tracking, run_id, group="train", splicer=splicer)
     print(
         f"train {run_id}: loss {metrics['loss']:.4g}, fvu {metrics['fvu']:.3f}, l0 {metrics['l0']:.1f}, "
         f"dead {metrics['dead_fraction']:.1%}; weights and metrics.json in {run_dir}"

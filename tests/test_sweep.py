@@ -76,6 +76,7 @@ def test_a_local_sweep_writes_plan_and_one_done_row_per_arm_and_skips_them_next_
     assert list(on_disk.columns) == list(COLUMNS)
     assert len(on_disk) == 8 and (on_disk.status == "done").all()
     assert (on_disk.flops <= on_disk.budget).all() and (on_disk.fvu > 0).all()
+    assert (on_disk.kl > 0).all() and on_disk.delta_loss.notna().all()  # GPT-2 has an LM head to splice into
     assert set(on_disk.run_id) == {a["run_id"] for a in plan_json["arms"]}
     assert len(table) == 8
     capsys.readouterr()

@@ -10,9 +10,10 @@ from pipeline.store.activation_store import open_store
 from pipeline.sweep.plan import Arm
 from pipeline.sweep.results import read_row, run_dir, write_row
 from pipeline.train.data import ActivationData
+from pipeline.train.splice import Splicer
 from pipeline.train.trainer import ArmSpec, train_grid
 
-_DATA_CACHE: dict[tuple, ActivationData] = {}  # per process: arms that share a store read it once
+_DATA_CACHE: dict[tuple, tuple] = {}  # per process: arms that share a store read it (and load its model) once
 
 
 def arm_configs(cfg: PipelineConfig, arm: Arm) -> tuple[CoderConfig, TrainConfig]:
@@ -29,13 +30,21 @@ def _fields(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(vars(node))
 
 
-def activation_data(store_path: Path, hook: str, train: TrainConfig) -> ActivationData:
+def activation_data(store_path: Path, hook: str, train: TrainConfig) -> tuple[ActivationData, Splicer | None]:
     device = pick_device(train.device)
-    key = (str(store_path), hook, train.eval_tokens, str(device))
+    key = (str(store_path), hook, train.eval_tokens, train.splice_contexts, str(device))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = ActivationData(open_store(store_path), hook, train, device)
+        store = open_store(store_path)
+        _DATA_CACHE[key] = (ActivationData(store, hook, train, device), make_splicer(store, hook, train, device))
     return _DATA_CACHE[key]
+
+
+def make_splicer(store, hook: str, train: TrainConfig, device) -> Splicer | None:
+    """A splicer when the store's model has a language-model head and splicing is on."""
+    if train.splice_contexts <= 0 or not store.attrs["model"]["has_lm_head"]:
+        return None
+    return Splicer(store, hook, train.splice_contexts, device)
 
 
 def run_arms(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, group: str) -> list[dict]:
@@ -46,8 +55,8 @@ def run_arms(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, g
         coder, train = arm_configs(cfg, arm)
         specs.append(ArmSpec(coder, train, run_dir(sweep_dir, arm.run_id), arm.run_id, group))
     try:
-        data = activation_data(Path(cfg.out_dir) / "store.zarr", hook, specs[0].train)
-        outcomes = train_grid(specs, data, cfg.tracking)
+        data, splicer = activation_data(Path(cfg.out_dir) / "store.zarr", hook, specs[0].train)
+        outcomes = train_grid(specs, data, cfg.tracking, splicer)
     except Exception as err:  # noqa: BLE001 - a failing pack must not stop the other packs
         outcomes = [err] * len(arms)
     rows = []

@@ -14,7 +14,7 @@ from pipeline.store.activation_store import write_json_atomic
 from pipeline.sweep.plan import Arm
 
 RESULT = "result.json"
-METRIC_COLUMNS = ("loss", "mse", "fvu", "l0", "dead_fraction", "dead_window_tokens", "flops_per_token")
+METRIC_COLUMNS = ("loss", "mse", "fvu", "l0", "dead_fraction", "dead_window_tokens", "flops_per_token", "delta_loss", "kl")
 COLUMNS = (
     "run_id", "status", "kind", "budget", "n_features", "d_in", "lr", "sparsity", "seed", "batch_size",
     "steps", "tokens", "flops", *METRIC_COLUMNS, "wall_time_s", "attempts", "checkpoint", "wandb_run_id", "error",

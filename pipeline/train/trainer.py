@@ -108,9 +108,11 @@ class ArmRun:
             checkpoint.save(self.spec.run_dir, done, self.config, self.coder, self.optimizer, self.firing, extra)
             self.last_good = f"step {done}"
 
-    def finish(self, data: ActivationData) -> dict:
+    def finish(self, data: ActivationData, splicer=None) -> dict:
         """Evaluates on the held-out rows and writes the run folder; the checkpoint is then removed."""
         metrics = evaluate(self.coder.eval(), data.eval_batches(self.cfg.batch_size))
+        if splicer is not None:
+            metrics |= splicer(self.coder, data.scale)
         dead, window = self.firing.dead_fraction(self.cfg.dead_window_tokens)
         tokens = self.n_steps * self.cfg.batch_size
         metrics |= {
@@ -137,10 +139,11 @@ class ArmRun:
             self.tracker.finish(failed=True)
 
 
-def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig) -> list[dict | Exception]:
+def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, splicer=None) -> list[dict | Exception]:
     """Trains every arm on one pass over the data; each arm's metrics, or the exception that stopped it.
 
-    Arms must share the batch size and the seed, which fix the batches they see.
+    Arms must share the batch size and the seed, which fix the batches they see. With a `Splicer`,
+    each arm's metrics also hold the spliced next-token loss change and KL.
     """
     if len({(s.train.batch_size, s.train.seed) for s in specs}) != 1:
         raise ValueError("a fused grid needs one batch size and one seed for all its arms")
@@ -163,14 +166,14 @@ def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingCon
                 try:
                     arm.step(x, step)
                     if step + 1 == arm.n_steps:
-                        outcomes[i] = arms.pop(i).finish(data)
+                        outcomes[i] = arms.pop(i).finish(data, splicer)
                 except Exception as err:  # noqa: BLE001
                     arms.pop(i).abandon()
                     outcomes[i] = err
             progress.extra = "  ".join(f"loss {a.loss:.4g}" for a in list(arms.values())[:4])
             progress.update(1)
         for i, arm in arms.items():  # arms resumed at or past their last step
-            outcomes[i] = arm.finish(data)
+            outcomes[i] = arm.finish(data, splicer)
     return outcomes
 
 
@@ -182,9 +185,10 @@ def train_run(
     tracking: TrackingConfig,
     run_id: str,
     group: str,
+    splicer=None,
 ) -> dict:
     """Trains one coder (resuming from `run_dir`'s checkpoint if there is one); raises what stops it."""
-    [outcome] = train_grid([ArmSpec(coder_cfg, cfg, run_dir, run_id, group)], data, tracking)
+    [outcome] = train_grid([ArmSpec(coder_cfg, cfg, run_dir, run_id, group)], data, tracking, splicer)
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
