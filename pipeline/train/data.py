@@ -23,7 +23,7 @@ class ActivationData:
         self.scale = (d / store.attrs["norm_stats"][hook]["mean_sq_norm"]) ** 0.5
         rows = store.read_rows(hook, 0, n_rows).to(device=device, dtype=torch.float32) * self.scale
         self.train, self.eval = rows[: n_rows - cfg.eval_tokens], rows[n_rows - cfg.eval_tokens :]
-        self.hook, self.d = hook, d
+        self.hook, self.d, self.device = hook, d, device
 
     @property
     def n_train(self) -> int:

@@ -60,9 +60,9 @@ class ArmRun:
         if self.n_steps < 1:
             raise ConfigError(f"train.tokens: {self.cfg.tokens} is less than one batch of {self.cfg.batch_size}")
         torch.manual_seed(self.cfg.seed)
-        self.coder = build(spec.coder, data.d).to(data.train.device).train()
+        self.coder = build(spec.coder, data.d).to(data.device).train()
         self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999))
-        self.firing = FiringTracker(self.coder.n_features, data.train.device)
+        self.firing = FiringTracker(self.coder.n_features, data.device)
         self.config = {"coder": _plain(spec.coder), "train": _plain(self.cfg), "hook": data.hook, "scale": data.scale}
         resumed = checkpoint.load(spec.run_dir, self.config, self.coder, self.optimizer, self.firing) or {}
         self.start_step = resumed.get("step", 0)
