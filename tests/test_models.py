@@ -23,6 +23,8 @@ def test_resid_post_hook_equals_the_models_hidden_state(tiny_models, family):
     # hidden_states[0] is the embedding, so block 1's output is entry 2 (before any final norm).
     assert captured["resid_post.1"].shape == (2, 10, 32)
     torch.testing.assert_close(captured["resid_post.1"], hidden[2])
+    before = run_to_hooks(model, ids, [parse_hook("resid_pre.1", 3)], 3)
+    torch.testing.assert_close(before["resid_pre.1"], hidden[1])
 
 
 @pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])

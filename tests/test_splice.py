@@ -14,7 +14,7 @@ from pipeline.train.splice import Splicer
 
 from conftest import compose, tiny_overrides
 
-HOOKS = ("resid_post.1", "mlp_out.1", "mlp_in.2")
+HOOKS = ("resid_pre.1", "resid_post.1", "mlp_out.1", "mlp_in.2")
 
 
 @pytest.fixture(scope="module")

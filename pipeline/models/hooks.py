@@ -1,4 +1,4 @@
-"""Hook points (`resid_post.L`, `mlp_in.L`, `mlp_out.L`) and capturing them in one forward pass."""
+"""Hook points (`resid_pre.L`, `resid_post.L`, `mlp_in.L`, `mlp_out.L`) and capturing them in one forward pass."""
 
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -8,12 +8,13 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 
-SITES = ("resid_post", "mlp_in", "mlp_out")
+SITES = ("resid_pre", "resid_post", "mlp_in", "mlp_out")
+_INPUT_SITES = ("resid_pre", "mlp_in")  # captured from the module's input rather than its output
 
 
 @dataclass(frozen=True)
 class HookPoint:
-    site: str  # resid_post: the block's output; mlp_in / mlp_out: its MLP's input / output
+    site: str  # resid_pre / resid_post: the block's input / output; mlp_in / mlp_out: its MLP's input / output
     layer: int
 
     @property
@@ -38,11 +39,23 @@ def find_blocks(model: nn.Module, n_layers: int) -> nn.ModuleList:
     raise ConfigError(f"model.name: found no list of {n_layers} transformer blocks in {type(model).__name__}")
 
 
-def _mlp_of(block: nn.Module, point: HookPoint) -> nn.Module:
+def module_of(block: nn.Module, point: HookPoint) -> nn.Module:
+    """The module whose input or output is the hook point: the block, or its MLP."""
+    if point.site.startswith("resid"):
+        return block
     mlp = getattr(block, "mlp", None)
     if mlp is None:
         raise ConfigError(f"harvest.hooks: {point.name} needs a block with an `mlp` module; this model has none")
     return mlp
+
+
+def is_input_site(point: HookPoint) -> bool:
+    return point.site in _INPUT_SITES
+
+
+def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A block's or MLP's input, whether passed by position or as `hidden_states=`."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 class _Done(Exception):
@@ -56,19 +69,23 @@ def capture(model: nn.Module, points: list[HookPoint], n_layers: int):
     captured: dict[str, torch.Tensor] = {}
     handles = []
 
-    def make_hook(point: HookPoint, take_input: bool):
-        def hook(_module, args, output):
-            value = args[0] if take_input else output
-            captured[point.name] = (value[0] if isinstance(value, tuple) else value).detach()
-            if len(captured) == len(points):
-                raise _Done
+    def keep(point: HookPoint, value) -> None:
+        captured[point.name] = (value[0] if isinstance(value, tuple) else value).detach()
+        if len(captured) == len(points):
+            raise _Done
 
-        return hook
+    def input_hook(point: HookPoint):
+        return lambda _module, args, kwargs: keep(point, first_input(args, kwargs))
+
+    def output_hook(point: HookPoint):
+        return lambda _module, _args, output: keep(point, output)
 
     for point in points:
-        block = blocks[point.layer]
-        module = block if point.site == "resid_post" else _mlp_of(block, point)
-        handles.append(module.register_forward_hook(make_hook(point, point.site == "mlp_in")))
+        module = module_of(blocks[point.layer], point)
+        if is_input_site(point):
+            handles.append(module.register_forward_pre_hook(input_hook(point), with_kwargs=True))
+        else:
+            handles.append(module.register_forward_hook(output_hook(point)))
     try:
         yield captured
     except _Done:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from pipeline.coders.base import Coder
 from pipeline.config import ModelConfig
-from pipeline.models.hooks import find_blocks, parse_hook
+from pipeline.models.hooks import find_blocks, first_input, is_input_site, module_of, parse_hook
 from pipeline.models.loading import load_model
 from pipeline.store.activation_store import ActivationStore
 
@@ -45,8 +45,7 @@ class Splicer:
         return {"delta_loss": total_delta / count, "kl": total_kl / count} if count else {"delta_loss": math.nan, "kl": math.nan}
 
     def _replaced_by(self, coder: Coder, scale: float):
-        site = self.point.site
-        module = self.block if site == "resid_post" else self.block.mlp
+        module = module_of(self.block, self.point)
         drop_bos = self.drop_bos
 
         def reconstruct(value: torch.Tensor) -> torch.Tensor:
@@ -56,11 +55,13 @@ class Splicer:
                 recon[:, 0] = value[:, 0]
             return recon
 
-        if site == "mlp_in":
-            def pre_hook(_module, args):
-                return (reconstruct(args[0]), *args[1:])
+        if is_input_site(self.point):
+            def pre_hook(_module, args, kwargs):
+                if args:
+                    return (reconstruct(args[0]), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": reconstruct(first_input(args, kwargs))}
 
-            return _Hook(module.register_forward_pre_hook(pre_hook))
+            return _Hook(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
         def hook(_module, _args, output):
             if isinstance(output, tuple):
