@@ -19,6 +19,15 @@ class Coder(nn.Module):
         super().__init__()
         self.d_in, self.n_features, self.hparams = d_in, n_features, hparams
 
+    def init_tied_weights(self, decoder_norm: float) -> None:
+        """Decoder columns in random directions of norm `decoder_norm`, the encoder its transpose, zero biases."""
+        w_dec = torch.randn(self.d_in, self.n_features)
+        w_dec *= decoder_norm / w_dec.norm(dim=0, keepdim=True)
+        self.w_dec = nn.Parameter(w_dec)
+        self.w_enc = nn.Parameter(w_dec.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(self.n_features))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_in))
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -117,12 +117,7 @@ class JumpReluSAE(Coder):
         self.l1_coefficient, self.penalty, self.bandwidth = l1_coefficient, penalty, bandwidth
         self.tanh_scale, self.preact_coefficient = tanh_scale, preact_coefficient
         self.init_decoder_norm = init_decoder_norm
-        w_dec = torch.randn(d_in, n_features)
-        w_dec *= init_decoder_norm / w_dec.norm(dim=0, keepdim=True)
-        self.w_dec = nn.Parameter(w_dec)
-        self.w_enc = nn.Parameter(w_dec.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(n_features))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.init_tied_weights(init_decoder_norm)
         self.log_threshold = nn.Parameter(torch.full((n_features,), math.log(init_threshold)))
 
     @property

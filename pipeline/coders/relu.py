@@ -19,12 +19,7 @@ class ReluSAE(Coder):
     def __init__(self, d_in: int, n_features: int, l1_coefficient: float = 5.0, init_decoder_norm: float = 0.1):
         super().__init__(d_in, n_features, l1_coefficient=l1_coefficient, init_decoder_norm=init_decoder_norm)
         self.l1_coefficient = l1_coefficient
-        w_dec = torch.randn(d_in, n_features)
-        w_dec *= init_decoder_norm / w_dec.norm(dim=0, keepdim=True)
-        self.w_dec = nn.Parameter(w_dec)
-        self.w_enc = nn.Parameter(w_dec.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(n_features))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.init_tied_weights(init_decoder_norm)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(nn.functional.linear(x, self.w_enc, self.b_enc))

@@ -57,12 +57,7 @@ class TopKFamily(Coder):
         )
         self.k, self.aux_k, self.aux_k_coefficient = k, aux_k, aux_k_coefficient
         self.dead_tokens_threshold = dead_tokens_threshold
-        w_dec = torch.randn(d_in, n_features)
-        w_dec /= w_dec.norm(dim=0, keepdim=True)
-        self.w_dec = nn.Parameter(w_dec)
-        self.w_enc = nn.Parameter(w_dec.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(n_features))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.init_tied_weights(1.0)
         # Tokens since each latent last fired (f > 0); a latent is dead once this reaches dead_tokens_threshold.
         self.register_buffer("tokens_since_fired", torch.zeros(n_features, dtype=torch.long))
 
