@@ -37,9 +37,9 @@ class HarvestConfig:
     drop_bos: bool = True  # drop each context's first (BOS) position, whose activations are outliers
     batch_contexts: int = 16  # contexts per forward pass
     contexts_per_shard: int = 64  # contexts in one store shard, the unit of leasing and completion
-    n_workers: int = 2  # Ray actors, each holding one model replica
-    worker_cpus: float = 1.0  # CPUs each actor reserves
-    worker_gpus: float = 0.0  # GPUs each actor reserves (fractions share a GPU)
+    replicas: int = 2  # Ray actors, each holding one model replica
+    cpus_per_replica: float = 1.0  # CPUs reserved for each replica (its placement-group bundle)
+    gpus_per_replica: float = 0.0  # GPUs reserved for each replica; above 1 the model is split across them
     max_actor_restarts: int = 3  # times a dead actor is replaced before the harvest fails
 
 
@@ -83,6 +83,9 @@ class TrainConfig:
     device: str = "auto"  # torch device; auto = cuda when present, else cpu
     log_every: int = 50  # steps between progress lines and tracked metrics
     checkpoint_every: int = 1000  # steps between checkpoints a killed run resumes from; 0 = none
+    cache: str = "auto"  # where the training rows live: device, host, none (streamed from the store) or auto (the first that fits)
+    shuffle_chunks: int = 64  # store chunks mixed in the streaming shuffle buffer (cache=none)
+    prefetch_chunks: int = 8  # store chunks read ahead by the streaming loader's background thread
 
 
 @dataclass

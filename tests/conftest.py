@@ -77,7 +77,7 @@ def tiny_overrides(model_dir: Path, out_dir: Path, **extra) -> list[str]:
         "harvest.n_tokens": 120,
         "harvest.contexts_per_shard": 4,
         "harvest.batch_contexts": 2,
-        "harvest.n_workers": 1,
+        "harvest.replicas": 1,
         "store.contexts_per_chunk": 2,
         "data.context_len": 16,
         "tracking.mode": "disabled",

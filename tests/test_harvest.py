@@ -32,7 +32,7 @@ def _assert_complete_and_equal(store: ActivationStore, reference: torch.Tensor) 
 
 
 def test_ray_harvest_equals_a_single_process_reference(ray_session, tiny_models, tmp_path):
-    cfg = compose(*tiny_overrides(tiny_models["gpt2"], tmp_path / "run", **{"harvest.n_workers": 2}))
+    cfg = compose(*tiny_overrides(tiny_models["gpt2"], tmp_path / "run", **{"harvest.replicas": 2}))
     store = run_harvest(cfg)
     assert store.layout.n_shards == 2 and store.layout.n_rows == 120
     assert store.attrs["model"]["d_model"] == 32 and store.attrs["hooks"] == ["resid_post.1"]
@@ -41,7 +41,7 @@ def test_ray_harvest_equals_a_single_process_reference(ray_session, tiny_models,
 
 
 def test_an_actor_killed_mid_shard_is_replaced_and_the_store_is_still_exact(ray_session, tiny_models, tmp_path, monkeypatch):
-    cfg = compose(*tiny_overrides(tiny_models["llama"], tmp_path / "run", **{"harvest.n_workers": 1}))
+    cfg = compose(*tiny_overrides(tiny_models["llama"], tmp_path / "run", **{"harvest.replicas": 1}))
     monkeypatch.setenv(FAULT_ENV, "1")
     store = run_harvest(cfg)
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))

@@ -220,7 +220,7 @@ def test_smoke_pipeline_runs_as_a_job_on_a_two_node_ray_cluster(loopback_cluster
     entrypoint = [
         "pipeline", "run", f"out_dir={out}", "sweep=smoke", "harvest.n_tokens=20000", "tracking.mode=disabled",
         "ray.address=auto",  # the job's driver joins the cluster it was submitted to
-        "harvest.n_workers=2", "harvest.worker_cpus=1",  # one model replica per node (each node has 1 CPU)
+        "harvest.replicas=2", "harvest.cpus_per_replica=1",  # one model replica per node (each node has 1 CPU)
         "launcher=ray", "launcher.cpus_per_arm=1",  # arms run as Ray tasks, on both nodes
         "fit.n_bootstrap=100",
     ]  # fmt: skip
@@ -269,7 +269,7 @@ def load_yaml(relative: str):
 
 
 def config_keys() -> set[str]:
-    """Every dotted override key of the pipeline's configuration (harvest.n_workers, launcher.gpus_per_arm, ...)."""
+    """Every dotted override key of the pipeline's configuration (harvest.replicas, launcher.gpus_per_arm, ...)."""
     import dataclasses
 
     from pipeline.config import PipelineConfig
@@ -389,7 +389,7 @@ def test_ray_run_script_submits_harvest_sweep_and_fit_to_the_cluster():
     assert "ray up" in text and "ray job submit" in text and "cluster.yaml" in text
     for stage in ("harvest", "sweep", "fit"):
         assert f"submit pipeline {stage}" in text
-    assert "ray.address=auto" in text and "launcher=ray" in text and "harvest.worker_gpus=1" in text
+    assert "ray.address=auto" in text and "launcher=ray" in text and "harvest.gpus_per_replica=1" in text
     assert "WANDB_API_KEY" in text and "--runtime-env" in text
 
 

@@ -46,7 +46,7 @@ submit() {
 
 common=("out_dir=$out_dir" "sweep=$sweep" ray.address=auto model.dtype=bfloat16)
 submit pipeline harvest "${common[@]}" \
-    "harvest.n_workers=${HARVEST_GPUS:-4}" harvest.worker_gpus=1 harvest.worker_cpus=4 "$@"
+    "harvest.replicas=${HARVEST_GPUS:-4}" harvest.gpus_per_replica=1 harvest.cpus_per_replica=4 "$@"
 submit pipeline sweep "${common[@]}" \
     launcher=ray launcher.gpus_per_arm=0.25 launcher.cpus_per_arm=2 "$@"
 submit pipeline fit "${common[@]}" "$@"

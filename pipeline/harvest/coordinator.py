@@ -22,18 +22,27 @@ class ShardLeases:
         import ray
 
         h = cfg.harvest
-        self.remote_worker = ray.remote(num_cpus=h.worker_cpus, num_gpus=h.worker_gpus, max_restarts=0)(HarvestWorker)
+        self.bundle = {"CPU": h.cpus_per_replica} | ({"GPU": h.gpus_per_replica} if h.gpus_per_replica else {})
+        self.remote_worker = ray.remote(num_cpus=h.cpus_per_replica, num_gpus=h.gpus_per_replica, max_restarts=0)(HarvestWorker)
         self.worker_args = (store_path, cfg.model, n_layers, h.batch_contexts, h.drop_bos)
         self.max_restarts = h.max_actor_restarts
         self.queue = deque(pending)
         self.leases: dict = {}  # object ref -> (actor, shard)
         self.actors: list = []
+        self.groups: list = []
         fault_shard = int(os.environ.get(FAULT_ENV, "-1"))
-        for i in range(min(h.n_workers, len(pending))):
+        for i in range(min(h.replicas, len(pending))):
             self.lease(self.new_actor(fault_shard if i == 0 else -1))
 
     def new_actor(self, fault_shard: int = -1):
-        actor = self.remote_worker.remote(*self.worker_args, fault_shard)
+        """A replica in a placement group of its own, so its CPUs and GPUs are reserved together on one node."""
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = placement_group([self.bundle], strategy="STRICT_PACK")
+        self.groups.append(group)
+        strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0)
+        actor = self.remote_worker.options(scheduling_strategy=strategy).remote(*self.worker_args, fault_shard)
         self.actors.append(actor)
         return actor
 
@@ -68,9 +77,12 @@ class ShardLeases:
     def release(self) -> None:
         """Frees the actors' CPUs and GPUs now rather than when their handles are collected."""
         import ray
+        from ray.util.placement_group import remove_placement_group
 
         for actor in self.actors:
             ray.kill(actor)
+        for group in self.groups:
+            remove_placement_group(group)
 
 
 def run_actors(store_path: str, pending: list[int], cfg: PipelineConfig, n_layers: int, rows_per_shard: int) -> None:

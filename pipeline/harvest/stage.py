@@ -25,8 +25,10 @@ def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
         raise ConfigError(f"harvest.n_tokens: expected a positive number of tokens, got {h.n_tokens}")
     if d.context_len < 2 + int(h.drop_bos):
         raise ConfigError(f"data.context_len: expected at least {2 + int(h.drop_bos)}, got {d.context_len}")
-    if h.contexts_per_shard <= 0 or h.batch_contexts <= 0 or h.n_workers <= 0:
-        raise ConfigError("harvest: contexts_per_shard, batch_contexts and n_workers must be positive")
+    if h.contexts_per_shard <= 0 or h.batch_contexts <= 0 or h.replicas <= 0:
+        raise ConfigError("harvest: contexts_per_shard, batch_contexts and replicas must be positive")
+    if h.gpus_per_replica > 1 and h.gpus_per_replica != int(h.gpus_per_replica):
+        raise ConfigError(f"harvest.gpus_per_replica: above 1 it must be whole GPUs, got {h.gpus_per_replica}")
     codecs.check(s.dtype, s.codec)
     for hook in h.hooks:
         parse_hook(hook, info.n_layers)

@@ -23,8 +23,10 @@ class HarvestWorker:
         fault_shard: int = -1,
     ):
         self.store = ActivationStore(store_path)
-        self.device = pick_device(model_cfg.device)
-        self.model = load_model(model_cfg, self.device)
+        # Ray shows an actor only its own GPUs; with several, the model's layers are spread over them.
+        split = pick_device(model_cfg.device).type == "cuda" and torch.cuda.device_count() > 1
+        self.model = load_model(model_cfg, pick_device(model_cfg.device), split_across_gpus=split)
+        self.device = self.model.get_input_embeddings().weight.device
         self.n_layers = n_layers
         self.points = [parse_hook(h, n_layers) for h in self.store.hooks]
         self.batch_contexts = batch_contexts

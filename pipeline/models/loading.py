@@ -69,8 +69,8 @@ def _is_causal_lm(hf_config) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (hf_config.architectures or []))
 
 
-def load_model(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
-    """Weights from safetensors only, in eval mode on `device`."""
+def load_model(cfg: ModelConfig, device: torch.device, split_across_gpus: bool = False) -> torch.nn.Module:
+    """Weights from safetensors only, in eval mode on `device`, or spread over all visible GPUs."""
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -83,8 +83,9 @@ def load_model(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
         dtype=_DTYPES[cfg.dtype],
         use_safetensors=True,
         trust_remote_code=cfg.trust_remote_code,
+        device_map="auto" if split_across_gpus else None,
     )
-    return model.to(device).eval()
+    return (model if split_across_gpus else model.to(device)).eval()
 
 
 def load_tokenizer(cfg: ModelConfig):
