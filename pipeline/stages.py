@@ -17,7 +17,7 @@ def train(cfg: PipelineConfig) -> None:
     from pipeline.store.activation_store import open_store
     from pipeline.store.schema import check_trainable
     from pipeline.sweep.arm import make_splicer
-    from pipeline.train.data import ActivationData
+    from pipeline.train.data import open_activation_data
     from pipeline.train.trainer import train_run
 
     store = open_store(Path(cfg.out_dir) / "store.zarr")
@@ -26,7 +26,7 @@ def train(cfg: PipelineConfig) -> None:
     run_id = f"{cfg.coder.kind}_N{cfg.coder.n_features}_lr{cfg.train.lr:g}_s{cfg.train.seed}"
     run_dir = Path(cfg.out_dir) / "train" / run_id
     device = pick_device(cfg.train.device)
-    data = ActivationData(store, hook, cfg.train, device)
+    data = open_activation_data(store, hook, cfg.train, device)
     splicer = make_splicer(store, hook, cfg.train, device)
     metrics = train_run(cfg.coder, cfg.train, data, run_dir, cfg.tracking, run_id, group="train", splicer=splicer)
     print(

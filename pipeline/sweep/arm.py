@@ -1,4 +1,4 @@
-"""Running one arm of a sweep: train it, and record its row whether it succeeds or fails."""
+"""Running a pack of a sweep's arms: train them fused, and record each one's row whether it succeeds or fails."""
 
 import traceback
 from pathlib import Path
@@ -9,8 +9,9 @@ from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
 from pipeline.sweep.plan import Arm
 from pipeline.sweep.results import read_row, run_dir, write_row
-from pipeline.train.data import ActivationData
+from pipeline.train.data import ActivationData, open_activation_data
 from pipeline.train.splice import Splicer
+from pipeline.train.stream import StreamingActivationData
 from pipeline.train.trainer import ArmSpec, train_grid
 
 _DATA_CACHE: dict[tuple, tuple] = {}  # per process: arms that share a store read it (and load its model) once
@@ -30,13 +31,13 @@ def _fields(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(vars(node))
 
 
-def activation_data(store_path: Path, hook: str, train: TrainConfig) -> tuple[ActivationData, Splicer | None]:
+def activation_data(store_path: Path, hook: str, train: TrainConfig) -> tuple[ActivationData | StreamingActivationData, Splicer | None]:
     device = pick_device(train.device)
-    key = (str(store_path), hook, train.eval_tokens, train.splice_contexts, str(device))
+    key = (str(store_path), hook, str(device), train.eval_tokens, train.splice_contexts, train.cache, train.shuffle_chunks, train.prefetch_chunks)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         store = open_store(store_path)
-        _DATA_CACHE[key] = (ActivationData(store, hook, train, device), make_splicer(store, hook, train, device))
+        _DATA_CACHE[key] = (open_activation_data(store, hook, train, device), make_splicer(store, hook, train, device))
     return _DATA_CACHE[key]
 
 

@@ -1,9 +1,12 @@
 """Activations for training: one hook of the store, scaled to E||x||^2 = d, split into train and eval rows.
 
-The store is read once and kept in memory; the batch order is a pure function of the seed, so
-every arm of a sweep with the same seed sees the same rows in the same order.
+`ActivationData` reads the store once and keeps it in device or host memory; `open_activation_data`
+picks it or the streaming loader (`stream.StreamingActivationData`) by `train.cache`. The batch
+order is a pure function of the seed, so every arm of a sweep with the same seed sees the same rows
+in the same order; device and host share one order, the streamed order is another.
 """
 
+import os
 from collections.abc import Iterator
 
 import torch
@@ -11,17 +14,28 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
+from pipeline.train.stream import StreamingActivationData
 
 
 class ActivationData:
-    def __init__(self, store: ActivationStore, hook: str, cfg: TrainConfig, device: torch.device):
+    order = "permutation"  # batches are seeded permutations of all training rows
+
+    def __init__(
+        self,
+        store: ActivationStore,
+        hook: str,
+        cfg: TrainConfig,
+        device: torch.device,
+        storage_device: torch.device | None = None,
+    ):
+        """Rows are kept on `storage_device` (default: `device`); batches are moved to `device`."""
         n_rows = store.layout.n_rows
         if not 0 < cfg.eval_tokens < n_rows:
             raise ConfigError(f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.eval_tokens}")
         d = store.d_model(hook)
         # Anthropic's normalisation: one scalar per hook so that the mean squared norm equals d.
         self.scale = (d / store.attrs["norm_stats"][hook]["mean_sq_norm"]) ** 0.5
-        rows = store.read_rows(hook, 0, n_rows).to(device=device, dtype=torch.float32) * self.scale
+        rows = store.read_rows(hook, 0, n_rows).to(device=storage_device or device, dtype=torch.float32) * self.scale
         self.train, self.eval = rows[: n_rows - cfg.eval_tokens], rows[n_rows - cfg.eval_tokens :]
         self.hook, self.d, self.device = hook, d, device
 
@@ -41,8 +55,52 @@ class ActivationData:
             while epochs_drawn <= epoch:  # a resumed run redraws the permutations it skipped
                 order = torch.randperm(self.n_train, generator=generator).to(self.train.device)
                 epochs_drawn += 1
-            yield self.train[order[i * batch_size : (i + 1) * batch_size]]
+            yield self.train[order[i * batch_size : (i + 1) * batch_size]].to(self.device)
 
     def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(self.eval), batch_size):
-            yield self.eval[i : i + batch_size]
+            yield self.eval[i : i + batch_size].to(self.device)
+
+
+CACHE_MODES = ("auto", "device", "host", "none")
+
+
+def open_activation_data(
+    store: ActivationStore, hook: str, cfg: TrainConfig, device: torch.device
+) -> "ActivationData | StreamingActivationData":
+    """The training data of `hook` as `train.cache` asks: kept on the device, in host memory, or streamed.
+
+    `auto` keeps the rows on the device when their float32 copy takes under half of the free device
+    memory (on a cpu device, host memory counts as the device's), else in host memory when under
+    half of the available RAM, else streams them. Returns an `ActivationData` or a
+    `StreamingActivationData`; both have the same interface.
+    """
+    mode = cfg.cache
+    if mode not in CACHE_MODES:
+        raise ConfigError(f"train.cache: expected one of {', '.join(CACHE_MODES)}, got {mode!r}")
+    device = torch.device(device)
+    if mode == "auto":
+        needed = store.layout.n_rows * store.d_model(hook) * 4
+        if device.type == "cuda" and needed < torch.cuda.mem_get_info(device)[0] / 2:
+            mode = "device"
+        elif needed < available_host_memory() / 2:
+            mode = "host"
+        else:
+            mode = "none"
+    if mode == "device":
+        return ActivationData(store, hook, cfg, device)
+    if mode == "host":
+        return ActivationData(store, hook, cfg, device, storage_device=torch.device("cpu"))
+    return StreamingActivationData(store, hook, cfg, device)
+
+
+def available_host_memory() -> int:
+    """Bytes of RAM available to new allocations: MemAvailable of /proc/meminfo, else the free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

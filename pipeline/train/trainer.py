@@ -63,7 +63,10 @@ class ArmRun:
         self.coder = build(spec.coder, data.d).to(data.device).train()
         self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999))
         self.firing = FiringTracker(self.coder.n_features, data.device)
-        self.config = {"coder": _plain(spec.coder), "train": _plain(self.cfg), "hook": data.hook, "scale": data.scale}
+        # The batch order is part of the configuration, so a resume never continues in another order.
+        self.config = {
+            "coder": _plain(spec.coder), "train": _plain(self.cfg), "hook": data.hook, "scale": data.scale, "order": data.order,
+        }  # fmt: skip
         resumed = checkpoint.load(spec.run_dir, self.config, self.coder, self.optimizer, self.firing) or {}
         self.start_step = resumed.get("step", 0)
         self.last_good = f"step {self.start_step}" if self.start_step else "none"
