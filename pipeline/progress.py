@@ -26,6 +26,9 @@ class Progress:
             self.last = now
             self._print(now)
 
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.start, 1e-9)
+
     def _print(self, now: float) -> None:
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed

@@ -71,7 +71,8 @@ class ShardLeases:
                 continue
             except RayTaskError as err:
                 raise HarvestError(f"harvest: shard {shard} failed: {err.cause}") from err
-            progress.update(1, extra=f"{progress.done * rows_per_shard:,} tokens")
+            tokens = (progress.done + 1) * rows_per_shard
+            progress.update(1, extra=f"{tokens:,} tokens, {tokens / progress.elapsed():,.0f} tokens/s")
             self.lease(actor)
 
     def release(self) -> None:
