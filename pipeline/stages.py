@@ -6,6 +6,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.harvest import stage as harvest_stage
 from pipeline.sweep import stage as sweep_stage
+from pipeline.sweep.plan import format_table
 
 
 def harvest(cfg: PipelineConfig) -> None:
@@ -76,11 +77,12 @@ def run(cfg: PipelineConfig) -> None:
     if cfg.fit.results:
         raise ConfigError("fit.results: `pipeline run` fits its own sweep; use `pipeline fit` for other tables")
     attrs = harvest_stage.validate(cfg)
-    sweep_stage.validate(cfg, attrs)
-    harvest(cfg)
+    spec, _, arms = sweep_stage.validate(cfg, attrs)
     if cfg.dry_run:
-        sweep(cfg)
+        print(format_table(arms))
+        print(f"run {spec.name}: {len(arms)} arms planned; dry run, nothing harvested or launched")
         return
+    harvest(cfg)
     sweep(cfg)
     fit(cfg)
 

@@ -58,3 +58,10 @@ def test_unknown_stage_and_missing_store_exit_2(tmp_path, capsys):
     assert main(["sweep", f"out_dir={tmp_path}"]) == 2
     assert "no activation store" in capsys.readouterr().err
     assert main(["fit", f"out_dir={tmp_path}"]) == 2
+
+
+def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    assert main(["run", f"out_dir={tmp_path / 'out'}", "sweep=smoke", "dry_run=true"]) == 0
+    out = capsys.readouterr().out
+    assert "relu_C4e+09_N192_lr0.001_l1-5_s0" in out and "18 arms planned; dry run" in out
+    assert not (tmp_path / "out").exists()
