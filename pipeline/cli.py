@@ -13,7 +13,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 STAGES = {
     "harvest": "tokenize the data set and write the model's activations into <out_dir>/store.zarr",
     "train": "train one coder on the store into <out_dir>/train/<coder.kind>_N<coder.n_features>",
-    "sweep": "plan and run the arms of sweeps/<sweep>.yaml into <out_dir>/sweep/results.parquet",
+    "sweep": "plan and run the arms of sweeps/<sweep.name>.yaml into <out_dir>/sweep/results.parquet",
     "fit": "fit the scaling laws of a results table into <out_dir>/fit/ (fit.json, report.md, plots)",
     "run": "harvest, sweep and fit in order, then print the fitted laws",
 }
@@ -32,12 +32,18 @@ def compose(overrides: list[str]) -> PipelineConfig:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"{bad[0]}: expected an override of the form key=value")
+    overrides = [sweep_name_override(o) for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             node = hydra_compose(config_name="config", overrides=overrides)
         return OmegaConf.to_object(node)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(str(err).strip().splitlines()[0]) from err
+
+
+def sweep_name_override(override: str) -> str:
+    """`sweep=NAME` is short for `sweep.name=NAME`: `sweep` is a group of fields, but a sweep is named most often."""
+    return "sweep.name=" + override.split("=", 1)[1] if override.startswith("sweep=") else override
 
 
 def print_help(stage: str | None, overrides: list[str]) -> None:

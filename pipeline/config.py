@@ -65,11 +65,14 @@ class CoderConfig:
     init_threshold: float = 0.001  # jumprelu threshold theta of every feature at initialisation (pre-activation units)
     tanh_scale: float = 4.0  # c of the tanh penalty sum_i tanh(c * f_i * ||W_dec,i||) (per pre-activation unit)
     preact_coefficient: float = 0.0  # lambda_p of the loss sum_i ReLU(theta_i - pre_i) ||W_dec,i|| (jumprelu; 0 = off)
+    skip_connection: bool = False  # transcoder, clt: add a learned linear map from each layer's input to its predicted output
 
 
 @dataclass
 class TrainConfig:
     hook: str = ""  # store array to train on; empty = the store's first hook
+    target_hook: str = ""  # store array a transcoder predicts from `hook` (e.g. mlp_out.3); empty for SAEs
+    layers: list[int] = field(default_factory=list)  # clt: layers whose mlp_in.L it reads and mlp_out.L it predicts; empty otherwise
     tokens: int = 100_000  # training tokens (a sweep sets this from the budget)
     batch_size: int = 1024  # activation rows per optimiser step
     lr: float = 1e-3  # peak Adam learning rate
@@ -81,20 +84,37 @@ class TrainConfig:
     splice_contexts: int = 32  # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
     seed: int = 0  # seed of initialisation and data order
     device: str = "auto"  # torch device; auto = cuda when present, else cpu
+    precision: str = "auto"  # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
     log_every: int = 50  # steps between progress lines and tracked metrics
     checkpoint_every: int = 1000  # steps between checkpoints a killed run resumes from; 0 = none
     cache: str = "auto"  # where the training rows live: device, host, none (streamed from the store) or auto (the first that fits)
     shuffle_chunks: int = 64  # store chunks mixed in the streaming shuffle buffer (cache=none)
     prefetch_chunks: int = 8  # store chunks read ahead by the streaming loader's background thread
+    parallel: str = "none"  # split over the launched ranks: none (one process), ddp (rows of each batch) or features (slices of the dictionary)
 
 
 @dataclass
 class LauncherConfig:
-    name: str = "local"  # where sweep arms run: local (this process) or ray (tasks on the Ray cluster)
-    gpus_per_arm: float = 0.0  # GPUs each pack of arms reserves with launcher=ray (fractions share a GPU)
-    cpus_per_arm: float = 1.0  # CPUs each pack of arms reserves with launcher=ray
+    name: str = "local"  # Hydra launcher of the sweep's packs: local (this process), ray (Ray tasks) or slurm (submitit jobs)
+    gpus_per_arm: float = 0.0  # GPUs each pack of arms reserves (ray: fractions share a GPU; slurm: whole GPUs per job)
+    cpus_per_arm: float = 1.0  # CPUs each pack of arms reserves (ray: per task; slurm: per job)
+    partition: str = ""  # slurm: partition the jobs run in; empty = the site's default
+    account: str = ""  # slurm: account the jobs are charged to; empty = the user's default
+    qos: str = ""  # slurm: quality of service; empty = the default
+    constraint: str = ""  # slurm: node features the jobs need (e.g. a GPU model); empty = any node
+    time_min: int = 240  # slurm: wall-clock limit of one job (one pack of arms), in minutes
+    mem_gb: int = 0  # slurm: memory of one job, in GB; 0 = the partition's default
+    array_parallelism: int = 64  # slurm: most jobs of the sweep's job array running at once
+    setup: list[str] = field(default_factory=list)  # slurm: shell lines each job runs first (e.g. module load cuda)
+    submitit_folder: str = ""  # slurm: where submitit keeps scripts, pickles and logs; empty = <out_dir>/sweep/submitit/%j
+
+
+@dataclass
+class SweepConfig:
+    name: str = "quickstart"  # sweep definition: a name in sweeps/ or a path to a YAML file (`sweep=NAME` sets it)
+    pack: int = 8  # most arms per process, trained fused on one pass over the data (same batch size and seed)
     max_retries: int = 1  # times a failed arm is retried when the sweep runs again
-    pack: int = 8  # most arms trained fused in one process on one pass over the data (same batch size and seed)
+    arms: list[str] = field(default_factory=list)  # run ids to train, the rest left alone; empty = all (a job gets its pack)
 
 
 @dataclass
@@ -120,7 +140,7 @@ class FitConfig:
 @dataclass
 class PipelineConfig:
     out_dir: str = "runs/quickstart"  # folder holding store.zarr, sweep/ and fit/
-    sweep: str = "quickstart"  # sweep definition: a name in sweeps/ or a path to a YAML file
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     dry_run: bool = False  # sweep: print the plan and stop before launching anything
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

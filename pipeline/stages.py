@@ -19,21 +19,29 @@ def train(cfg: PipelineConfig) -> None:
     from pipeline.store.schema import check_trainable
     from pipeline.sweep.arm import make_splicer
     from pipeline.train.data import open_activation_data
+    from pipeline.train.distributed import process_group
+    from pipeline.train.ray_train import needs_workers, train_on_workers
     from pipeline.train.trainer import train_run
 
     store = open_store(Path(cfg.out_dir) / "store.zarr")
     hook = cfg.train.hook or store.hooks[0]
     check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
+    if needs_workers(cfg.launcher):  # several GPUs for this run: Ray Train workers each run this stage
+        train_on_workers(cfg)
+        return
     run_id = f"{cfg.coder.kind}_N{cfg.coder.n_features}_lr{cfg.train.lr:g}_s{cfg.train.seed}"
     run_dir = Path(cfg.out_dir) / "train" / run_id
     device = pick_device(cfg.train.device)
-    data = open_activation_data(store, hook, cfg.train, device)
-    splicer = make_splicer(store, hook, cfg.train, device)
-    metrics = train_run(cfg.coder, cfg.train, data, run_dir, cfg.tracking, run_id, group="train", splicer=splicer)
-    print(
-        f"train {run_id}: loss {metrics['loss']:.4g}, fvu {metrics['fvu']:.3f}, l0 {metrics['l0']:.1f}, "
-        f"dead {metrics['dead_fraction']:.1%}; weights and metrics.json in {run_dir}"
-    )
+    # Under torchrun or Ray Train every rank runs this with the same config (train.parallel says how they split).
+    with process_group(device) as world:
+        data = open_activation_data(store, hook, cfg.train, device)
+        splicer = make_splicer(store, cfg.train, device) if world.main else None
+        metrics = train_run(cfg.coder, cfg.train, data, run_dir, cfg.tracking, run_id, group="train", splicer=splicer)
+    if world.main:
+        print(
+            f"train {run_id}: loss {metrics['loss']:.4g}, fvu {metrics['fvu']:.3f}, l0 {metrics['l0']:.1f}, "
+            f"dead {metrics['dead_fraction']:.1%}; weights and metrics.json in {run_dir}"
+        )
 
 
 def sweep(cfg: PipelineConfig) -> None:
@@ -62,7 +70,7 @@ def track_fit(cfg: PipelineConfig, table, result: dict, out: Path) -> None:
 
     laws = {k: result[k] for k in ("n_opt", "tokens_opt", "lr_opt") if result.get(k)}
     tracker = open_tracker(
-        cfg.tracking, name=f"fit-{Path(cfg.sweep).stem}", group=Path(cfg.sweep).stem, config={"fit": laws}, folder=out, job_type="fit"
+        cfg.tracking, name=f"fit-{Path(cfg.sweep.name).stem}", group=Path(cfg.sweep.name).stem, config={"fit": laws}, folder=out, job_type="fit"
     )
     if tracker is None:
         return
@@ -95,5 +103,5 @@ def run_stage(name: str, cfg: PipelineConfig) -> None:
     from pipeline.track.wandb_run import resolve_mode
 
     resolve_mode(cfg.tracking)
-    check_launcher(cfg.launcher.name)
+    check_launcher(cfg)
     STAGES[name](cfg)

@@ -105,3 +105,46 @@ def synthetic_store(tmp_path_factory):
         store.write_shard(shard, {"resid_post.0": 3 * codes @ directions + noise})
     store.finalize()
     return store
+
+
+@pytest.fixture(scope="session")
+def relu_gpt2(tmp_path_factory) -> Path:
+    """A tiny GPT-2 whose MLPs use ReLU, so a JumpReLU transcoder can equal an MLP exactly."""
+    import transformers as tf
+
+    tokenizer = _minilm_tokenizer()
+    torch.manual_seed(0)
+    config = tf.GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=3, n_head=2, n_positions=64, activation_function="relu")
+    folder = tmp_path_factory.mktemp("models") / "gpt2-relu"
+    tf.GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def harvest_in_process(model_dir: Path, out_dir: Path, hooks: list[str], **extra) -> ActivationStore:
+    """The model's activations at `hooks` (the shape of `tiny_overrides`), harvested in this process without Ray."""
+    from pipeline.data.contexts import build_contexts
+    from pipeline.data.corpus import documents
+    from pipeline.harvest.stage import validate
+    from pipeline.harvest.worker import HarvestWorker
+    from pipeline.models.loading import load_tokenizer
+
+    cfg = compose(*tiny_overrides(model_dir, out_dir, **{"harvest.hooks": f"[{','.join(hooks)}]", **extra}))
+    attrs = validate(cfg)
+    store = ActivationStore.create(out_dir / "store.zarr", attrs, attrs["model"]["d_model"])
+    contexts = build_contexts(load_tokenizer(cfg.model), documents(cfg.data), store.layout.n_contexts, cfg.data.context_len, "t")
+    store.write_tokens(contexts)
+    worker = HarvestWorker(str(store.path), cfg.model, attrs["model"]["n_layers"], cfg.harvest.batch_contexts, cfg.harvest.drop_bos)
+    for shard in range(store.layout.n_shards):
+        worker.harvest(shard)
+    store.finalize()
+    return store
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: one intra-op thread is several times faster than two on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

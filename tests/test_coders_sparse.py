@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from pipeline.coders.base import SparseActs
 from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction
 from pipeline.coders.registry import build, coder_class, load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
@@ -15,13 +16,7 @@ from pipeline.train.trainer import train_run
 SPARSE_KINDS = ("topk", "batchtopk", "jumprelu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is several times faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _coder(kind: str, n: int = 64, d: int = 16, seed: int = 0, **fields):
@@ -90,7 +85,9 @@ def test_after_step_renormalises_decoders_where_the_penalty_cannot_see_their_sca
 def test_topk_keeps_exactly_k_latents_per_row():
     coder = _coder("topk", k=6)
     x = torch.randn(40, 16)
-    parts, f = coder.loss(x)
+    parts, sparse = coder.loss(x)
+    assert isinstance(sparse, SparseActs) and sparse.index.shape == sparse.values.shape == (40, 6)
+    f = sparse.dense()
     pre = (x - coder.b_dec) @ coder.w_enc.t() + coder.b_enc
     assert ((f != 0).sum(1) == 6).all()
     values, index = pre.topk(6, dim=1)
@@ -100,6 +97,38 @@ def test_topk_keeps_exactly_k_latents_per_row():
     recon = ((x - (f @ coder.w_dec.t() + coder.b_dec)) ** 2).sum(1).mean()
     torch.testing.assert_close(parts["reconstruction"], recon)
     assert parts["auxk"] == 0 and torch.equal(parts["loss"], parts["reconstruction"])
+
+
+def _dense(f: torch.Tensor | SparseActs) -> torch.Tensor:
+    return f.dense() if isinstance(f, SparseActs) else f
+
+
+def test_sparse_topk_training_gradients_equal_the_dense_expression():
+    coder = _coder("topk", k=5, aux_k=7, dead_tokens_threshold=1)
+    with torch.no_grad():
+        coder.b_enc.normal_()
+        coder.b_dec.normal_()
+    x = torch.randn(24, 16)
+    coder.loss(x)  # marks the latents that did not fire as dead, so AuxK is on
+    coder.zero_grad()
+    parts, _ = coder.loss(x, sparsity_scale=0.5)
+    parts["loss"].backward()
+    sparse_grads = {name: p.grad.clone() for name, p in coder.named_parameters()}
+
+    coder.zero_grad()
+    pre = (x - coder.b_dec) @ coder.w_enc.t() + coder.b_enc
+    values, index = pre.topk(5, dim=1)
+    f = torch.zeros_like(pre).scatter(1, index, torch.relu(values))
+    x_hat = f @ coder.w_dec.t() + coder.b_dec
+    masked = torch.where(coder.dead(), pre.detach(), torch.tensor(float("-inf")))
+    aux_index = masked.topk(7, dim=1).indices
+    f_aux = torch.zeros_like(pre).scatter(1, aux_index, torch.relu(pre.gather(1, aux_index)))
+    auxk = ((x - x_hat).detach() - f_aux @ coder.w_dec.t()).pow(2).sum(1).mean()
+    dense_loss = (x - x_hat).pow(2).sum(1).mean() + 0.5 * coder.aux_k_coefficient * auxk
+    dense_loss.backward()
+    torch.testing.assert_close(parts["loss"], dense_loss)
+    for name, p in coder.named_parameters():
+        torch.testing.assert_close(sparse_grads[name], p.grad, msg=name)
 
 
 def test_topk_relu_drops_negative_selected_values():
@@ -157,6 +186,7 @@ def test_auxk_is_zero_without_dead_latents_and_reconstructs_the_residual_with_de
     coder = _coder(kind, k=4, aux_k=8, aux_k_coefficient=0.25, dead_tokens_threshold=1000)
     x = torch.randn(32, 16)
     parts, f = coder.loss(x)
+    f = _dense(f)
     assert parts["auxk"] == 0
     fired = (f > 0).any(0)
     assert (coder.tokens_since_fired[fired] == 0).all() and (coder.tokens_since_fired[~fired] == 32).all()
@@ -165,6 +195,7 @@ def test_auxk_is_zero_without_dead_latents_and_reconstructs_the_residual_with_de
         coder.tokens_since_fired.fill_(1000)  # every latent idle for the whole window
     coder.zero_grad()
     parts, f = coder.loss(x, sparsity_scale=0.5)
+    f = _dense(f)
     dead = ~(f > 0).any(0)  # those that fired in this batch are alive again
     assert torch.equal(coder.dead(), dead) and dead.sum() > 8
 
@@ -320,7 +351,7 @@ def test_save_and_load_round_trip_for_every_sparse_kind(kind, tmp_path):
         assert a[0].keys() == b[0].keys()
         for key in a[0]:
             torch.testing.assert_close(a[0][key], b[0][key])
-        torch.testing.assert_close(a[1], b[1])
+        torch.testing.assert_close(_dense(a[1]), _dense(b[1]))
 
 
 TRAINING_ARMS = {

@@ -254,7 +254,7 @@ def test_smoke_pipeline_runs_as_a_job_on_a_two_node_ray_cluster(loopback_cluster
     assert len(writers) == 2 and writers <= set(nodes), (writers, nodes)
     assert len({nodes[pid] for pid in writers}) == 2, nodes
     # The arms ran as Ray tasks (one per arm, or per pack of arms); the first two start together, so on both nodes.
-    arm_nodes = task_nodes(cluster, "run_arm")
+    arm_nodes = task_nodes(cluster, "run_hydra_job")  # the project's Hydra Ray launcher runs each pack as this task
     assert arm_nodes, "no sweep arm ran as a Ray task"
     assert len(arm_nodes) == 1 or len(set(arm_nodes)) == 2, arm_nodes
 
@@ -284,7 +284,7 @@ def config_keys() -> set[str]:
 
 
 def test_every_override_in_infra_names_a_real_config_field():
-    groups = r"(?:model|data|harvest|store|coder|train|launcher|ray|tracking|fit)"
+    groups = r"(?:model|data|harvest|store|coder|train|launcher|sweep|ray|tracking|fit)"
     pattern = re.compile(rf"(?<![\w.-])({groups}\.[a-z_]+)=")
     known = config_keys()
     found = {}

@@ -1,7 +1,13 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.harvest.stage import run_harvest
@@ -107,18 +113,22 @@ def test_packs_group_arms_that_see_the_same_batches():
     groups = packs(arms, 2)
     assert [len(g) for g in groups] == [2, 1, 2, 1]
     assert all(len({(a.seed, a.batch_size) for a in g}) == 1 for g in groups)
-    with pytest.raises(ConfigError, match="launcher.pack"):
+    with pytest.raises(ConfigError, match="sweep.pack"):
         packs(arms, 0)
 
 
 def test_the_ray_launcher_runs_packs_as_tasks(harvested):
     root, overrides = harvested
     sweep = _write_sweep(root, budgets=[2e7], lrs=[1e-3, 3e-3])
-    cfg = compose(*overrides, f"sweep={sweep}", "launcher=ray", "launcher.pack=2", f"out_dir={root / 'ray'}")
+    cfg = compose(*overrides, f"sweep={sweep}", "launcher=ray", "sweep.pack=2", f"out_dir={root / 'ray'}")
     (root / "ray").mkdir()
     (root / "ray" / "store.zarr").symlink_to(root / "run" / "store.zarr")
     table = run_sweep(cfg)
     assert len(table) == 4 and (table.status == "done").all()
+    # Hydra recorded one job per pack of 2, each composed from the sweep's overrides and its own arms.
+    jobs = sorted((root / "ray" / "sweep" / "jobs").glob("*/.hydra/overrides.yaml"))
+    arms = [yaml.safe_load(p.read_text())[-1] for p in jobs]
+    assert len(jobs) == 2 and all(a.startswith("sweep.arms=[") and a.count(",") == 1 for a in arms)
 
 
 def test_a_topk_sweep_trains_each_k(harvested):
@@ -142,3 +152,44 @@ def test_a_dry_run_plans_without_launching(harvested, capsys):
     assert "relu_C2e+07_N16_lr0.001_l1-5_s0" in out and "dry run" in out
     assert (root / "dry" / "sweep" / "plan.json").exists()
     assert not (root / "dry" / "sweep" / "runs").exists()
+
+
+def test_a_sweep_killed_midway_and_run_again_ends_with_one_done_row_per_arm(synthetic_store, tmp_path):
+    out = tmp_path / "killed"
+    (out / "sweep").mkdir(parents=True)
+    (out / "store.zarr").symlink_to(synthetic_store.path)
+    # Two arms of some tens of steps, one per job: the kill lands after the first arm, before the second ends.
+    sweep = _write_sweep(tmp_path, budgets=[6e7], n_features=[32, 64], lrs=[1e-3], batch_size=256)
+    args = [
+        sys.executable, "-m", "pipeline", "sweep", f"out_dir={out}", f"sweep={sweep}", "model.name=synthetic",
+        "tracking.mode=disabled", "sweep.pack=1", "train.eval_tokens=512", "train.checkpoint_every=10",
+    ]  # fmt: skip
+    results = out / "sweep" / "runs"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not list(results.glob("*/result.json")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    finished = list(results.glob("*/result.json"))
+    assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    assert len(finished) == 1 and not (out / "sweep" / "results.parquet").exists()
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 already finished, 1 to run" in again.stdout
+    table = pd.read_parquet(out / "sweep" / "results.parquet")
+    planned = {a["run_id"] for a in json.loads((out / "sweep" / "plan.json").read_text())["arms"]}
+    assert sorted(table.run_id) == sorted(planned) and len(planned) == 2
+    assert (table.status == "done").all() and (table.attempts == 1).all()
+
+
+def test_sweep_arms_runs_only_the_named_arms(synthetic_store, tmp_path):
+    (tmp_path / "store.zarr").symlink_to(synthetic_store.path)
+    sweep = _write_sweep(tmp_path, budgets=[2e7], n_features=[16, 32], lrs=[1e-3], batch_size=256)
+    base = [f"out_dir={tmp_path}", f"sweep={sweep}", "model.name=synthetic", "train.eval_tokens=512", "tracking.mode=disabled"]
+    with pytest.raises(ConfigError, match="sweep.arms: nope is not an arm of sweep tiny"):
+        run_sweep(compose(*base, "sweep.arms=[nope]"))
+    table = run_sweep(compose(*base, "sweep.arms=[relu_C2e+07_N32_lr0.001_l1-5_s0]"))
+    assert list(table.run_id) == ["relu_C2e+07_N32_lr0.001_l1-5_s0"] and (table.status == "done").all()

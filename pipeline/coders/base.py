@@ -1,6 +1,7 @@
 """What every sparse coder is: encode, decode, a loss of named parts, an analytic FLOP count, safetensors I/O."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -8,6 +9,39 @@ from torch import nn
 
 WEIGHTS = "coder.safetensors"
 CONFIG = "config.json"
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of matrix products on `x`'s device: autocast's when it is on (bfloat16 on GPUs), else float32."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+
+
+@dataclass
+class SparseActs:
+    """Feature activations kept as each row's active latents, so no [rows x features] tensor is formed."""
+
+    index: torch.Tensor  # [rows, k] latent ids
+    values: torch.Tensor  # [rows, k] their activations (0 for a selected latent that did not fire)
+    n_features: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.index.shape[0], self.n_features
+
+    def dense(self) -> torch.Tensor:
+        out = self.values.new_zeros(self.shape)
+        return out.scatter_(-1, self.index, self.values)
+
+    def fired(self) -> torch.Tensor:
+        """[n_features] bool: the latents active in some row."""
+        counts = torch.bincount(self.index[self.values > 0], minlength=self.n_features)
+        return counts > 0
+
+
+def fired_features(f: "torch.Tensor | SparseActs") -> torch.Tensor:
+    """[n_features] bool: the latents active in some row of a batch's activations, dense or sparse."""
+    return f.fired() if isinstance(f, SparseActs) else (f > 0).reshape(-1, f.shape[-1]).any(0)
 
 
 class Coder(nn.Module):

@@ -33,7 +33,8 @@ import math
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder
+from pipeline.coders.base import Coder, compute_dtype
+from pipeline.coders.jumprelu_kernel import JumpReluSAELoss
 from pipeline.errors import ConfigError
 
 PENALTIES = ("l0", "tanh")
@@ -41,6 +42,16 @@ PENALTIES = ("l0", "tanh")
 
 def _rectangle(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
     return ((pre - theta).abs() < bandwidth / 2).to(pre.dtype)
+
+
+def check_settings(penalty: str, bandwidth: float, init_threshold: float) -> None:
+    """ConfigError naming the field for a JumpReLU penalty, bandwidth or threshold out of range."""
+    if penalty not in PENALTIES:
+        raise ConfigError(f"coder.jumprelu_penalty: expected one of {', '.join(PENALTIES)}, got {penalty!r}")
+    if bandwidth <= 0:
+        raise ConfigError(f"coder.jumprelu_bandwidth: expected a positive width, got {bandwidth}")
+    if init_threshold <= 0:
+        raise ConfigError(f"coder.init_threshold: expected a positive threshold, got {init_threshold}")
 
 
 class JumpReLUFunction(torch.autograd.Function):
@@ -97,12 +108,7 @@ class JumpReluSAE(Coder):
         preact_coefficient: float = 0.0,
         init_decoder_norm: float = 0.1,
     ):
-        if penalty not in PENALTIES:
-            raise ConfigError(f"coder.jumprelu_penalty: expected one of {', '.join(PENALTIES)}, got {penalty!r}")
-        if bandwidth <= 0:
-            raise ConfigError(f"coder.jumprelu_bandwidth: expected a positive width, got {bandwidth}")
-        if init_threshold <= 0:
-            raise ConfigError(f"coder.init_threshold: expected a positive threshold, got {init_threshold}")
+        check_settings(penalty, bandwidth, init_threshold)
         super().__init__(
             d_in,
             n_features,
@@ -131,21 +137,13 @@ class JumpReluSAE(Coder):
         return JumpReLUFunction.apply(self.pre_activation(x), self.threshold, self.bandwidth)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(f, self.w_dec, self.b_dec)
+        return nn.functional.linear(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
 
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        pre = self.pre_activation(x)
-        theta = self.threshold
-        f = JumpReLUFunction.apply(pre, theta, self.bandwidth)
-        reconstruction = (x - self.decode(f)).pow(2).sum(-1).mean()
-        decoder_norm = self.w_dec.norm(dim=0)
-        if self.penalty == "l0":
-            sparsity = StepFunction.apply(pre, theta, self.bandwidth).sum(-1).mean()
-        else:
-            sparsity = torch.tanh(self.tanh_scale * f * decoder_norm).sum(-1).mean()
+        hp = {"penalty": self.penalty, "tanh_scale": self.tanh_scale, "bandwidth": self.bandwidth}
+        params = (self.w_enc, self.b_enc, self.w_dec, self.b_dec, self.log_threshold)
+        reconstruction, sparsity, preact, f = JumpReluSAELoss.apply(x, *params, hp, compute_dtype(x))
         total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
-        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.preact_coefficient)):
-            preact = (torch.relu(theta - pre) * decoder_norm).sum(-1).mean()  # logged even when off
         if self.preact_coefficient:
             total = total + self.preact_coefficient * preact
         return {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity, "preact": preact}, f

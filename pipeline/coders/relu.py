@@ -10,7 +10,8 @@ norm `init_decoder_norm`, the encoder as the decoder's transpose, biases at zero
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder
+from pipeline.coders.base import Coder, compute_dtype
+from pipeline.coders.relu_kernel import ReluSAELoss
 
 
 class ReluSAE(Coder):
@@ -25,12 +26,11 @@ class ReluSAE(Coder):
         return torch.relu(nn.functional.linear(x, self.w_enc, self.b_enc))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(f, self.w_dec, self.b_dec)
+        return nn.functional.linear(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
 
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        f = self.encode(x)
-        reconstruction = (x - self.decode(f)).pow(2).sum(-1).mean()
-        sparsity = (f * self.w_dec.norm(dim=0)).sum(-1).mean()
+        params = (self.w_enc, self.b_enc, self.w_dec, self.b_dec)
+        reconstruction, sparsity, f = ReluSAELoss.apply(x, *params, compute_dtype(x))
         total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
         return {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity}, f
 

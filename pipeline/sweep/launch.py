@@ -1,57 +1,174 @@
-"""Where arms run: in this process one after another, or as Ray tasks packed onto a cluster's CPUs and GPUs."""
+"""Handing a sweep's packs of arms to the Hydra launcher plugin that `launcher.name` chooses.
 
+Each Hydra job trains one pack (`pipeline.sweep.job.train_pack`), configured by the sweep's own overrides
+plus `sweep.arms=[...]`. `local` is Hydra's basic launcher (jobs one after another in this process), `ray`
+the project's Ray task launcher (`hydra_plugins/pipeline_launchers`), `slurm` hydra-submitit-launcher (a
+Slurm job array submitted through submitit; the call waits for the array to finish).
+"""
+
+import dataclasses
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
-from pipeline.progress import Progress
-from pipeline.sweep.arm import run_arms
+from pipeline.sweep.overrides import differing_overrides, format_value, quote
 from pipeline.sweep.plan import Arm
+from pipeline.sweep.results import read_row, write_row
+from pipeline.train.ray_train import needs_workers
 
-LAUNCHERS = ("local", "ray")
+HYDRA_LAUNCHERS = {"local": "basic", "ray": "pipeline_ray", "slurm": "submitit_slurm"}
 
 
-def check_launcher(name: str) -> None:
-    if name not in LAUNCHERS:
-        raise ConfigError(f"launcher.name: expected one of {', '.join(LAUNCHERS)}, got {name!r}")
+def check_launcher(cfg: PipelineConfig) -> None:
+    """Refuses a launcher that cannot run here, before any work starts."""
+    name = cfg.launcher.name
+    if name not in HYDRA_LAUNCHERS:
+        raise ConfigError(f"launcher.name: expected one of {', '.join(HYDRA_LAUNCHERS)}, got {name!r}")
+    if name != "slurm":
+        return
+    if cfg.launcher.gpus_per_arm != int(cfg.launcher.gpus_per_arm):
+        raise ConfigError(f"launcher.gpus_per_arm: Slurm jobs take whole GPUs, got {cfg.launcher.gpus_per_arm}")
+    missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+    if missing and not cfg.dry_run:
+        raise ConfigError(
+            f"launcher.name: slurm needs Slurm's {missing[0]}, which is not on PATH; run on a Slurm login node"
+        )
 
 
 def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:
-    """Arms that see the same batches (one batch size and seed), in groups of at most `pack`."""
+    """Arms that see the same batches (same arrays, batch size and seed), in groups of at most `pack`."""
     if pack < 1:
-        raise ConfigError(f"launcher.pack: expected at least 1 arm per process, got {pack}")
+        raise ConfigError(f"sweep.pack: expected at least 1 arm per process, got {pack}")
     by_data: dict[tuple, list[Arm]] = {}
     for arm in arms:
-        by_data.setdefault((arm.batch_size, arm.seed), []).append(arm)
+        by_data.setdefault((arm.hook, arm.target_hook, arm.layers, arm.batch_size, arm.seed), []).append(arm)
     return [group[i : i + pack] for group in by_data.values() for i in range(0, len(group), pack)]
 
 
+def launcher_fields(cfg: PipelineConfig, sweep_dir: Path, group: str) -> dict[str, Any]:
+    """The `hydra.launcher` fields of the chosen plugin, from the pipeline's own launcher and ray settings."""
+    launcher = cfg.launcher
+    if launcher.name == "ray":
+        # Above one GPU an arm trains on Ray Train workers, which reserve the GPUs themselves.
+        gpus = 0.0 if needs_workers(launcher) else launcher.gpus_per_arm
+        return {"address": cfg.ray.address, "num_cpus": cfg.ray.num_cpus,
+                "cpus_per_job": launcher.cpus_per_arm, "gpus_per_job": gpus}  # fmt: skip
+    if launcher.name == "slurm":
+        return {
+            "submitit_folder": launcher.submitit_folder or str(sweep_dir / "submitit" / "%j"),
+            "name": group,
+            "nodes": 1,
+            "tasks_per_node": 1,
+            "gpus_per_node": int(launcher.gpus_per_arm),
+            "cpus_per_task": max(1, round(launcher.cpus_per_arm)),
+            "timeout_min": launcher.time_min,
+            "mem_gb": launcher.mem_gb or None,
+            "partition": launcher.partition or None,
+            "account": launcher.account or None,
+            "qos": launcher.qos or None,
+            "constraint": launcher.constraint or None,
+            "array_parallelism": launcher.array_parallelism,
+            "setup": list(launcher.setup) or None,
+            "max_num_timeout": 0,  # a job past its time limit is not resubmitted; the next sweep run resumes it
+        }
+    return {}
+
+
+def hydra_overrides(cfg: PipelineConfig, sweep_dir: Path, group: str) -> list[str]:
+    """Hydra's own settings for the launch: the plugin, where job folders go, and no logging set-up of its own."""
+    fields = launcher_fields(cfg, sweep_dir, group)
+    return [
+        f"hydra/launcher={HYDRA_LAUNCHERS[cfg.launcher.name]}",
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+        f"hydra.sweep.dir={quote(str(sweep_dir / 'jobs'))}",
+        *(f"hydra.launcher.{k}={format_value(v)}" for k, v in fields.items()),
+    ]
+
+
 def launch(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, group: str) -> list[dict]:
-    check_launcher(cfg.launcher.name)
-    groups = packs(arms, cfg.launcher.pack)
-    if cfg.launcher.name == "ray":
-        return _launch_ray(cfg, groups, hook, sweep_dir, group)
-    progress = Progress("sweep", len(arms), "arms", every_s=0.0)
+    """Runs every pack of `arms` as one job of the chosen launcher; returns the rows the jobs wrote.
+
+    `hook` and `group` reach the jobs through the plan in `sweep_dir`, written before this is called.
+    """
+    groups = packs(arms, cfg.sweep.pack)
+    if not groups:
+        return []
+    sweep_dir = sweep_dir.resolve()  # jobs may start in another directory, or on another machine
+    attempts = {arm.run_id: (read_row(sweep_dir, arm.run_id) or {}).get("attempts", 0) for arm in arms}
+    returns = _run_jobs(cfg, groups, sweep_dir, group)
     rows = []
-    for pack in groups:
-        rows.extend(run_arms(cfg, pack, hook, sweep_dir, group))
-        progress.update(len(pack), extra=f"last: {pack[-1].run_id} {rows[-1]['status']}")
+    for pack, ret in zip(groups, returns):
+        try:
+            rows.extend(ret.return_value)
+        except Exception as err:  # noqa: BLE001 - the job died outside run_arms (which records its own failures)
+            rows.extend(_record_failure(sweep_dir, pack, attempts, err))
     return rows
 
 
-def _launch_ray(cfg: PipelineConfig, groups: list[list[Arm]], hook: str, sweep_dir: Path, group: str) -> list[dict]:
-    import ray
+@contextmanager
+def hydra_launcher(cfg: PipelineConfig, sweep_dir: Path, group: str) -> Iterator[tuple[Any, list[str]]]:
+    """The Hydra launcher plugin `launcher.name` chooses, set up to run `train_pack`, and the overrides every job shares.
 
-    from pipeline.cluster import connect
+    Hydra composes each job's configuration from `conf/` and its overrides, so the overrides restate every
+    field of `cfg` that differs from what `conf/` gives alone.
+    """
+    from hydra import initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import open_dict
 
-    connect(cfg.ray)
-    task = ray.remote(num_cpus=cfg.launcher.cpus_per_arm, num_gpus=cfg.launcher.gpus_per_arm, max_retries=0)(run_arms)
-    pending = {task.remote(cfg, pack, hook, sweep_dir, group): pack for pack in groups}
-    progress = Progress("sweep", sum(len(p) for p in groups), "arms", every_s=0.0)
+    from pipeline.cli import CONF_DIR
+    from pipeline.sweep.job import train_pack
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="sweep"):
+        hydra = GlobalHydra.instance().hydra
+        base = hydra.compose_config("config", [], run_mode=RunMode.RUN)
+        with open_dict(base):
+            del base["hydra"]
+        shared = differing_overrides(_job_config(cfg), base)
+        master = hydra.compose_config(
+            "config", hydra_overrides(cfg, sweep_dir, group) + shared, run_mode=RunMode.MULTIRUN
+        )
+        context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(master))
+        yield (
+            Plugins.instance().instantiate_launcher(hydra_context=context, task_function=train_pack, config=master),
+            shared,
+        )
+
+
+def _run_jobs(cfg: PipelineConfig, groups: list[list[Arm]], sweep_dir: Path, group: str) -> list:
+    with hydra_launcher(cfg, sweep_dir, group) as (launcher, shared):
+        jobs = [[*shared, f"sweep.arms={format_value([a.run_id for a in pack])}"] for pack in groups]
+        try:
+            return list(launcher.launch(jobs, initial_job_idx=0))
+        except FileNotFoundError as err:  # the scheduler's submit command (sbatch) is missing
+            raise ConfigError(
+                f"launcher.name: {cfg.launcher.name} could not run {err.filename!r}: {err.strerror}"
+            ) from err
+
+
+def _job_config(cfg: PipelineConfig) -> PipelineConfig:
+    """What every job shares: the sweep's configuration with an absolute out_dir, and no arms named yet."""
+    sweep = dataclasses.replace(cfg.sweep, arms=[])
+    return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).resolve()), sweep=sweep)
+
+
+def _record_failure(sweep_dir: Path, pack: list[Arm], attempts: dict[str, int], error: BaseException) -> list[dict]:
+    """A failed row for each arm of the pack that wrote no row of its own in this launch."""
     rows = []
-    while pending:
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        pack = pending.pop(ref)
-        rows.extend(ray.get(ref))
-        progress.update(len(pack), extra=f"last: {pack[-1].run_id} {rows[-1]['status']}")
+    for arm in pack:
+        row = read_row(sweep_dir, arm.run_id)
+        if row is None or row["attempts"] == attempts[arm.run_id]:
+            print(f"sweep: arm {arm.run_id} failed: its job ended with {type(error).__name__}: {error}", flush=True)
+            row = write_row(
+                sweep_dir, arm, "failed", attempts[arm.run_id] + 1, error=f"{type(error).__name__}: {error}"
+            )
+        rows.append(row)
     return rows

@@ -1,9 +1,14 @@
-"""From a sweep spec to its arms: each (budget C, width N) trains T = C / flops_per_token(N) tokens."""
+"""From a sweep spec to its arms: each (budget C, width N) trains T = C / flops_per_token(N) tokens.
+
+N counts every feature of an arm; a CLT's are split evenly over its layers, so its widths from
+`expansion` are per layer (N = layers * round(expansion * d)).
+"""
 
 import itertools
 from dataclasses import asdict, dataclass
 
-from pipeline.coders.registry import SPARSITY_FIELD, coder_class
+from pipeline.coders.registry import SPARSITY_FIELD, coder_class, training_flops
+from pipeline.config import CoderConfig
 from pipeline.errors import ConfigError
 from pipeline.sweep.spec import SweepSpec
 
@@ -22,26 +27,40 @@ class Arm:
     steps: int
     tokens: int  # steps * batch_size, at most the budget's T
     flops: float  # tokens * flops_per_token: what the arm will spend
+    hook: str = ""  # store array the arm reads; empty = train.hook or the store's first
+    target_hook: str = ""  # transcoder: the array it predicts
+    layers: tuple[int, ...] = ()  # clt: the layers it spans
+    skip_connection: bool = False  # transcoder, clt: with a linear skip connection
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))  # a list when read back from plan.json
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def widths(spec: SweepSpec, d_in: int) -> list[int]:
-    return list(spec.n_features) or [round(e * d_in) for e in spec.expansion]
+    per_layer = max(1, len(spec.layers))
+    return list(spec.n_features) or [per_layer * round(e * d_in) for e in spec.expansion]
 
 
 def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
     """Every arm, or ConfigError naming the first arm that cannot run on this store."""
-    cls = coder_class(spec.kind)
+    coder_class(spec.kind)
     uses_k = SPARSITY_FIELD[spec.kind] == "k"
+    n_layers = max(1, len(spec.layers))
+    shared = {"hook": spec.hook, "target_hook": spec.target_hook, "layers": tuple(spec.layers), "skip_connection": spec.skip_connection}
     arms = []
     for budget, n, lr, sparsity, seed in itertools.product(
         spec.budgets, widths(spec, d_in), spec.lrs, spec.sparsity, spec.seeds
     ):
         tag = f"k{int(sparsity)}" if uses_k else f"l1-{sparsity:g}"
         run_id = f"{spec.kind}_C{budget:g}_N{n}_lr{lr:g}_{tag}_s{seed}"
-        fpt = cls.training_flops(d_in, n, k=int(sparsity)) if uses_k else cls.training_flops(d_in, n)
+        if n % n_layers:
+            raise ConfigError(f"sweep: {spec.name}: arm {run_id}: {n} features do not split evenly over {n_layers} layers")
+        sparsity_setting = {SPARSITY_FIELD[spec.kind]: int(sparsity) if uses_k else sparsity}
+        coder = CoderConfig(kind=spec.kind, n_features=n, skip_connection=spec.skip_connection, **sparsity_setting)
+        fpt = training_flops(coder, d_in, n_layers)
         steps = int(budget // fpt) // spec.batch_size
         if steps < 1:
             raise ConfigError(
@@ -54,7 +73,7 @@ def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
                 f"{train_rows:,} training rows and repeat_data is false"
             )
         tokens = steps * spec.batch_size
-        arms.append(Arm(run_id, spec.kind, budget, n, d_in, lr, sparsity, seed, spec.batch_size, steps, tokens, tokens * fpt))
+        arms.append(Arm(run_id, spec.kind, budget, n, d_in, lr, sparsity, seed, spec.batch_size, steps, tokens, tokens * fpt, **shared))
     return arms
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.coders.registry import HPARAMS, TARGET_FIELD
 from pipeline.errors import ConfigError
 
 PACKAGED = Path(__file__).resolve().parents[2] / "sweeps"
@@ -17,12 +18,16 @@ class SweepSpec:
     kind: str = "relu"  # coder kind of every arm
     budgets: list[float] = field(default_factory=list)  # compute budgets C, in training FLOPs per arm
     n_features: list[int] = field(default_factory=list)  # dictionary widths N (or use `expansion`)
-    expansion: list[float] = field(default_factory=list)  # widths as multiples of the activation size d
+    expansion: list[float] = field(default_factory=list)  # widths as multiples of the activation size d (per layer for a clt)
     lrs: list[float] = field(default_factory=list)  # peak learning rates
-    sparsity: list[float] = field(default_factory=lambda: [5.0])  # per arm: penalty lambda (relu, jumprelu) or k (topk, batchtopk)
+    sparsity: list[float] = field(default_factory=lambda: [5.0])  # per arm: penalty lambda (relu, jumprelu, transcoder, clt) or k (topk, batchtopk)
     seeds: list[int] = field(default_factory=lambda: [0])  # seeds of init and data order
     batch_size: int = 1024  # activation rows per step
     repeat_data: bool = True  # allow arms to see the store's rows more than once
+    hook: str = ""  # store array the arms read (an SAE's input, a transcoder's mlp_in.L); empty = train.hook or the store's first
+    target_hook: str = ""  # transcoder: the store array it predicts (e.g. mlp_out.3); empty for other kinds
+    layers: list[int] = field(default_factory=list)  # clt: the layers it spans, reading mlp_in.L and predicting mlp_out.L
+    skip_connection: bool = False  # transcoder, clt: a learned linear map from each input to its output (counted in FLOPs)
 
 
 def find_sweep(name: str) -> Path:
@@ -62,3 +67,21 @@ def _validate(spec: SweepSpec, path: Path) -> None:
         fail("seeds", "should list at least one seed")
     if spec.batch_size <= 0:
         fail("batch_size", f"should be positive, got {spec.batch_size}")
+    _validate_arrays(spec, fail)
+
+
+def _validate_arrays(spec: SweepSpec, fail) -> None:
+    """The fields naming what the arms read and predict must fit the kind."""
+    needs = TARGET_FIELD.get(spec.kind)
+    for name, example in (("target_hook", "mlp_out.3"), ("layers", "[0, 1, 2]")):
+        if name == needs and not getattr(spec, name):
+            fail(name, f"should say what a {spec.kind} predicts (e.g. {example})")
+        if name != needs and getattr(spec, name):
+            fail(name, f"is not used by kind {spec.kind}; expected it empty")
+    if spec.layers and (spec.layers != sorted(set(spec.layers)) or spec.layers[0] < 0):
+        fail("layers", f"should be distinct layer numbers >= 0 in increasing order, got {spec.layers}")
+    if spec.layers and spec.hook:
+        fail("hook", "is not used by a clt, which reads mlp_in.L of its layers; expected it empty")
+    with_skip = [kind for kind, hparams in HPARAMS.items() if "skip_connection" in hparams]
+    if spec.skip_connection and spec.kind not in with_skip:
+        fail("skip_connection", f"is only for kinds {', '.join(with_skip)}, not {spec.kind}")

@@ -6,7 +6,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import open_store, write_json_atomic
 from pipeline.store.schema import check_trainable
-from pipeline.sweep.launch import launch
+from pipeline.sweep.launch import check_launcher, launch
 from pipeline.sweep.plan import Arm, format_table, plan
 from pipeline.sweep.results import gather, read_row
 from pipeline.sweep.spec import SweepSpec, load_spec
@@ -28,9 +28,17 @@ def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[
 
 
 def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, list[Arm]]:
-    spec = load_spec(cfg.sweep)
+    spec = load_spec(cfg.sweep.name)
     hook, arms = plan_arms(cfg, spec, store_attrs)
+    unknown = set(cfg.sweep.arms) - {a.run_id for a in arms}
+    if unknown:
+        raise ConfigError(f"sweep.arms: {min(unknown)} is not an arm of sweep {spec.name}")
     return spec, hook, arms
+
+
+def chosen(arms: list[Arm], run_ids: list[str]) -> list[Arm]:
+    """The arms `sweep.arms` names, or all of them when it names none."""
+    return [a for a in arms if a.run_id in run_ids] if run_ids else arms
 
 
 def pending_arms(arms: list[Arm], folder: Path, max_retries: int) -> list[Arm]:
@@ -44,6 +52,7 @@ def pending_arms(arms: list[Arm], folder: Path, max_retries: int) -> list[Arm]:
 
 
 def run_sweep(cfg: PipelineConfig):
+    check_launcher(cfg)
     store = open_store(Path(cfg.out_dir) / "store.zarr")
     spec, hook, arms = validate(cfg, store.attrs)
     folder = sweep_dir(cfg)
@@ -56,10 +65,30 @@ def run_sweep(cfg: PipelineConfig):
         print(format_table(arms))
         print(f"sweep {spec.name}: {len(arms)} arms planned in {folder / 'plan.json'}; dry run, nothing launched")
         return None
-    todo = pending_arms(arms, folder, cfg.launcher.max_retries)
-    print(f"sweep {spec.name}: {len(arms)} arms, {len(arms) - len(todo)} already finished, {len(todo)} to run", flush=True)
+    picked = chosen(arms, cfg.sweep.arms)
+    todo = pending_arms(picked, folder, cfg.sweep.max_retries)
+    print(
+        f"sweep {spec.name}: {len(arms)} arms, {len(picked) - len(todo)} already finished, {len(todo)} to run "
+        f"(launcher={cfg.launcher.name})",
+        flush=True,
+    )
     launch(cfg, todo, hook, folder, group=spec.name)
     table = gather(folder)
     failed = table[table.status != "done"]
     print(f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {folder / 'results.parquet'}")
+    track_results(cfg, spec.name, table, folder)
     return table
+
+
+def track_results(cfg: PipelineConfig, name: str, table, folder: Path) -> None:
+    """One W&B run for the sweep as a whole, grouped with its arms' runs: the results table, once all arms ended."""
+    from pipeline.track.wandb_run import open_tracker
+
+    config = {"sweep": name, "launcher": cfg.launcher.name, "pack": cfg.sweep.pack, "max_retries": cfg.sweep.max_retries}
+    tracker = open_tracker(cfg.tracking, name=f"sweep-{name}", group=name, config=config, folder=folder, job_type="sweep")
+    if tracker is None:
+        return
+    done = int((table.status == "done").sum())
+    tracker.log_table("results", table)
+    tracker.summary({"arms": len(table), "done": done, "failed": len(table) - done})
+    tracker.finish()

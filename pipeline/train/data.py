@@ -1,4 +1,7 @@
-"""Activations for training: one hook of the store, scaled to E||x||^2 = d, split into train and eval rows.
+"""Activations for training: the store arrays a coder needs, scaled to E||x||^2 = d, split into train and eval rows.
+
+The arrays (one hook for an SAE; input and target for a transcoder; every layer's MLP input and
+output for a CLT, see `arrays`) sit side by side in each row, so they are shuffled together.
 
 `ActivationData` reads the store once and keeps it in device or host memory; `open_activation_data`
 picks it or the streaming loader (`stream.StreamingActivationData`) by `train.cache`. The batch
@@ -14,6 +17,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
+from pipeline.train.arrays import data_arrays, open_arrays, scale_columns, side_by_side
 from pipeline.train.stream import StreamingActivationData
 
 
@@ -28,16 +32,18 @@ class ActivationData:
         device: torch.device,
         storage_device: torch.device | None = None,
     ):
-        """Rows are kept on `storage_device` (default: `device`); batches are moved to `device`."""
+        """The arrays `hook` and `cfg` name (see `arrays.data_arrays`); rows are kept on `storage_device`
+        (default: `device`) and batches are moved to `device`."""
         n_rows = store.layout.n_rows
         if not 0 < cfg.eval_tokens < n_rows:
             raise ConfigError(f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.eval_tokens}")
-        d = store.d_model(hook)
-        # Anthropic's normalisation: one scalar per hook so that the mean squared norm equals d.
-        self.scale = (d / store.attrs["norm_stats"][hook]["mean_sq_norm"]) ** 0.5
-        rows = store.read_rows(hook, 0, n_rows).to(device=storage_device or device, dtype=torch.float32) * self.scale
+        self.arrays, self.d, self.scales = open_arrays(store, hook, cfg)
+        parts = [store.read_rows(name, 0, n_rows) for name in self.arrays]
+        rows = side_by_side(parts).to(device=storage_device or device, dtype=torch.float32)
+        rows = scale_columns(rows, [self.scales[name] for name in self.arrays])
         self.train, self.eval = rows[: n_rows - cfg.eval_tokens], rows[n_rows - cfg.eval_tokens :]
-        self.hook, self.d, self.device = hook, d, device
+        # The first array is the input of an SAE or transcoder: `hook` and `scale` name it.
+        self.hook, self.scale, self.device = self.arrays[0], self.scales[self.arrays[0]], device
 
     @property
     def n_train(self) -> int:
@@ -68,7 +74,7 @@ CACHE_MODES = ("auto", "device", "host", "none")
 def open_activation_data(
     store: ActivationStore, hook: str, cfg: TrainConfig, device: torch.device
 ) -> "ActivationData | StreamingActivationData":
-    """The training data of `hook` as `train.cache` asks: kept on the device, in host memory, or streamed.
+    """The training data of `hook` (and the arrays `cfg` adds) as `train.cache` asks: on the device, in host memory, or streamed.
 
     `auto` keeps the rows on the device when their float32 copy takes under half of the free device
     memory (on a cpu device, host memory counts as the device's), else in host memory when under
@@ -80,7 +86,7 @@ def open_activation_data(
         raise ConfigError(f"train.cache: expected one of {', '.join(CACHE_MODES)}, got {mode!r}")
     device = torch.device(device)
     if mode == "auto":
-        needed = store.layout.n_rows * store.d_model(hook) * 4
+        needed = store.layout.n_rows * store.d_model(hook) * len(data_arrays(hook, cfg).arrays) * 4
         if device.type == "cuda" and needed < torch.cuda.mem_get_info(device)[0] / 2:
             mode = "device"
         elif needed < available_host_memory() / 2:

@@ -1,11 +1,21 @@
-"""Splicing a coder into the model: the change in next-token loss and the KL divergence when the
-coder's reconstruction replaces the activation it was trained on.
+"""Splicing a coder into the model: the next-token loss, its change and the KL divergence from the clean model
+when the coder's output replaces activations in the forward pass.
+
+- An SAE's reconstruction replaces the activation it was trained on.
+- A transcoder's prediction, from the MLP input the spliced model computes, replaces the MLP output.
+- A CLT replaces the MLP output of every layer it spans: the replacement model of Circuit Tracing.
+  Each layer's features are read from that layer's MLP input in the spliced forward pass (so they
+  see the earlier layers' replaced outputs), and layer t's output sums the decoders of the
+  features of every layer s <= t.
 
 Runs on the store's last contexts, whose activations are the held-out rows. Models without a
-language-model head have no next-token loss, and are skipped.
+language-model head have no next-token loss, and are skipped. An exact coder changes nothing: both
+the loss change and the KL are 0.
 """
 
 import math
+from collections.abc import Callable
+from contextlib import ExitStack
 
 import torch
 import torch.nn.functional as F
@@ -15,74 +25,105 @@ from pipeline.config import ModelConfig
 from pipeline.models.hooks import find_blocks, first_input, is_input_site, module_of, parse_hook
 from pipeline.models.loading import load_model
 from pipeline.store.activation_store import ActivationStore
+from pipeline.train.arrays import CoderArrays
+
+# Sees the activation at a hook point and returns its replacement, or None to leave it as it is.
+Rewrite = Callable[[torch.Tensor], torch.Tensor | None]
 
 
 class Splicer:
-    def __init__(self, store: ActivationStore, hook: str, n_contexts: int, device: torch.device):
+    def __init__(self, store: ActivationStore, n_contexts: int, device: torch.device):
         model_attrs = store.attrs["model"]
         cfg = ModelConfig(name=model_attrs["name"], revision=model_attrs["revision"], dtype=model_attrs["dtype"])
         self.model = load_model(cfg, device)
-        self.point = parse_hook(hook, model_attrs["n_layers"])
-        self.block = find_blocks(self.model, model_attrs["n_layers"])[self.point.layer]
+        self.n_layers = model_attrs["n_layers"]
+        self.blocks = find_blocks(self.model, self.n_layers)
         self.drop_bos = store.attrs["layout"]["drop_bos"]
         n_contexts = min(n_contexts, store.layout.n_contexts)
         self.tokens = torch.from_numpy(store.read_tokens(store.layout.n_contexts - n_contexts, store.layout.n_contexts)).long().to(device)
 
     @torch.no_grad()
-    def __call__(self, coder: Coder, scale: float, batch_contexts: int = 8) -> dict:
-        """{"delta_loss", "kl"} per token, averaged over the contexts' next-token predictions."""
-        total_delta = total_kl = 0.0
+    def __call__(self, coder: Coder, arrays: CoderArrays, scales: dict[str, float], batch_contexts: int = 8) -> dict:
+        """Per next-token prediction: "delta_loss", "kl" (spliced from clean), "clean_loss" and "spliced_loss".
+
+        `arrays` says what the coder reads and predicts; `scales` maps each array to the factor that
+        brought it to E||x||^2 = d for training.
+        """
+        sums = {"clean": 0.0, "spliced": 0.0, "kl": 0.0}
         count = 0
         for ids in self.tokens.split(batch_contexts):
             clean = self.model(input_ids=ids).logits.float()
-            with self._replaced_by(coder, scale):
+            with self._spliced(coder, arrays, scales):
                 spliced = self.model(input_ids=ids).logits.float()
             targets = ids[:, 1:]
             clean_lp, spliced_lp = clean[:, :-1].log_softmax(-1), spliced[:, :-1].log_softmax(-1)
-            total_delta += (_nll(spliced_lp, targets) - _nll(clean_lp, targets)).sum().item()
-            total_kl += F.kl_div(spliced_lp, clean_lp, log_target=True, reduction="none").sum(-1).sum().item()
+            sums["clean"] += _nll(clean_lp, targets).sum().item()
+            sums["spliced"] += _nll(spliced_lp, targets).sum().item()
+            sums["kl"] += F.kl_div(spliced_lp, clean_lp, log_target=True, reduction="none").sum(-1).sum().item()
             count += targets.numel()
-        return {"delta_loss": total_delta / count, "kl": total_kl / count} if count else {"delta_loss": math.nan, "kl": math.nan}
+        if not count:
+            return dict.fromkeys(("delta_loss", "kl", "clean_loss", "spliced_loss"), math.nan)
+        clean_loss, spliced_loss = sums["clean"] / count, sums["spliced"] / count
+        return {"delta_loss": spliced_loss - clean_loss, "kl": sums["kl"] / count, "clean_loss": clean_loss, "spliced_loss": spliced_loss}
 
-    def _replaced_by(self, coder: Coder, scale: float):
-        module = module_of(self.block, self.point)
-        drop_bos = self.drop_bos
+    def _spliced(self, coder: Coder, arrays: CoderArrays, scales: dict[str, float]) -> ExitStack:
+        """The model's hooks that splice `coder` in for one forward pass, removed when the context exits."""
+        stack = ExitStack()
+        if not arrays.targets:
+            name = arrays.inputs[0]
 
-        def reconstruct(value: torch.Tensor) -> torch.Tensor:
-            x = value.float() * scale
-            recon = (coder.decode(coder.encode(x)) / scale).to(value.dtype)
-            if drop_bos:  # the coder never saw BOS positions; they keep their own activation
-                recon[:, 0] = value[:, 0]
-            return recon
+            def reconstruct(value: torch.Tensor) -> torch.Tensor:
+                x = value.float() * scales[name]
+                return self._keep_bos(coder.decode(coder.encode(x)) / scales[name], value)
 
-        if is_input_site(self.point):
+            stack.callback(self._hook(name, reconstruct).remove)
+            return stack
+        # Filled layer by layer as the forward pass reaches each input: layer -> its (scaled) input and features.
+        inputs: dict[int, torch.Tensor] = {}
+        features: dict[int, torch.Tensor] = {}
+        for layer, (source, target) in enumerate(zip(arrays.inputs, arrays.targets)):
+
+            def read(value: torch.Tensor, layer=layer, source=source) -> None:
+                inputs[layer] = value.float() * scales[source]
+                features[layer] = coder.encode_layer(layer, inputs[layer])
+
+            def predict(value: torch.Tensor, layer=layer, target=target) -> torch.Tensor:
+                return self._keep_bos(coder.decode_layer(layer, features, inputs[layer]) / scales[target], value)
+
+            stack.callback(self._hook(source, read).remove)
+            stack.callback(self._hook(target, predict).remove)
+        return stack
+
+    def _keep_bos(self, replacement: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        replacement = replacement.to(value.dtype)
+        if self.drop_bos:  # the coder never saw BOS positions; they keep their own activation
+            replacement[:, 0] = value[:, 0]
+        return replacement
+
+    def _hook(self, name: str, rewrite: Rewrite):
+        """Registers `rewrite` at hook point `name`; returns the handle."""
+        point = parse_hook(name, self.n_layers)
+        module = module_of(self.blocks[point.layer], point)
+        if is_input_site(point):
+
             def pre_hook(_module, args, kwargs):
+                new = rewrite(first_input(args, kwargs))
+                if new is None:
+                    return None
                 if args:
-                    return (reconstruct(args[0]), *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": reconstruct(first_input(args, kwargs))}
+                    return (new, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": new}
 
-            return _Hook(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
         def hook(_module, _args, output):
-            if isinstance(output, tuple):
-                return (reconstruct(output[0]), *output[1:])
-            return reconstruct(output)
+            new = rewrite(output[0] if isinstance(output, tuple) else output)
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
 
-        return _Hook(module.register_forward_hook(hook))
+        return module.register_forward_hook(hook)
 
 
 def _nll(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
-class _Hook:
-    """A registered hook as a context manager that removes it on exit."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()

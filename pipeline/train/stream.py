@@ -25,6 +25,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
+from pipeline.train.arrays import open_arrays, scale_columns, side_by_side
 
 THREAD_NAME = "pipeline-prefetch"
 _DONE = object()  # the reader's last item
@@ -130,7 +131,8 @@ class StreamingActivationData:
         n_rows = store.layout.n_rows
         if not 0 < cfg.eval_tokens < n_rows:
             raise ConfigError(f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.eval_tokens}")
-        self.chunk_rows = store.group[f"acts/{hook}"].chunks[0]
+        self.arrays, self.d, self.scales = open_arrays(store, hook, cfg)
+        self.chunk_rows = store.group[f"acts/{self.arrays[0]}"].chunks[0]
         self.n_chunks = (n_rows - cfg.eval_tokens) // self.chunk_rows
         if self.n_chunks == 0:
             raise ConfigError(
@@ -140,11 +142,11 @@ class StreamingActivationData:
         for field in ("shuffle_chunks", "prefetch_chunks"):
             if getattr(cfg, field) < 1:
                 raise ConfigError(f"train.{field}: expected at least 1, got {getattr(cfg, field)}")
-        d = store.d_model(hook)
-        self.scale = (d / store.attrs["norm_stats"][hook]["mean_sq_norm"]) ** 0.5
-        eval_rows = store.read_rows(hook, n_rows - cfg.eval_tokens, n_rows)
-        self.eval = eval_rows.to(device=device, dtype=torch.float32) * self.scale
-        self.store, self.hook, self.d, self.device = store, hook, d, device
+        self.column_scales = [self.scales[name] for name in self.arrays]
+        eval_rows = side_by_side([store.read_rows(name, n_rows - cfg.eval_tokens, n_rows) for name in self.arrays])
+        self.eval = scale_columns(eval_rows.to(device=device, dtype=torch.float32), self.column_scales)
+        # The first array is the input of an SAE or transcoder: `hook` and `scale` name it.
+        self.store, self.hook, self.scale, self.device = store, self.arrays[0], self.column_scales[0], device
         self.shuffle_chunks, self.prefetch_chunks = cfg.shuffle_chunks, cfg.prefetch_chunks
 
     @property
@@ -168,7 +170,7 @@ class StreamingActivationData:
             return
         plan.seek(start_step)
         held = plan.held_rows()
-        reader = _Reader(self.store, self.hook, self.chunk_rows, plan.chunks_to_read(n_steps - 1), self.prefetch_chunks)
+        reader = _Reader(self.store, self.arrays, self.chunk_rows, plan.chunks_to_read(n_steps - 1), self.prefetch_chunks)
         try:
             buffer = None
             if len(held):  # a resumed run: the unused rows of the chunks already begun, from their chunks
@@ -176,7 +178,7 @@ class StreamingActivationData:
                 for chunk in np.unique(chunk_of).tolist():
                     rows = reader.get(chunk)
                     if buffer is None:
-                        buffer = torch.empty((plan.max_rows(), self.d), dtype=rows.dtype)
+                        buffer = torch.empty((plan.max_rows(), rows.shape[1]), dtype=rows.dtype)
                     where = np.flatnonzero(chunk_of == chunk)
                     buffer[torch.from_numpy(where)] = rows[torch.from_numpy(held[where] % self.chunk_rows)]
             for _ in range(start_step, n_steps):
@@ -184,12 +186,12 @@ class StreamingActivationData:
                 for i, chunk in enumerate(step.chunks):
                     rows = reader.get(chunk)
                     if buffer is None:
-                        buffer = torch.empty((plan.max_rows(), self.d), dtype=rows.dtype)
+                        buffer = torch.empty((plan.max_rows(), rows.shape[1]), dtype=rows.dtype)
                     start = step.at + i * self.chunk_rows
                     buffer[start : start + self.chunk_rows] = rows
                 x = buffer[torch.from_numpy(step.take)]
                 buffer[torch.from_numpy(step.holes)] = buffer[torch.from_numpy(step.fill)]
-                yield x.to(device=self.device, dtype=torch.float32) * self.scale
+                yield scale_columns(x.to(device=self.device, dtype=torch.float32), self.column_scales)
         finally:
             reader.close()
 
@@ -199,15 +201,15 @@ class StreamingActivationData:
 
 
 class _Reader:
-    """A daemon thread reading chunks in a given order into a bounded queue of decoded tensors."""
+    """A daemon thread reading chunks (every array's rows side by side) in a given order into a bounded queue."""
 
-    def __init__(self, store: ActivationStore, hook: str, chunk_rows: int, chunks: Iterator[int], ahead: int):
+    def __init__(self, store: ActivationStore, arrays: tuple[str, ...], chunk_rows: int, chunks: Iterator[int], ahead: int):
         self.queue: queue.Queue = queue.Queue(maxsize=ahead)
         self.stop = threading.Event()
         # The thread holds only what it reads with, so a dropped generator can still be collected.
         self.thread = threading.Thread(
-            target=_read_chunks, args=(store, hook, chunk_rows, chunks, self.queue, self.stop),
-            name=f"{THREAD_NAME}-{hook}", daemon=True,
+            target=_read_chunks, args=(store, arrays, chunk_rows, chunks, self.queue, self.stop),
+            name=f"{THREAD_NAME}-{arrays[0]}", daemon=True,
         )  # fmt: skip
         self.thread.start()
 
@@ -233,7 +235,7 @@ class _Reader:
             self.thread.join(timeout=0.05)
 
 
-def _read_chunks(store, hook, chunk_rows, chunks, out: queue.Queue, stop: threading.Event) -> None:
+def _read_chunks(store, arrays, chunk_rows, chunks, out: queue.Queue, stop: threading.Event) -> None:
     def put(item) -> bool:
         while not stop.is_set():
             try:
@@ -247,7 +249,8 @@ def _read_chunks(store, hook, chunk_rows, chunks, out: queue.Queue, stop: thread
         for chunk in chunks:
             if stop.is_set():
                 return
-            rows = store.read_rows(hook, chunk * chunk_rows, (chunk + 1) * chunk_rows)
+            start, stop_row = chunk * chunk_rows, (chunk + 1) * chunk_rows
+            rows = side_by_side([store.read_rows(name, start, stop_row) for name in arrays])
             if not put((chunk, rows)):
                 return
         put(_DONE)

@@ -13,14 +13,25 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.coders.registry import build
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.progress import Progress
 from pipeline.store.activation_store import write_json_atomic
 from pipeline.train import checkpoint
+from pipeline.train.arrays import Columns, coder_arrays
 from pipeline.train.data import ActivationData
-from pipeline.train.metrics import FiringTracker, evaluate
+from pipeline.train.parallel import parallel_for
+
+
+PRECISIONS = ("auto", "bfloat16", "float32")
+
+
+def autocast(device: torch.device, precision: str):
+    """The matrix-product precision of training steps: bfloat16 (with float32 weights and sums) or float32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    bf16 = precision == "bfloat16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,21 +70,28 @@ class ArmRun:
         self.n_steps = self.cfg.tokens // self.cfg.batch_size
         if self.n_steps < 1:
             raise ConfigError(f"train.tokens: {self.cfg.tokens} is less than one batch of {self.cfg.batch_size}")
+        # Which of the data's arrays this arm reads and predicts (an SAE: one; a transcoder: two; a CLT: two per layer).
+        self.arrays = coder_arrays(spec.coder.kind, self.cfg.hook or data.hook, self.cfg)
+        self.columns = Columns(self.arrays, data.arrays, data.d)
         torch.manual_seed(self.cfg.seed)
-        self.coder = build(spec.coder, data.d).to(data.device).train()
-        self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999))
-        self.firing = FiringTracker(self.coder.n_features, data.device)
+        self.parallel = parallel_for(self.cfg)  # train.parallel: how this arm's work splits over ranks
+        self.coder = self.parallel.build(spec.coder, data.d, len(self.arrays.inputs), data.device)
+        # On CUDA the fused kernel updates every parameter in one launch.
+        on_cuda = data.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999), fused=on_cuda)
+        self.firing = self.parallel.firing_tracker(self.coder, data.device)
         # The batch order is part of the configuration, so a resume never continues in another order.
         self.config = {
-            "coder": _plain(spec.coder), "train": _plain(self.cfg), "hook": data.hook, "scale": data.scale, "order": data.order,
+            "coder": _plain(spec.coder), "train": _plain(self.cfg), "arrays": list(self.arrays.arrays),
+            "scale": [data.scales[name] for name in self.arrays.arrays], "order": data.order,
         }  # fmt: skip
-        resumed = checkpoint.load(spec.run_dir, self.config, self.coder, self.optimizer, self.firing) or {}
+        resumed = self.parallel.load_checkpoint(spec.run_dir, self.config, self.coder, self.optimizer, self.firing) or {}
         self.start_step = resumed.get("step", 0)
         self.last_good = f"step {self.start_step}" if self.start_step else "none"
         self.tracker = open_tracker(
             tracking, name=spec.run_id, group=spec.group, config=self.config, folder=spec.run_dir,
             job_type="train", resume_id=resumed.get("wandb_id", ""),
-        )  # fmt: skip
+        ) if self.parallel.main else None  # fmt: skip
         self.started = time.monotonic() - resumed.get("wall_time_s", 0.0)
         self.flops_per_token = self.coder.flops_per_token()
         self.loss = float("nan")
@@ -81,12 +99,14 @@ class ArmRun:
     def active(self, step: int) -> bool:
         return self.start_step <= step < self.n_steps
 
-    def step(self, x: torch.Tensor, step: int) -> None:
+    def step(self, batch: torch.Tensor, step: int) -> None:
         cfg = self.cfg
+        x, target = self.columns(batch)
         lr_factor, sparsity_factor = schedules(step, self.n_steps, cfg)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = cfg.lr * lr_factor
-        parts, f = self.coder.loss(x, sparsity_factor)
+        with autocast(x.device, cfg.precision):
+            parts, f = self.coder.loss(x, sparsity_factor, **target)
         done = step + 1
         checkpoint_due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < self.n_steps
         # Reading the loss syncs with the device, so it is read only to log it or to vouch for a checkpoint.
@@ -101,22 +121,27 @@ class ArmRun:
                 metrics = {f"train/{k}": v.item() for k, v in parts.items()}
                 self.tracker.log(metrics | {"tokens": tokens, "flops": tokens * self.flops_per_token})
         parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.coder.parameters(), cfg.grad_clip)
+        self.parallel.clip_gradients(self.coder, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.coder.after_step()
-        self.firing.update(f.detach())
+        self.firing.update(f)
         if checkpoint_due:
             extra = {"wandb_id": self.tracker.id if self.tracker else "", "wall_time_s": time.monotonic() - self.started}
-            checkpoint.save(self.spec.run_dir, done, self.config, self.coder, self.optimizer, self.firing, extra)
+            self.parallel.save_checkpoint(self.spec.run_dir, done, self.config, self.coder, self.optimizer, self.firing, extra)
             self.last_good = f"step {done}"
 
     def finish(self, data: ActivationData, splicer=None) -> dict:
         """Evaluates on the held-out rows and writes the run folder; the checkpoint is then removed."""
-        metrics = evaluate(self.coder.eval(), data.eval_batches(self.cfg.batch_size))
-        if splicer is not None:
-            metrics |= splicer(self.coder, data.scale)
+        metrics = self.parallel.evaluate(self.coder.eval(), data.eval_batches(self.cfg.batch_size), self.columns)
+        whole = self.parallel.whole(self.coder)  # the ordinary coder, on the main rank only: it writes the run folder
+        if splicer is not None and whole is not None:
+            metrics |= splicer(whole.to(data.device), self.arrays, data.scales)
         dead, window = self.firing.dead_fraction(self.cfg.dead_window_tokens)
+        if "layers" in metrics:  # a CLT: its dead features per layer too
+            per_layer = self.firing.dead_fractions(self.cfg.dead_window_tokens, len(metrics["layers"]))
+            for layer, layer_dead in zip(metrics["layers"], per_layer):
+                layer["dead_fraction"] = layer_dead
         tokens = self.n_steps * self.cfg.batch_size
         metrics |= {
             "dead_fraction": dead,
@@ -129,9 +154,10 @@ class ArmRun:
             "resumed_from_step": self.start_step,
             "wandb_run_id": self.tracker.id if self.tracker else "",
         }
-        self.coder.save(self.spec.run_dir / "coder")
-        write_json_atomic(self.spec.run_dir / "metrics.json", metrics)
-        checkpoint.remove(self.spec.run_dir)
+        if whole is not None:
+            whole.save(self.spec.run_dir / "coder")
+            write_json_atomic(self.spec.run_dir / "metrics.json", metrics)
+            checkpoint.remove(self.spec.run_dir)
         if self.tracker:
             self.tracker.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
             self.tracker.finish()
@@ -171,7 +197,8 @@ def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingCon
                     if step + 1 == arm.n_steps:
                         outcomes[i] = arms.pop(i).finish(data, splicer)
                 except Exception as err:  # noqa: BLE001
-                    arms.pop(i).abandon()
+                    arms.pop(i, None)  # finish() may have failed after taking it out
+                    arm.abandon()
                     outcomes[i] = err
             progress.extra = "  ".join(f"loss {a.loss:.4g}" for a in list(arms.values())[:4])
             progress.update(1)

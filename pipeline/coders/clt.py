@@ -1,0 +1,188 @@
+"""Cross-layer transcoder (CLT) of Anthropic's Circuit Tracing (2025), with JumpReLU features.
+
+Over L layers with n features each (`n_features` = L * n in all), the features of layer s read that
+layer's MLP input x_s and write to the MLP outputs of layer s and of every later layer t >= s:
+
+    pre_s = W_enc[s] x_s + b_enc[s],   f_s = JumpReLU_theta_s(pre_s)
+    y_hat_t = sum_{s <= t} W_dec[s][t - s] f_s + b_dec[t]   (+ W_skip[t] x_t with `skip_connection`)
+
+`W_dec[s]` holds one [d, n] block per target layer t >= s, so no weight exists from a layer to an
+earlier one. Inputs and targets are [rows, L, d]; the features come out flattened to [rows, L * n],
+layer by layer. The decoder norm of feature i of layer s is the norm of its decoder vectors
+concatenated over all its target layers, ||W_dec[s][:, :, i]||, and
+
+    loss = mean_rows sum_t ||y_t - y_hat_t||^2 + sparsity_scale * lambda * S + lambda_p * P
+    penalty = "tanh": S = mean_rows sum_{s,i} tanh(c * f_{s,i} * ||W_dec[s][:, :, i]||)
+    penalty = "l0":   S = mean_rows sum_{s,i} H(pre_{s,i} - theta_{s,i})
+    P = mean_rows sum_{s,i} ReLU(theta_{s,i} - pre_{s,i}) * ||W_dec[s][:, :, i]||   (the pre-activation loss)
+
+with lambda = `l1_coefficient`, c = `tanh_scale`, lambda_p = `preact_coefficient`; the thresholds learn
+through the straight-through estimators of `pipeline.coders.jumprelu`.
+
+Initialisation: each feature's concatenated decoder vector is a random direction of norm
+`init_decoder_norm`, each encoder row an independent random direction of the same norm (input and
+output spaces differ, so the encoder cannot be the decoder's transpose), biases and the skip weights
+zero, every theta = `init_threshold`. With penalty="l0" `after_step` holds each concatenated decoder
+vector at `init_decoder_norm`, as jumprelu does per column.
+
+FLOPs per training token, with d the width of each layer and N = L * n:
+
+    forward = 2 d N (encoders) + sum_s (L - s) 2 d n = (L + 1) d N (decoders) + 2 L d^2 (skip, if on)
+    training = 3 * forward = 3 (L + 3) d N (+ 6 L d^2)
+
+(backward twice the forward; thresholds, norms and penalties are O(N) or O(d N) elementwise work and not counted).
+With L = 1 and no skip this is jumprelu's 12 d N.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.coders.base import Coder
+from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction, check_settings
+from pipeline.errors import ConfigError
+
+
+def _random_directions(*shape: int, norm: float, dims: tuple[int, ...]) -> torch.Tensor:
+    w = torch.randn(*shape)
+    return w * (norm / w.norm(dim=dims, keepdim=True))
+
+
+class CrossLayerTranscoder(Coder):
+    kind = "clt"
+
+    def __init__(
+        self,
+        d_in: int,
+        n_features: int,
+        n_layers: int = 1,
+        l1_coefficient: float = 5.0,
+        penalty: str = "tanh",
+        bandwidth: float = 0.001,
+        init_threshold: float = 0.001,
+        tanh_scale: float = 4.0,
+        preact_coefficient: float = 0.0,
+        init_decoder_norm: float = 0.1,
+        skip_connection: bool = False,
+    ):
+        if n_layers < 1:
+            raise ConfigError(f"train.layers: a {self.kind} needs at least one layer, got {n_layers}")
+        if n_features % n_layers:
+            raise ConfigError(
+                f"coder.n_features: a {self.kind} over {n_layers} layers splits its features evenly; "
+                f"expected a multiple of {n_layers}, got {n_features}"
+            )
+        check_settings(penalty, bandwidth, init_threshold)
+        super().__init__(
+            d_in, n_features, n_layers=n_layers, l1_coefficient=l1_coefficient, penalty=penalty, bandwidth=bandwidth,
+            init_threshold=init_threshold, tanh_scale=tanh_scale, preact_coefficient=preact_coefficient,
+            init_decoder_norm=init_decoder_norm, skip_connection=skip_connection,
+        )  # fmt: skip
+        self.n_layers, self.per_layer = n_layers, n_features // n_layers
+        self.l1_coefficient, self.penalty, self.bandwidth = l1_coefficient, penalty, bandwidth
+        self.tanh_scale, self.preact_coefficient = tanh_scale, preact_coefficient
+        self.init_decoder_norm, self.skip_connection = init_decoder_norm, skip_connection
+        d, n, L = d_in, self.per_layer, n_layers
+        self.w_enc = nn.Parameter(_random_directions(L, n, d, norm=init_decoder_norm, dims=(2,)))
+        self.b_enc = nn.Parameter(torch.zeros(L, n))
+        self.log_threshold = nn.Parameter(torch.full((L, n), math.log(init_threshold)))
+        self.w_dec = nn.ParameterList(
+            nn.Parameter(_random_directions(L - s, d, n, norm=init_decoder_norm, dims=(0, 1))) for s in range(L)
+        )
+        self.b_dec = nn.Parameter(torch.zeros(L, d))
+        if skip_connection:
+            self.w_skip = nn.Parameter(torch.zeros(L, d, d))
+
+    # A CLT takes [rows, layer, d]; the one-layer transcoder overrides these to take [rows, d].
+    @staticmethod
+    def _stack(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def _unstack(y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def decoder_norms(self) -> torch.Tensor:
+        """[L, n]: the norm of each feature's decoder vectors concatenated over its target layers."""
+        return torch.stack([w.norm(dim=(0, 1)) for w in self.w_dec])
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pre-activations, features), both [rows, L, n], of stacked inputs [rows, L, d]."""
+        pre = torch.einsum("bld,lnd->bln", x, self.w_enc) + self.b_enc
+        return pre, JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
+
+    def _decode(self, f: torch.Tensor) -> torch.Tensor:
+        """[rows, L, n] features -> [rows, L, d]: each source layer's decoders in one product, padded to its first target."""
+        rows, L = f.shape[0], self.n_layers
+        out = self.b_dec.expand(rows, L, self.d_in)
+        for s, w in enumerate(self.w_dec):
+            block = F.linear(f[:, s], w.flatten(0, 1)).view(rows, L - s, self.d_in)
+            out = out + F.pad(block, (0, 0, s, 0))
+        return out
+
+    def _skip(self, x: torch.Tensor) -> torch.Tensor | float:
+        return torch.einsum("bld,lkd->blk", x, self.w_skip) if self.skip_connection else 0.0
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features(self._stack(x))[1].flatten(1)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """The predicted outputs from the features alone (without the skip connection's share)."""
+        return self._unstack(self._decode(f.view(len(f), self.n_layers, self.per_layer)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted outputs for inputs x: what replaces the MLP outputs in the model."""
+        stacked = self._stack(x)
+        return self._unstack(self._decode(self._features(stacked)[1]) + self._skip(stacked))
+
+    def encode_layer(self, s: int, x_s: torch.Tensor) -> torch.Tensor:
+        """The features of layer s from its own input [..., d] alone (to run the model layer by layer)."""
+        pre = F.linear(x_s, self.w_enc[s], self.b_enc[s])
+        return JumpReLUFunction.apply(pre, self.threshold[s], self.bandwidth)
+
+    def decode_layer(self, t: int, features: dict[int, torch.Tensor], x_t: torch.Tensor) -> torch.Tensor:
+        """Layer t's predicted output from the features of layers 0..t (`features[s]`) and, with a skip, its input."""
+        y = self.b_dec[t] + sum(F.linear(features[s], self.w_dec[s][t - s]) for s in range(t + 1))
+        return y + F.linear(x_t, self.w_skip[t]) if self.skip_connection else y
+
+    def loss(
+        self, x: torch.Tensor, sparsity_scale: float = 1.0, *, target: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        x, target = self._stack(x), self._stack(target)
+        pre, f = self._features(x)
+        theta = self.threshold
+        y_hat = self._decode(f) + self._skip(x)
+        reconstruction = (target - y_hat).pow(2).sum((-2, -1)).mean()
+        decoder_norm = self.decoder_norms()
+        if self.penalty == "l0":
+            sparsity = StepFunction.apply(pre, theta, self.bandwidth).sum((-2, -1)).mean()
+        else:
+            sparsity = torch.tanh(self.tanh_scale * f * decoder_norm).sum((-2, -1)).mean()
+        total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.preact_coefficient)):
+            preact = (torch.relu(theta - pre) * decoder_norm).sum((-2, -1)).mean()  # logged even when off
+        if self.preact_coefficient:
+            total = total + self.preact_coefficient * preact
+        parts = {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity, "preact": preact}
+        return parts, f.flatten(1)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.penalty == "l0":
+            for w, norm in zip(self.w_dec, self.decoder_norms()):
+                w *= self.init_decoder_norm / norm.clamp_min(1e-12)
+
+    @classmethod
+    def training_flops(cls, d_in: int, n_features: int, n_layers: int = 1, skip_connection: bool = False) -> float:
+        # See the module docstring: encoders 2dN, decoders (L+1)dN, skip 2Ld^2 forward; backward twice the forward.
+        forward = 2 * d_in * n_features + (n_layers + 1) * d_in * n_features + 2 * n_layers * d_in**2 * skip_connection
+        return 3 * forward
+
+    def flops_per_token(self) -> float:
+        return self.training_flops(self.d_in, self.n_features, self.n_layers, self.skip_connection)

@@ -1,0 +1,108 @@
+"""The JumpReLU SAE's loss with hand-written gradients: matrix products plus one fused pass each way.
+
+Autograd over the plain expression makes a pass over the [rows x features] tensors for every
+elementwise operation (threshold, mask, penalty, their gradients): about two dozen. Here the
+elementwise work between the products is one function forward (`_activate`: f and each row's
+penalties) and one backward (`_pre_gradient`: the gradient to the pre-activations and the
+per-feature sums for the threshold and decoder-norm gradients), which torch.compile turns into
+fused kernels on CUDA. Products run in `dtype` (bfloat16 on GPUs) with float32 accumulation.
+
+The gradients are those of `pipeline.coders.jumprelu` (see its docstring), with n_i = ||W_dec[:, i]||,
+g_S and g_P the upstream gradients of the sparsity and pre-activation terms, and B rows:
+
+    g_f     = g_x_hat W_dec + [tanh] g_S c n (1 - tanh^2(c f n)) / B
+    g_pre   = g_f * H(pre - theta) - g_P n H(theta - pre) / B
+    g_theta = sum_rows -(theta / eps) K g_f + [l0] -(1 / eps) K g_S / B + g_P n H(theta - pre) / B
+    g_n     = sum_rows [tanh] g_S c f (1 - tanh^2) / B + g_P ReLU(theta - pre) / B
+"""
+
+import torch
+
+from pipeline.coders.relu_kernel import with_column
+
+
+def _activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
+    """(f, per-row sparsity sum, per-row pre-activation penalty sum)."""
+    f = torch.where(pre > theta, pre, 0.0)
+    f32 = f.float()
+    if tanh_penalty:
+        sparsity = torch.tanh(tanh_scale * f32 * norm).sum(-1)
+    else:
+        sparsity = (pre > theta).float().sum(-1)
+    preact = (torch.relu(theta - pre.float()) * norm).sum(-1)
+    return f, sparsity, preact
+
+
+def _pre_gradient(g_f, pre, theta, norm, g_s, g_p, tanh_scale: float, bandwidth: float, tanh_penalty: bool):
+    """(g_pre, g_theta, g_norm) from the decoder's gradient to f; see the module docstring.
+
+    The upstream gradients g_s and g_p stay 0-d tensors: as numbers they would cost a device sync,
+    and a recompilation each time the penalty's warm-up changes them.
+    """
+    rows = pre.shape[0]
+    pre32 = pre.float()
+    above = pre32 > theta
+    g = g_f.float()
+    g_norm = torch.zeros_like(norm)
+    if tanh_penalty:
+        f = torch.where(above, pre32, 0.0)
+        slope = 1 - torch.tanh(tanh_scale * f * norm).pow(2)
+        g = g + (g_s * tanh_scale / rows) * norm * slope
+        g_norm = g_norm + (g_s * tanh_scale / rows) * (f * slope).sum(0)
+    kernel = ((pre32 - theta).abs() < bandwidth / 2).float()
+    below = (~above).float()
+    g_theta = (-(theta / bandwidth) * kernel * g).sum(0) + (g_p / rows) * norm * below.sum(0)
+    if not tanh_penalty:
+        g_theta = g_theta - (g_s / (bandwidth * rows)) * kernel.sum(0)
+    g_norm = g_norm + (g_p / rows) * torch.relu(theta - pre32).sum(0)
+    g_pre = torch.where(above, g, -(g_p / rows) * norm)
+    return g_pre.to(pre.dtype), g_theta, g_norm
+
+
+_compiled: dict = {}
+
+
+def fused(fn):
+    """`fn` compiled into fused kernels on CUDA; as it is elsewhere."""
+
+    def call(*args, **kwargs):
+        if not args[0].is_cuda:
+            return fn(*args, **kwargs)
+        if fn not in _compiled:
+            _compiled[fn] = torch.compile(fn, dynamic=False)
+        return _compiled[fn](*args, **kwargs)
+
+    return call
+
+
+activate, pre_gradient = fused(_activate), fused(_pre_gradient)
+
+
+class JumpReluSAELoss(torch.autograd.Function):
+    """(reconstruction, sparsity, preact, f); the sparsity is the tanh or the L0 penalty (see jumprelu.py)."""
+
+    @staticmethod
+    def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, log_threshold, hp: dict, dtype: torch.dtype):
+        rows = x.shape[0]
+        theta, norm = log_threshold.exp(), w_dec.norm(dim=0)
+        pre = torch.addmm(b_enc.to(dtype), x.to(dtype), w_enc.t().to(dtype))
+        f, sparsity, preact = activate(pre, theta, norm, hp["tanh_scale"], hp["penalty"] == "tanh")
+        w_dec_low = w_dec.to(dtype)
+        err = (f @ w_dec_low.t()).float() + b_dec - x
+        ctx.save_for_backward(x, pre, f, err, w_dec_low, w_dec, theta, norm)
+        ctx.hp = hp
+        ctx.mark_non_differentiable(f)
+        return err.pow(2).sum(-1).mean(), sparsity.sum() / rows, preact.sum() / rows, f
+
+    @staticmethod
+    def backward(ctx, g_reconstruction, g_sparsity, g_preact, _):
+        x, pre, f, err, w_dec_low, w_dec, theta, norm = ctx.saved_tensors
+        hp, (rows, d), dtype = ctx.hp, x.shape, pre.dtype
+        g_x_hat = err * (2 * g_reconstruction / rows)
+        g_f = g_x_hat.to(dtype) @ w_dec_low
+        g_pre, g_theta, g_norm = pre_gradient(
+            g_f, pre, theta, norm, g_sparsity, g_preact, hp["tanh_scale"], hp["bandwidth"], hp["penalty"] == "tanh"
+        )
+        g_enc = (g_pre.t() @ with_column(x, 1.0, dtype)).float()
+        g_w_dec = (g_x_hat.to(dtype).t() @ f).float() + g_norm * w_dec / norm.clamp_min(1e-12)
+        return None, g_enc[:, :d], g_enc[:, d], g_w_dec, g_x_hat.sum(0), g_theta * theta, None, None

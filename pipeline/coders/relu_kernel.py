@@ -1,0 +1,61 @@
+"""The ReLU SAE's loss with hand-written gradients, making few passes over the [rows x features] activations.
+
+A training step of a wide SAE is bound by its matrix products and by the passes over the
+activations between them. Autograd over the plain expression reads and writes the activations
+about a dozen times (bias, ReLU, penalty product, penalty sum, and their gradients). Here:
+
+- the encoder's bias and ReLU run inside its matrix product (`torch._addmm_activation`);
+- the decoder's product also yields each row's penalty sum_i f_i ||W_dec[:, i]||, from an extra
+  column of norms appended to W_dec^T;
+- backward, the penalty's gradient n_i * lambda / rows enters the product g_x_hat W_dec as one more
+  column, a column of ones gives the encoder bias gradient inside the encoder weight gradient, and
+  a row of ones gives each feature's total activation inside the decoder weight gradient.
+
+That leaves one write of f, one masked copy of its gradient, and reads inside products. Products
+run in `dtype` (bfloat16 on GPUs) with float32 accumulation; everything of size [rows x d] or [N]
+is float32.
+"""
+
+import torch
+
+_ALIGN = 8  # tensor cores want inner dimensions that are multiples of 8
+
+
+def with_column(mat: torch.Tensor, column: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
+    """[mat | column | zeros] in `dtype`: one extra column, padded to a multiple of 8 columns, in one copy."""
+    rows, cols = mat.shape
+    out = mat.new_empty(rows, -(-(cols + 1) // _ALIGN) * _ALIGN, dtype=dtype)
+    out[:, :cols] = mat
+    out[:, cols] = column
+    out[:, cols + 1 :] = 0
+    return out
+
+
+class ReluSAELoss(torch.autograd.Function):
+    """(reconstruction, sparsity, f) of a ReLU SAE: mean_rows ||x - x_hat||^2, mean_rows sum_i f_i ||W_dec[:, i]||."""
+
+    @staticmethod
+    def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, dtype: torch.dtype):
+        d = x.shape[1]
+        norm = w_dec.norm(dim=0)
+        f = torch._addmm_activation(b_enc.to(dtype), x.to(dtype), w_enc.t().to(dtype))
+        dec = with_column(w_dec.t(), norm, dtype)
+        out = (f @ dec).float()
+        err = out[:, :d] + b_dec - x
+        ctx.save_for_backward(x, f, err, dec, w_dec, norm)
+        ctx.mark_non_differentiable(f)
+        return err.pow(2).sum(-1).mean(), out[:, d].mean(), f
+
+    @staticmethod
+    def backward(ctx, g_reconstruction, g_sparsity, _):
+        x, f, err, dec, w_dec, norm = ctx.saved_tensors
+        rows, d = x.shape
+        dtype = f.dtype
+        g_x_hat = err * (2 * g_reconstruction / rows)
+        g_f = with_column(g_x_hat, g_sparsity / rows, dtype) @ dec.t()
+        g_pre = torch.ops.aten.threshold_backward(g_f, f, 0.0)
+        g_enc = (g_pre.t() @ with_column(x, 1.0, dtype)).float()
+        g_dec = (with_column(g_x_hat, 1.0, dtype).t() @ f).float()
+        g_w_dec = g_dec[:d] + (g_sparsity / rows) * g_dec[d] * w_dec / norm.clamp_min(1e-12)
+        return None, g_enc[:, :d], g_enc[:, d], g_w_dec, g_x_hat.sum(0), None
+

@@ -1,0 +1,117 @@
+"""Which store arrays a coder reads and predicts, and cutting them out of batches that hold several arrays.
+
+An SAE reads `train.hook` and reconstructs it. A transcoder reads `train.hook` (e.g. mlp_in.3) and
+predicts `train.target_hook` (mlp_out.3). A CLT reads mlp_in.L and predicts mlp_out.L for every L in
+`train.layers`. The training data holds every array it was opened for side by side, [rows, arrays * d],
+each scaled to E||x||^2 = d by its own statistics, so one shuffled order serves all of them and every
+arm of a fused grid takes its own columns of the same rows.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.coders.registry import TARGET_FIELD
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
+from pipeline.store.activation_store import ActivationStore
+
+
+@dataclass(frozen=True)
+class CoderArrays:
+    inputs: tuple[str, ...]  # arrays the coder encodes, one per layer
+    targets: tuple[str, ...] = ()  # arrays it predicts, one per input; empty: it reconstructs its input
+    layered: bool = False  # a CLT: inputs and targets come stacked as [rows, layer, d]
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """Every array read, inputs first, each once."""
+        return tuple(dict.fromkeys(self.inputs + self.targets))
+
+
+def data_arrays(hook: str, cfg: TrainConfig) -> CoderArrays:
+    """The arrays training with `cfg` reads: mlp_in.L and mlp_out.L of `train.layers`, else `hook` and `train.target_hook`."""
+    if not cfg.layers:
+        return CoderArrays((hook,), (cfg.target_hook,) if cfg.target_hook else ())
+    if cfg.target_hook:
+        raise ConfigError(f"train.target_hook: a clt predicts mlp_out.L of train.layers; expected it empty, got {cfg.target_hook!r}")
+    layers = list(cfg.layers)
+    if layers != sorted(set(layers)) or layers[0] < 0:
+        raise ConfigError(f"train.layers: expected distinct layer numbers >= 0 in increasing order, got {layers}")
+    return CoderArrays(tuple(f"mlp_in.{l}" for l in layers), tuple(f"mlp_out.{l}" for l in layers), layered=True)
+
+
+_NEEDS = {"target_hook": "the array it predicts (e.g. mlp_out.3)", "layers": "the layers it spans (e.g. [0, 1, 2])"}
+
+
+def coder_arrays(kind: str, hook: str, cfg: TrainConfig) -> CoderArrays:
+    """The arrays a `kind` coder trained with `cfg` reads; ConfigError when the kind and the arrays disagree."""
+    needs = TARGET_FIELD.get(kind)
+    for field in ("target_hook", "layers"):
+        if field == needs and not getattr(cfg, field):
+            raise ConfigError(f"train.{field}: a {kind} needs {_NEEDS[field]}, got none")
+        if field != needs and getattr(cfg, field):
+            raise ConfigError(f"train.{field}: a {kind} coder does not use it; expected it empty, got {getattr(cfg, field)!r}")
+    return data_arrays(hook, cfg)
+
+
+def _field_of(arrays: CoderArrays, name: str) -> str:
+    """The config field that asked for array `name`."""
+    return "train.layers" if arrays.layered else "train.target_hook" if name in arrays.targets else "train.hook"
+
+
+def check_in_store(arrays: CoderArrays, store_hooks: list[str]) -> None:
+    """Refuses, naming the config field, arrays the store was not harvested with."""
+    for name in arrays.arrays:
+        if name not in store_hooks:
+            raise ConfigError(
+                f"{_field_of(arrays, name)}: the store has hooks {store_hooks}, not {name!r}; harvest it with harvest.hooks including it"
+            )
+
+
+def open_arrays(store: ActivationStore, hook: str, cfg: TrainConfig) -> tuple[tuple[str, ...], int, dict[str, float]]:
+    """(the arrays to read, their common width d, each one's scale to E||x||^2 = d), checked against the store."""
+    arrays = data_arrays(hook, cfg)
+    check_in_store(arrays, store.hooks)
+    widths = {store.d_model(name) for name in arrays.arrays}
+    if len(widths) > 1:
+        raise ConfigError(f"train.target_hook: the arrays {list(arrays.arrays)} differ in width ({sorted(widths)}); expected one")
+    d = widths.pop()
+    # Anthropic's normalisation: one scalar per array so that its mean squared norm equals d.
+    scales = {name: (d / store.attrs["norm_stats"][name]["mean_sq_norm"]) ** 0.5 for name in arrays.arrays}
+    return arrays.arrays, d, scales
+
+
+def side_by_side(parts: list[torch.Tensor]) -> torch.Tensor:
+    """[rows, d] arrays as one [rows, arrays * d] tensor; a single array is returned as is, not copied."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def scale_columns(rows: torch.Tensor, scales: list[float]) -> torch.Tensor:
+    """Multiplies each array's columns of float32 `rows` by its scale, in place, and returns `rows`."""
+    d = rows.shape[1] // len(scales)
+    for i, scale in enumerate(scales):
+        rows[:, i * d : (i + 1) * d] *= scale
+    return rows
+
+
+class Columns:
+    """Cuts one coder's inputs and target out of batches holding the arrays `held` side by side, each `d` wide."""
+
+    def __init__(self, arrays: CoderArrays, held: tuple[str, ...], d: int):
+        for name in arrays.arrays:
+            if name not in held:
+                raise ConfigError(f"{_field_of(arrays, name)}: the training data holds {list(held)}, not {name!r}")
+        self.inputs = [held.index(name) for name in arrays.inputs]
+        self.targets = [held.index(name) for name in arrays.targets]
+        self.layered, self.d = arrays.layered, d
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(inputs, the keywords of `coder.loss` that name the target: {} for an SAE)."""
+        x = self._take(batch, self.inputs)
+        return (x, {"target": self._take(batch, self.targets)}) if self.targets else (x, {})
+
+    def _take(self, batch: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        taken = batch.view(len(batch), -1, self.d)[:, positions]
+        # Contiguous, so an arm computes on the same memory layout whatever else its grid holds.
+        return (taken if self.layered else taken.squeeze(1)).contiguous()

@@ -1,0 +1,229 @@
+"""Training-step benchmark: tokens/s and achieved TFLOP/s per coder kind against the matrix peak of the same run.
+
+    python -m pipeline.train.bench [--steps 30] [--peers] [--skip-grid]
+
+A step is what the trainer does per batch: the loss under the training precision (bfloat16
+autocast on CUDA), backward, global-norm clipping, Adam and the coder's after-step. Steps run on
+random rows already on the device (no data loading); each figure is the median of `--steps` timed
+steps after warm-up. FLOPs are each kind's analytic count (the README's table), so "TFLOP/s" is
+comparable across kinds and tools. `--peers` times the same shapes through EleutherAI's sparsify
+and SAELens, where installed. The grid part writes a store of random rows, then trains 8 arms from
+it, fused in one pass over the data and then one after another, with the rows streamed from the
+store (`train.cache=none`) and with the default cache (`auto`: read once into device memory).
+Without a GPU every shape is scaled down so the run takes a minute.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from pipeline.coders.registry import build
+from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+D = 768 if CUDA else 128
+# (kind, n_features, batch): the issue's shapes on a GPU, a small copy on CPU.
+CASES = (
+    [("relu", 32768, 4096), ("relu", 32768, 16384), ("jumprelu", 32768, 4096), ("jumprelu", 32768, 16384),
+     ("topk", 32768, 4096), ("topk", 32768, 16384), ("topk", 131072, 4096), ("topk", 131072, 16384)]
+    if CUDA else [("relu", 2048, 1024), ("jumprelu", 2048, 1024), ("topk", 2048, 1024), ("topk", 8192, 1024)]
+)  # fmt: skip
+K = 32
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def timed(step, n: int) -> float:
+    """Median seconds per call of `step` over `n` calls, after three warm-up calls."""
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(n):
+        _sync()
+        start = time.perf_counter()
+        step()
+        _sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matrix_peak(steps: int) -> float:
+    """FLOP/s of a square matrix product in the training precision (bfloat16 on CUDA, float32 on CPU)."""
+    n, dtype = (8192, torch.bfloat16) if CUDA else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=DEVICE, dtype=dtype), torch.randn(n, n, device=DEVICE, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, steps)
+
+
+def own_step(kind: str, n_features: int, batch: int):
+    """A closure running one trainer step of a fresh coder; its FLOPs per token."""
+    from pipeline.train.trainer import autocast
+
+    coder = build(CoderConfig(kind=kind, n_features=n_features, k=K), D).to(DEVICE).train()
+    optimizer = torch.optim.Adam(coder.parameters(), lr=1e-4, fused=CUDA)
+    x = torch.randn(batch, D, device=DEVICE)
+
+    def step():
+        with autocast(DEVICE, "auto"):
+            parts, _ = coder.loss(x, 1.0)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(coder.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        coder.after_step()
+
+    return step, coder.flops_per_token()
+
+
+def sparsify_step(kind: str, n_features: int, batch: int):
+    """One step of sparsify's TopK SparseCoder as its trainer runs it (its own bf16 autocast, Adam, unit decoder)."""
+    if kind != "topk":
+        return None
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    sae = SparseCoder(D, SparseCoderConfig(num_latents=n_features, k=K), device=DEVICE)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    x = torch.randn(batch, D, device=DEVICE)
+    dead = torch.zeros(n_features, dtype=torch.bool, device=DEVICE)
+
+    def step():
+        out = sae(x, dead_mask=dead)
+        (out.fvu + out.auxk_loss / 32).backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        optimizer.step()
+        optimizer.zero_grad()
+        sae.set_decoder_norm_to_unit_norm()
+
+    return step
+
+
+def saelens_step(kind: str, n_features: int, batch: int):
+    """One step of SAELens' training SAE of the same kind as its trainer runs it (bf16 autocast, clipping, Adam)."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    common = {"d_in": D, "d_sae": n_features, "device": str(DEVICE)}
+    sae, coefficients = {
+        "relu": lambda: (StandardTrainingSAE(StandardTrainingSAEConfig(**common)), {"l1": 5.0}),
+        "jumprelu": lambda: (JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(**common)), {"l0": 5.0}),
+        "topk": lambda: (TopKTrainingSAE(TopKTrainingSAEConfig(k=K, **common)), {}),
+    }[kind]()
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    x = torch.randn(batch, D, device=DEVICE)
+
+    def step():
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=CUDA):
+            out = sae.training_forward_pass(
+                step_input=TrainStepInput(
+                    sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+                )
+            )
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def step_table(steps: int, peers: bool, peak: float) -> None:
+    print(f"{'kind':9} {'N':>7} {'batch':>6} {'tool':9} {'tokens/s':>11} {'TFLOP/s':>8} {'of peak':>8}")
+    for kind, n_features, batch in CASES:
+        step, flops = own_step(kind, n_features, batch)
+        runs = [("pipeline", step)]
+        if peers:
+            runs += [(name, _peer(make, kind, n_features, batch)) for name, make in (("sparsify", sparsify_step), ("sae-lens", saelens_step))]
+        for tool, run in runs:
+            if isinstance(run, str):
+                print(f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {run}")
+            elif run is not None:
+                rate = batch / timed(run, steps)
+                print(f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {rate:>11,.0f} {rate * flops / 1e12:>8.3g} {rate * flops / peak:>8.0%}", flush=True)
+        del step, runs
+        if CUDA:
+            torch.cuda.empty_cache()
+
+
+def _peer(make, kind: str, n_features: int, batch: int):
+    """The peer's step, or why it cannot run here."""
+    try:
+        return make(kind, n_features, batch)
+    except Exception as err:  # noqa: BLE001 - a peer that fails to build is reported, not fatal
+        return f"failed: {type(err).__name__}: {err}"
+
+
+def grid_comparison(cache: str, arms: int = 8) -> None:
+    """Wall time of `arms` ReLU arms trained fused on one pass over a store, and one after another."""
+    from pipeline.train.data import open_activation_data
+    from pipeline.train.trainer import ArmSpec, train_grid
+
+    rows, n_features, batch = (2_097_152, 8192, 4096) if CUDA else (32_768, 512, 1024)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _random_store(Path(tmp) / "grid.zarr", rows)
+        cfg = TrainConfig(tokens=rows - 8192, batch_size=batch, eval_tokens=8192, splice_contexts=0, log_every=10**9,
+                          checkpoint_every=0, cache=cache, device=str(DEVICE))  # fmt: skip
+        specs = [
+            ArmSpec(CoderConfig(kind="relu", n_features=n_features, l1_coefficient=l1), replace(cfg, lr=lr), Path(tmp) / f"arm{i}", f"arm{i}", "bench")
+            for i, (lr, l1) in enumerate((lr, l1) for lr in (1e-4, 3e-4, 1e-3, 3e-3) for l1 in (1.0, 5.0))
+        ][:arms]  # fmt: skip
+        tracking = TrackingConfig(mode="disabled")
+        start = time.perf_counter()
+        train_grid(specs, open_activation_data(store, "resid_post.0", cfg, DEVICE), tracking)
+        fused = time.perf_counter() - start
+        start = time.perf_counter()
+        for spec in specs:
+            spec = replace(spec, run_dir=spec.run_dir.with_name(spec.run_dir.name + "-alone"))
+            train_grid([spec], open_activation_data(store, "resid_post.0", cfg, DEVICE), tracking)
+        alone = time.perf_counter() - start
+    print(f"grid of {arms} relu arms (N {n_features}, batch {batch}, {rows:,} rows of a float16 store, train.cache={cache}): "
+          f"fused {fused:.1f} s, one after another {alone:.1f} s, {alone / fused:.1f}x")  # fmt: skip
+
+
+def _random_store(path: Path, rows: int):
+    from pipeline.store.activation_store import ActivationStore
+    from pipeline.store.schema import base_attrs
+
+    rows_per_context, contexts_per_shard = 128, 1024
+    attrs = base_attrs(
+        model={"name": "random", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": D, "has_lm_head": False},
+        dataset={"source": "random", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": rows_per_context, "paths": []},
+        hooks=["resid_post.0"],
+        layout={"n_contexts": rows // rows_per_context, "context_len": rows_per_context, "rows_per_context": rows_per_context,
+                "contexts_per_shard": contexts_per_shard, "drop_bos": False},
+        codec={"dtype": "float16", "codec": "none", "contexts_per_chunk": 64},
+    )  # fmt: skip
+    store = ActivationStore.create(path, attrs, D)
+    for shard in range(store.layout.n_shards):
+        store.write_shard(shard, {"resid_post.0": torch.randn(store.layout.rows_per_shard, D)})
+    store.finalize()
+    return store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per case (median reported)")
+    parser.add_argument("--peers", action="store_true", help="also time EleutherAI's sparsify and SAELens")
+    parser.add_argument("--skip-grid", action="store_true", help="leave out the fused-grid comparison")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    peak = matrix_peak(args.steps)
+    name = torch.cuda.get_device_name() if CUDA else "cpu"
+    print(f"device {name}; matrix peak {peak / 1e12:.1f} TFLOP/s ({'bfloat16 8192^3' if CUDA else 'float32 1024^3'})")
+    step_table(args.steps, args.peers, peak)
+    if not args.skip_grid:
+        for cache in ("none", "auto"):
+            grid_comparison(cache)
+
+
+if __name__ == "__main__":
+    main()
