@@ -79,6 +79,11 @@ def checksum(array: np.ndarray) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
+def sum_of_squares(rows: torch.Tensor) -> float:
+    """sum ||row||^2: row norms in float32 (no float32 copy of the rows), summed in float64."""
+    return float(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32).double().pow(2).sum())
+
+
 class ActivationStore:
     def __init__(self, path: Path):
         import zarr
@@ -165,7 +170,7 @@ class ActivationStore:
             if not np.array_equal(written, data):
                 raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
             checksums[f"acts/{hook}"] = checksum(written)
-            sum_sq[hook] = float(codecs.decode(written, self.dtype).float().pow(2).sum(dtype=torch.float64))
+            sum_sq[hook] = sum_of_squares(codecs.decode(written, self.dtype))
         record = {
             "shard": shard,
             "contexts": list(self.layout.contexts(shard)),
