@@ -112,6 +112,9 @@ class Columns:
         return (x, {"target": self._take(batch, self.targets)}) if self.targets else (x, {})
 
     def _take(self, batch: torch.Tensor, positions: list[int]) -> torch.Tensor:
-        taken = batch.view(len(batch), -1, self.d)[:, positions]
-        # Contiguous, so an arm computes on the same memory layout whatever else its grid holds.
-        return (taken if self.layered else taken.squeeze(1)).contiguous()
+        rows = batch.view(len(batch), -1, self.d)
+        # Integer indices give views: a list index would be copied to the device, waiting for it, every step.
+        # The result is contiguous, so an arm computes on the same memory layout whatever else its grid holds.
+        if not self.layered:
+            return rows[:, positions[0]].contiguous()
+        return torch.cat([rows[:, p : p + 1] for p in positions], 1)

@@ -193,7 +193,8 @@ def _random_store(path: Path, rows: int):
     from pipeline.store.activation_store import ActivationStore
     from pipeline.store.schema import base_attrs
 
-    rows_per_context, contexts_per_shard = 128, 1024
+    rows_per_context = 128
+    contexts_per_shard = min(1024, rows // rows_per_context)
     attrs = base_attrs(
         model={"name": "random", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": D, "has_lm_head": False},
         dataset={"source": "random", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": rows_per_context, "paths": []},
