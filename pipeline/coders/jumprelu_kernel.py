@@ -63,7 +63,7 @@ _compiled: dict = {}
 
 
 def fused(fn):
-    """`fn` compiled into fused kernels on CUDA; as it is elsewhere."""
+    """`fn`, compiled into fused kernels when its first argument is on a GPU and run as written otherwise."""
 
     def call(*args, **kwargs):
         if not args[0].is_cuda:
