@@ -191,8 +191,8 @@ def test_auxk_is_zero_without_dead_latents_and_reconstructs_the_residual_with_de
     fired = (f > 0).any(0)
     assert (coder.tokens_since_fired[fired] == 0).all() and (coder.tokens_since_fired[~fired] == 32).all()
 
-    with torch.no_grad():
-        coder.tokens_since_fired.fill_(1000)  # every latent idle for the whole window
+    # Every latent idle for the whole window, as a loaded state would have it.
+    coder.load_state_dict(coder.state_dict() | {"tokens_since_fired": torch.full((coder.n_features,), 1000)})
     coder.zero_grad()
     parts, f = coder.loss(x, sparsity_scale=0.5)
     f = _dense(f)
@@ -223,6 +223,39 @@ def test_auxk_uses_at_most_the_dead_latents_and_is_capped_at_n_features():
     coder.loss(x)  # everything that did not fire is now dead
     parts, _ = coder.loss(x)
     assert parts["auxk"] > 0
+
+
+def test_auxk_reads_the_idle_counts_only_once_the_host_bound_reaches_the_threshold(monkeypatch):
+    coder = _coder("topk", k=4, aux_k=8, dead_tokens_threshold=96)
+    reads = []
+    real_max = torch.Tensor.max
+    monkeypatch.setattr(torch.Tensor, "max", lambda t, *a, **kw: reads.append(1) or real_max(t, *a, **kw))
+    for _ in range(2):  # 64 tokens: no latent can be idle for 96
+        coder.loss(torch.randn(32, 16))
+    assert not reads and coder.idle_bound == 64
+    coder.loss(torch.randn(32, 16))  # 96 tokens: the bound cannot rule dead latents out, so the counts are read
+    assert len(reads) == 1
+    coder.load_state_dict(coder.state_dict())  # a loaded state: nothing is known until the counts are read
+    assert coder.idle_bound is None
+    coder.loss(torch.randn(32, 16))
+    assert len(reads) == 2
+
+
+def test_auxk_with_few_dead_latents_equals_the_selection_of_exactly_the_dead():
+    coder = _coder("topk", n=256, k=4, aux_k=8, dead_tokens_threshold=100)
+    x = torch.randn(32, 16)
+    silent = (coder.encode(x) == 0).all(0).nonzero().flatten()[:3]  # latents this batch will not fire
+    idle = torch.zeros(coder.n_features, dtype=torch.long)
+    idle[silent] = 100  # three dead latents, fewer than aux_k
+    coder.load_state_dict(coder.state_dict() | {"tokens_since_fired": idle})
+    parts, f = coder.loss(x)
+    dead = coder.dead()
+    assert dead.sum() == 3
+    pre = ((x - coder.b_dec) @ coder.w_enc.t() + coder.b_enc).detach()
+    residual = (x - coder.decode(f)).detach()
+    f_aux = torch.relu(pre) * dead  # every dead latent, since there are fewer than aux_k
+    expected = ((residual - f_aux @ coder.w_dec.detach().t()) ** 2).sum(1).mean()
+    torch.testing.assert_close(parts["auxk"], expected)
 
 
 def test_the_firing_count_only_moves_on_training_steps():

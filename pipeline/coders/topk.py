@@ -34,6 +34,14 @@ from pipeline.coders.base import Coder, SparseActs, compute_dtype, fired_feature
 from pipeline.errors import ConfigError
 
 
+# While dead latents may exist, how many steps pass between reads of the true idle maximum.
+RECHECK_STEPS = 50
+
+
+def _forget_idle_bound(coder: "TopKFamily", _incompatible_keys) -> None:
+    coder.idle_bound = None  # the loaded counters may be anything
+
+
 class SelectedPreActivations(torch.autograd.Function):
     """The entries `index` of the pre-activations `pre` = W_enc (x - b_dec) + b_enc, differentiable in the weights.
 
@@ -88,6 +96,10 @@ class TopKFamily(Coder):
         self.init_tied_weights(1.0)
         # Tokens since each latent last fired (f > 0); a latent is dead once this reaches dead_tokens_threshold.
         self.register_buffer("tokens_since_fired", torch.zeros(n_features, dtype=torch.long))
+        # An upper bound on max(tokens_since_fired) kept on the host (None: unknown, as after loading a state).
+        self.idle_bound: int | None = 0
+        self.steps_to_recheck = 0
+        self.register_load_state_dict_post_hook(_forget_idle_bound)
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x - self.b_dec, self.w_enc, self.b_enc)
@@ -117,6 +129,30 @@ class TopKFamily(Coder):
     def count_firing(self, f: torch.Tensor | SparseActs) -> None:
         self.tokens_since_fired += f.shape[0]
         self.tokens_since_fired.masked_fill_(fired_features(f), 0)
+        self.add_idle_tokens(f.shape[0])
+
+    def add_idle_tokens(self, n: int) -> None:
+        """Raises the host-side bound after `tokens_since_fired` grew by at most `n`."""
+        if self.idle_bound is not None:
+            self.idle_bound += n
+
+    def may_have_dead(self) -> bool:
+        """Whether some latent may be dead, reading the device only now and then.
+
+        Reading `tokens_since_fired` on the host waits for the device, which stalls every step of a
+        fast GPU. Below the threshold the host-side bound rules dead latents out without a read;
+        once it reaches it, the true maximum is read at most every `RECHECK_STEPS` calls, and in
+        between AuxK runs in the form that needs no count of the dead (see `auxk_loss`).
+        """
+        known = self.idle_bound is not None
+        if known and self.idle_bound < self.dead_tokens_threshold:
+            return False
+        self.steps_to_recheck -= 1
+        if not known or self.steps_to_recheck < 0:
+            self.idle_bound = int(self.tokens_since_fired.max())
+            dead = self.idle_bound >= self.dead_tokens_threshold
+            self.steps_to_recheck = RECHECK_STEPS if dead else 0
+        return self.idle_bound >= self.dead_tokens_threshold
 
     def selected_pre(self, x: torch.Tensor, pre: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """[rows, k] pre-activations of the latents in `index`, with gradients reaching only their encoder rows."""
@@ -131,15 +167,20 @@ class TopKFamily(Coder):
         return nn.functional.embedding_bag(f.index, columns, per_sample_weights=f.values.float(), mode="sum")
 
     def auxk_loss(self, pre: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """mean_rows ||e - e_hat||^2 with e_hat from the top `aux_k` dead latents; 0 when none is dead."""
-        dead = self.dead()
-        n_aux = min(self.aux_k, int(dead.sum()))
-        if n_aux == 0:
+        """mean_rows ||e - e_hat||^2 with e_hat from the top `aux_k` dead latents; 0 when none is dead.
+
+        The selection always takes min(aux_k, N) latents, so its size never depends on how many are
+        dead (which only the device knows): where fewer are dead, the live latents it also picks
+        (at -inf) get activation 0, and with none dead the whole term is multiplied by 0.
+        """
+        if self.aux_k == 0 or not self.may_have_dead():
             return residual.new_zeros(())
+        dead = self.dead()
         with torch.no_grad():
-            index = pre.masked_fill(~dead, float("-inf")).topk(n_aux, dim=-1).indices
-        f_aux = SparseActs(index, torch.relu(self.selected_pre(x, pre, index)), self.n_features)
-        return (residual - self.sparse_decode(f_aux)).pow(2).sum(-1).mean()
+            top, index = pre.masked_fill(~dead, float("-inf")).topk(min(self.aux_k, self.n_features), dim=-1)
+        values = torch.relu(self.selected_pre(x, pre, index)).masked_fill(top.isneginf(), 0.0)
+        f_aux = SparseActs(index, values, self.n_features)
+        return (residual - self.sparse_decode(f_aux)).pow(2).sum(-1).mean() * dead.any()
 
     def after_activation(self, f: torch.Tensor) -> None:
         """Hook for running statistics of the activation, called by `loss` on training steps."""

@@ -97,6 +97,7 @@ class ReplicatedCoder(torch.nn.Module):
             return
         merged = all_reduce_(counts.clone(), "min")
         counts.copy_(torch.where(merged == 0, merged, merged + rows * (self.world.size - 1)))
+        self.local.add_idle_tokens(rows * (self.world.size - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.local(x)
