@@ -85,6 +85,7 @@ class TrainConfig:
     seed: int = 0  # seed of initialisation and data order
     device: str = "auto"  # torch device; auto = cuda when present, else cpu
     precision: str = "auto"  # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
+    stack_arms: bool = True  # a fused grid trains arms of one shape, differing only in lr or penalty, as one batched coder
     log_every: int = 50  # steps between progress lines and tracked metrics
     checkpoint_every: int = 1000  # steps between checkpoints a killed run resumes from; 0 = none
     cache: str = "auto"  # where the training rows live: device, host, none (streamed from the store) or auto (the first that fits)

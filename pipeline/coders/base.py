@@ -17,26 +17,44 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
 
 
+def arm_offsets(index: torch.Tensor, n_features: int) -> torch.Tensor:
+    """Latent ids of [..., rows, k] `index` as ids into all arms' latents laid end to end ([arms * n_features]).
+
+    A stack of same-shape coders (`pipeline.train.stack`) has a leading arm dimension; a single
+    coder's ids come back unchanged.
+    """
+    if index.dim() == 2:
+        return index
+    arms = torch.arange(index.shape[:-2].numel(), device=index.device).view(*index.shape[:-2], 1, 1)
+    return index + n_features * arms
+
+
 @dataclass
 class SparseActs:
     """Feature activations kept as each row's active latents, so no [rows x features] tensor is formed."""
 
-    index: torch.Tensor  # [rows, k] latent ids
+    index: torch.Tensor  # [rows, k] latent ids ([arms, rows, k] for a stack of coders)
     values: torch.Tensor  # [rows, k] their activations (0 for a selected latent that did not fire)
     n_features: int
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.index.shape[0], self.n_features
+    def shape(self) -> tuple[int, ...]:
+        return *self.index.shape[:-1], self.n_features
 
     def dense(self) -> torch.Tensor:
         out = self.values.new_zeros(self.shape)
         return out.scatter_(-1, self.index, self.values)
 
     def fired(self) -> torch.Tensor:
-        """[n_features] bool: the latents active in some row."""
-        counts = torch.bincount(self.index[self.values > 0], minlength=self.n_features)
-        return counts > 0
+        """[n_features] bool ([arms, n_features] for a stack): the latents active in some row."""
+        arms = self.index.shape[:-2]
+        ids = arm_offsets(self.index, self.n_features)[self.values > 0]
+        counts = torch.bincount(ids, minlength=arms.numel() * self.n_features)
+        return (counts > 0).view(*arms, self.n_features)
+
+    def arm(self, i: int) -> "SparseActs":
+        """Arm `i`'s activations out of a stack's."""
+        return SparseActs(self.index[i], self.values[i], self.n_features)
 
 
 def fired_features(f: "torch.Tensor | SparseActs") -> torch.Tensor:

@@ -14,6 +14,9 @@ about a dozen times (bias, ReLU, penalty product, penalty sum, and their gradien
 That leaves one write of f, one masked copy of its gradient, and reads inside products. Products
 run in `dtype` (bfloat16 on GPUs) with float32 accumulation; everything of size [rows x d] or [N]
 is float32.
+
+The weights may carry a leading arm dimension (a stack of same-shape SAEs over the same rows, see
+`pipeline.train.stack`): the products become batched and the losses come back per arm.
 """
 
 import torch
@@ -22,13 +25,28 @@ _ALIGN = 8  # tensor cores want inner dimensions that are multiples of 8
 
 
 def with_column(mat: torch.Tensor, column: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
-    """[mat | column | zeros] in `dtype`: one extra column, padded to a multiple of 8 columns, in one copy."""
-    rows, cols = mat.shape
-    out = mat.new_empty(rows, -(-(cols + 1) // _ALIGN) * _ALIGN, dtype=dtype)
-    out[:, :cols] = mat
-    out[:, cols] = column
-    out[:, cols + 1 :] = 0
+    """[mat | column | zeros] in `dtype`: one extra column, padded to a multiple of 8 columns, in one copy.
+
+    `mat` may be stacked ([arms, rows, cols]); `column` broadcasts against [..., rows].
+    """
+    *lead, rows, cols = mat.shape
+    out = mat.new_empty(*lead, rows, -(-(cols + 1) // _ALIGN) * _ALIGN, dtype=dtype)
+    out[..., :cols] = mat
+    out[..., cols] = column
+    out[..., cols + 1 :] = 0
     return out
+
+
+def relu_encode(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
+    """ReLU(x W_enc^T + b_enc) in x's dtype; one [rows x N] pass, or [arms, rows, N] for stacked weights."""
+    if w_enc.dim() == 2:  # the bias and ReLU run inside the product
+        return torch._addmm_activation(b_enc, x, w_enc.t())
+    return torch.baddbmm(b_enc.unsqueeze(-2), x.expand(len(w_enc), *x.shape), w_enc.mT).relu_()
+
+
+def per_arm(value: torch.Tensor) -> torch.Tensor:
+    """A scalar, or one value per arm, shaped to broadcast against [..., rows, cols]."""
+    return value[..., None, None]
 
 
 class ReluSAELoss(torch.autograd.Function):
@@ -37,25 +55,25 @@ class ReluSAELoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, dtype: torch.dtype):
         d = x.shape[1]
-        norm = w_dec.norm(dim=0)
-        f = torch._addmm_activation(b_enc.to(dtype), x.to(dtype), w_enc.t().to(dtype))
-        dec = with_column(w_dec.t(), norm, dtype)
+        norm = w_dec.norm(dim=-2)
+        f = relu_encode(x.to(dtype), w_enc.to(dtype), b_enc.to(dtype))
+        dec = with_column(w_dec.mT, norm, dtype)
         out = (f @ dec).float()
-        err = out[:, :d] + b_dec - x
+        err = out[..., :d] + b_dec.unsqueeze(-2) - x
         ctx.save_for_backward(x, f, err, dec, w_dec, norm)
         ctx.mark_non_differentiable(f)
-        return err.pow(2).sum(-1).mean(), out[:, d].mean(), f
+        return err.pow(2).sum(-1).mean(-1), out[..., d].mean(-1), f
 
     @staticmethod
     def backward(ctx, g_reconstruction, g_sparsity, _):
         x, f, err, dec, w_dec, norm = ctx.saved_tensors
         rows, d = x.shape
         dtype = f.dtype
-        g_x_hat = err * (2 * g_reconstruction / rows)
-        g_f = with_column(g_x_hat, g_sparsity / rows, dtype) @ dec.t()
+        g_x_hat = err * per_arm(2 * g_reconstruction / rows)
+        g_norm_term = g_sparsity / rows
+        g_f = with_column(g_x_hat, g_norm_term[..., None], dtype) @ dec.mT
         g_pre = torch.ops.aten.threshold_backward(g_f, f, 0.0)
-        g_enc = (g_pre.t() @ with_column(x, 1.0, dtype)).float()
-        g_dec = (with_column(g_x_hat, 1.0, dtype).t() @ f).float()
-        g_w_dec = g_dec[:d] + (g_sparsity / rows) * g_dec[d] * w_dec / norm.clamp_min(1e-12)
-        return None, g_enc[:, :d], g_enc[:, d], g_w_dec, g_x_hat.sum(0), None
-
+        g_enc = (g_pre.mT @ with_column(x, 1.0, dtype)).float()
+        g_dec = (with_column(g_x_hat, 1.0, dtype).mT @ f).float()
+        g_w_dec = g_dec[..., :d, :] + per_arm(g_norm_term) * g_dec[..., d : d + 1, :] * w_dec / norm.clamp_min(1e-12).unsqueeze(-2)
+        return None, g_enc[..., :d], g_enc[..., d], g_w_dec, g_x_hat.sum(-2), None

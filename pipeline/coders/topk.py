@@ -30,7 +30,7 @@ back as `SparseActs`, never as a [rows x N] tensor. The AuxK term works the same
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder, SparseActs, compute_dtype, fired_features
+from pipeline.coders.base import Coder, SparseActs, arm_offsets, compute_dtype, fired_features
 from pipeline.errors import ConfigError
 
 
@@ -47,7 +47,8 @@ class SelectedPreActivations(torch.autograd.Function):
 
     Backward scatters the [rows, k] gradient into a [rows x N] matrix for one dense product with
     the inputs: tensor cores do that faster than any gather over the selected encoder rows.
-    b_dec's gradient is minus the encoder rows weighted by b_enc's gradient.
+    b_dec's gradient is minus the encoder rows weighted by b_enc's gradient. The weights may carry
+    a leading arm dimension (a stack of coders), and `pre` and `index` then do too.
     """
 
     @staticmethod
@@ -59,10 +60,14 @@ class SelectedPreActivations(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, w_enc, b_dec, index = ctx.saved_tensors
+        n_features = ctx.shape[-1]
         dense = grad.new_zeros(ctx.shape, dtype=ctx.dtype).scatter_(-1, index, grad.to(ctx.dtype))
-        g_w_enc = (dense.t() @ (x - b_dec).to(ctx.dtype)).float()
-        g_b_enc = grad.new_zeros(ctx.shape[-1]).index_add_(0, index.flatten(), grad.flatten().float())
-        return None, g_w_enc, g_b_enc, -(g_b_enc @ w_enc), None, None
+        g_w_enc = (dense.mT @ (x - b_dec.unsqueeze(-2)).to(ctx.dtype)).float()
+        ids = arm_offsets(index, n_features).flatten()
+        g_b_enc = grad.new_zeros(w_enc.shape[:-1].numel()).index_add_(0, ids, grad.flatten().float())
+        g_b_enc = g_b_enc.view(w_enc.shape[:-1])
+        g_b_dec = -(g_b_enc.unsqueeze(-2) @ w_enc).squeeze(-2)
+        return None, g_w_enc, g_b_enc, g_b_dec, None, None
 
 
 class TopKFamily(Coder):
@@ -127,9 +132,10 @@ class TopKFamily(Coder):
 
     @torch.no_grad()
     def count_firing(self, f: torch.Tensor | SparseActs) -> None:
-        self.tokens_since_fired += f.shape[0]
+        rows = f.shape[-2]
+        self.tokens_since_fired += rows
         self.tokens_since_fired.masked_fill_(fired_features(f), 0)
-        self.add_idle_tokens(f.shape[0])
+        self.add_idle_tokens(rows)
 
     def add_idle_tokens(self, n: int) -> None:
         """Raises the host-side bound after `tokens_since_fired` grew by at most `n`."""
@@ -161,10 +167,14 @@ class TopKFamily(Coder):
     def sparse_decode(self, f: SparseActs) -> torch.Tensor:
         """W_dec f without the decoder bias, summing only the active columns.
 
-        In float32: CUDA has no bfloat16 kernel for the gradient of the embedding bag's weights.
+        In float32: CUDA has no bfloat16 kernel for the gradient of the embedding bag's weights. A
+        stack's arms are one bag per (arm, row) over all arms' columns.
         """
-        columns = self.w_dec.t().contiguous()
-        return nn.functional.embedding_bag(f.index, columns, per_sample_weights=f.values.float(), mode="sum")
+        d, k = self.d_in, f.index.shape[-1]
+        columns = self.w_dec.mT.reshape(-1, d)
+        ids = arm_offsets(f.index, self.n_features).reshape(-1, k)
+        out = nn.functional.embedding_bag(ids, columns, per_sample_weights=f.values.reshape(-1, k).float(), mode="sum")
+        return out.view(*f.index.shape[:-1], d)
 
     def auxk_loss(self, pre: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """mean_rows ||e - e_hat||^2 with e_hat from the top `aux_k` dead latents; 0 when none is dead.
@@ -174,13 +184,13 @@ class TopKFamily(Coder):
         (at -inf) get activation 0, and with none dead the whole term is multiplied by 0.
         """
         if self.aux_k == 0 or not self.may_have_dead():
-            return residual.new_zeros(())
+            return residual.new_zeros(residual.shape[:-2])  # one per arm of a stack
         dead = self.dead()
         with torch.no_grad():
-            top, index = pre.masked_fill(~dead, float("-inf")).topk(min(self.aux_k, self.n_features), dim=-1)
+            top, index = pre.masked_fill(~dead.unsqueeze(-2), float("-inf")).topk(min(self.aux_k, self.n_features), dim=-1)
         values = torch.relu(self.selected_pre(x, pre, index)).masked_fill(top.isneginf(), 0.0)
         f_aux = SparseActs(index, values, self.n_features)
-        return (residual - self.sparse_decode(f_aux)).pow(2).sum(-1).mean() * dead.any()
+        return (residual - self.sparse_decode(f_aux)).pow(2).sum(-1).mean(-1) * dead.any(-1)
 
     def after_activation(self, f: torch.Tensor) -> None:
         """Hook for running statistics of the activation, called by `loss` on training steps."""
@@ -195,14 +205,14 @@ class TopKFamily(Coder):
         return self.loss_parts(x, x_hat, pre.detach(), sparsity_scale), f
 
     def loss_parts(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, sparsity_scale: float) -> dict:
-        reconstruction = (x - x_hat).pow(2).sum(-1).mean()
+        reconstruction = (x - x_hat).pow(2).sum(-1).mean(-1)
         auxk = self.auxk_loss(pre, x, (x - x_hat).detach())
         total = reconstruction + sparsity_scale * self.aux_k_coefficient * auxk
         return {"loss": total, "reconstruction": reconstruction, "auxk": auxk}
 
     @torch.no_grad()
     def after_step(self) -> None:
-        self.w_dec /= self.w_dec.norm(dim=0, keepdim=True).clamp_min(1e-12)
+        self.w_dec /= self.w_dec.norm(dim=-2, keepdim=True).clamp_min(1e-12)
 
     @classmethod
     def training_flops(cls, d_in: int, n_features: int, k: int = 32) -> float:
@@ -236,9 +246,13 @@ class TopKSAE(TopKFamily):
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], SparseActs]:
         dtype = compute_dtype(x)
         with torch.no_grad():
-            pre = torch.addmm(self.b_enc.to(dtype), (x - self.b_dec).to(dtype), self.w_enc.t().to(dtype))
+            centred, w_enc, b_enc = (x - self.b_dec.unsqueeze(-2)).to(dtype), self.w_enc.to(dtype), self.b_enc.to(dtype)
+            if w_enc.dim() == 2:
+                pre = torch.addmm(b_enc, centred, w_enc.t())
+            else:  # a stack of coders: one product per arm
+                pre = torch.baddbmm(b_enc.unsqueeze(-2), centred, w_enc.mT)
             index = pre.topk(self.k, dim=-1, sorted=False).indices
         f = SparseActs(index, torch.relu(self.selected_pre(x, pre, index)), self.n_features)
         if self.updating():
             self.count_firing(f)
-        return self.loss_parts(x, self.sparse_decode(f) + self.b_dec, pre, sparsity_scale), f
+        return self.loss_parts(x, self.sparse_decode(f) + self.b_dec.unsqueeze(-2), pre, sparsity_scale), f

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.coders.registry import SPARSITY_FIELD, STACKABLE
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.sweep.overrides import differing_overrides, format_value, quote
@@ -46,7 +47,15 @@ def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:
     by_data: dict[tuple, list[Arm]] = {}
     for arm in arms:
         by_data.setdefault((arm.hook, arm.target_hook, arm.layers, arm.batch_size, arm.seed), []).append(arm)
+    for group in by_data.values():
+        group.sort(key=_stack_order)  # stable: arms that can stack end up side by side, in one pack
     return [group[i : i + pack] for group in by_data.values() for i in range(0, len(group), pack)]
+
+
+def _stack_order(arm: Arm) -> tuple:
+    """Equal for arms that differ only in what a stack lets differ per arm (`train.stack`): lr, and a per-arm penalty."""
+    per_arm_sparsity = SPARSITY_FIELD[arm.kind] in STACKABLE.get(arm.kind, ())
+    return arm.kind, arm.n_features, arm.steps, arm.skip_connection, 0.0 if per_arm_sparsity else arm.sparsity
 
 
 def launcher_fields(cfg: PipelineConfig, sweep_dir: Path, group: str) -> dict[str, Any]:

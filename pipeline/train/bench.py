@@ -8,8 +8,9 @@ random rows already on the device (no data loading); each figure is the median o
 steps after warm-up. FLOPs are each kind's analytic count (the README's table), so "TFLOP/s" is
 comparable across kinds and tools. `--peers` times the same shapes through EleutherAI's sparsify
 and SAELens, where installed. The grid part writes a store of random rows, then trains 8 arms from
-it, fused in one pass over the data and then one after another, with the rows streamed from the
-store (`train.cache=none`) and with the default cache (`auto`: read once into device memory).
+it: fused in one pass over the data with the arms stacked into one batched coder (the default),
+fused without stacking, and one after another; with the rows streamed from the store
+(`train.cache=none`) and with the default cache (`auto`: read once into device memory).
 Without a GPU every shape is scaled down so the run takes a minute.
 """
 
@@ -177,16 +178,20 @@ def grid_comparison(cache: str, arms: int = 8) -> None:
             for i, (lr, l1) in enumerate((lr, l1) for lr in (1e-4, 3e-4, 1e-3, 3e-3) for l1 in (1.0, 5.0))
         ][:arms]  # fmt: skip
         tracking = TrackingConfig(mode="disabled")
-        start = time.perf_counter()
-        train_grid(specs, open_activation_data(store, "resid_post.0", cfg, DEVICE), tracking)
-        fused = time.perf_counter() - start
-        start = time.perf_counter()
-        for spec in specs:
-            spec = replace(spec, run_dir=spec.run_dir.with_name(spec.run_dir.name + "-alone"))
-            train_grid([spec], open_activation_data(store, "resid_post.0", cfg, DEVICE), tracking)
-        alone = time.perf_counter() - start
+
+        def timed_grids(grids: list[list[ArmSpec]], tag: str) -> float:
+            start = time.perf_counter()
+            for grid in grids:
+                grid = [replace(s, run_dir=s.run_dir.with_name(s.run_dir.name + tag)) for s in grid]
+                train_grid(grid, open_activation_data(store, "resid_post.0", cfg, DEVICE), tracking)
+            return time.perf_counter() - start
+
+        stacked = timed_grids([specs], "-stacked")
+        unstacked = timed_grids([[replace(s, train=replace(s.train, stack_arms=False)) for s in specs]], "-fused")
+        alone = timed_grids([[spec] for spec in specs], "-alone")
     print(f"grid of {arms} relu arms (N {n_features}, batch {batch}, {rows:,} rows of a float16 store, train.cache={cache}): "
-          f"fused {fused:.1f} s, one after another {alone:.1f} s, {alone / fused:.1f}x")  # fmt: skip
+          f"fused and stacked {stacked:.1f} s, fused without stacking {unstacked:.1f} s, one after another {alone:.1f} s; "
+          f"{alone / stacked:.1f}x stacked, {alone / unstacked:.1f}x without stacking")  # fmt: skip
 
 
 def _random_store(path: Path, rows: int):

@@ -100,17 +100,30 @@ class ArmRun:
         return self.start_step <= step < self.n_steps
 
     def step(self, batch: torch.Tensor, step: int) -> None:
-        cfg = self.cfg
         x, target = self.columns(batch)
-        lr_factor, sparsity_factor = schedules(step, self.n_steps, cfg)
-        for param_group in self.optimizer.param_groups:
-            param_group["lr"] = cfg.lr * lr_factor
-        with autocast(x.device, cfg.precision):
+        sparsity_factor = self.set_rate(step)
+        with autocast(x.device, self.cfg.precision):
             parts, f = self.coder.loss(x, sparsity_factor, **target)
+        self.record(parts, step)
+        parts["loss"].backward()
+        self.update(f, step)
+
+    def set_rate(self, step: int) -> float:
+        """Sets the learning rate of `step` and returns its sparsity factor."""
+        lr_factor, sparsity_factor = schedules(step, self.n_steps, self.cfg)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = self.cfg.lr * lr_factor
+        return sparsity_factor
+
+    def _checkpoint_due(self, step: int) -> bool:
         done = step + 1
-        checkpoint_due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < self.n_steps
+        return bool(self.cfg.checkpoint_every) and done % self.cfg.checkpoint_every == 0 and done < self.n_steps
+
+    def record(self, parts: dict[str, torch.Tensor], step: int) -> None:
+        """Logs the loss parts of `step` when due; raises TrainingDiverged on a non-finite loss."""
+        cfg, done = self.cfg, step + 1
         # Reading the loss syncs with the device, so it is read only to log it or to vouch for a checkpoint.
-        if step % cfg.log_every == 0 or done == self.n_steps or checkpoint_due:
+        if step % cfg.log_every == 0 or done == self.n_steps or self._checkpoint_due(step):
             self.loss = parts["loss"].item()
             if not math.isfinite(self.loss):
                 raise TrainingDiverged(
@@ -120,13 +133,16 @@ class ArmRun:
                 tokens = done * cfg.batch_size
                 metrics = {f"train/{k}": v.item() for k, v in parts.items()}
                 self.tracker.log(metrics | {"tokens": tokens, "flops": tokens * self.flops_per_token})
-        parts["loss"].backward()
-        self.parallel.clip_gradients(self.coder, cfg.grad_clip)
+
+    def update(self, f, step: int) -> None:
+        """After backward: clipping, the optimiser step, firing history and the checkpoint when due."""
+        self.parallel.clip_gradients(self.coder, self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.coder.after_step()
         self.firing.update(f)
-        if checkpoint_due:
+        if self._checkpoint_due(step):
+            done = step + 1
             extra = {"wandb_id": self.tracker.id if self.tracker else "", "wall_time_s": time.monotonic() - self.started}
             self.parallel.save_checkpoint(self.spec.run_dir, done, self.config, self.coder, self.optimizer, self.firing, extra)
             self.last_good = f"step {done}"
@@ -171,9 +187,12 @@ class ArmRun:
 def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, splicer=None) -> list[dict | Exception]:
     """Trains every arm on one pass over the data; each arm's metrics, or the exception that stopped it.
 
-    Arms must share the batch size and the seed, which fix the batches they see. With a `Splicer`,
-    each arm's metrics also hold the spliced next-token loss change and KL.
+    Arms must share the batch size and the seed, which fix the batches they see. Arms of one shape
+    that differ only in rate or penalty train as one stack (`stack`, `train.stack_arms`). With a
+    `Splicer`, each arm's metrics also hold the spliced next-token loss change and KL.
     """
+    from pipeline.train.stack import ArmStack, group_arms
+
     if len({(s.train.batch_size, s.train.seed) for s in specs}) != 1:
         raise ValueError("a fused grid needs one batch size and one seed for all its arms")
     outcomes: list[dict | Exception | None] = [None] * len(specs)
@@ -183,28 +202,36 @@ def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingCon
             arms[i] = ArmRun(spec, data, tracking)
         except Exception as err:  # noqa: BLE001 - one bad arm must not stop the grid
             outcomes[i] = err
-    if arms:
+    stacks = [ArmStack({i: arms[i] for i in group}) for group in group_arms(arms)]
+    if stacks:
         cfg = specs[0].train
         first, last = min(a.start_step for a in arms.values()), max(a.n_steps for a in arms.values())
         label = specs[0].run_id if len(specs) == 1 else f"grid of {len(specs)} arms"
         progress = Progress(f"train {label}", last - first, "steps", every_s=5.0)
         for step, x in enumerate(data.batches(cfg.batch_size, last, cfg.seed, first), start=first):
-            for i, arm in list(arms.items()):
-                if not arm.active(step):
-                    continue
-                try:
-                    arm.step(x, step)
-                    if step + 1 == arm.n_steps:
-                        outcomes[i] = arms.pop(i).finish(data, splicer)
-                except Exception as err:  # noqa: BLE001
-                    arms.pop(i, None)  # finish() may have failed after taking it out
-                    arm.abandon()
-                    outcomes[i] = err
-            progress.extra = "  ".join(f"loss {a.loss:.4g}" for a in list(arms.values())[:4])
+            for stack in stacks:
+                if stack.active(step):
+                    for i, err in stack.step(x, step).items():  # arms that failed: they stop, the rest go on
+                        outcomes[i] = err
+                    if step + 1 == stack.n_steps:
+                        for i, arm in stack.arms.items():
+                            outcomes[i] = _finish(arm, data, splicer)
+                        stack.arms.clear()
+            stacks = [stack for stack in stacks if stack.arms]
+            progress.extra = "  ".join(f"loss {a.loss:.4g}" for a in [a for s in stacks for a in s.arms.values()][:4])
             progress.update(1)
-        for i, arm in arms.items():  # arms resumed at or past their last step
-            outcomes[i] = arm.finish(data, splicer)
+        for stack in stacks:  # arms resumed at or past their last step
+            for i, arm in stack.arms.items():
+                outcomes[i] = _finish(arm, data, splicer)
     return outcomes
+
+
+def _finish(arm: ArmRun, data: ActivationData, splicer) -> dict | Exception:
+    try:
+        return arm.finish(data, splicer)
+    except Exception as err:  # noqa: BLE001 - one arm's failure must not stop the grid
+        arm.abandon()
+        return err
 
 
 def train_run(

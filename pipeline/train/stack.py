@@ -1,0 +1,122 @@
+"""Arms of one shape trained as one stacked coder: a fused grid's step runs one set of kernels for all of them.
+
+A sweep's grid holds arms that differ only in learning rate or penalty. Stepped one after another
+on each batch, a small arm's step is bound by kernel launches and Python, not by the device.
+Stacked, their parameters become [arms, ...] tensors of one coder of the same class, whose loss
+takes every arm in one pass of batched products (the kinds' kernels accept a leading arm
+dimension). Each arm's own coder holds views of its slices, so its optimiser, clipping, firing
+history, checkpoints, evaluation and saved coder are its own, unchanged; an arm trained in a stack
+equals the arm trained alone up to the rounding of batched products.
+
+Arms stack when their kind is in `registry.STACKABLE`, they run on one process (`train.parallel` none) with
+`train.stack_arms` on, their configurations differ only in `train.lr` and the kind's per-arm coder
+fields, and they start at the same step (so they also stop at the same step).
+"""
+
+import json
+
+import torch
+
+from pipeline.coders.base import SparseActs
+from pipeline.coders.registry import STACKABLE
+from pipeline.train.trainer import ArmRun, autocast
+
+
+def stack_key(arm: ArmRun) -> str | None:
+    """What arms must share to be stacked, or None for an arm that trains on its own."""
+    kind = arm.config["coder"]["kind"]
+    if kind not in STACKABLE or not arm.cfg.stack_arms or arm.cfg.parallel != "none":
+        return None
+    shared = dict(arm.config, start_step=arm.start_step)
+    shared["coder"] = {k: v for k, v in arm.config["coder"].items() if k not in STACKABLE[kind]}
+    shared["train"] = {k: v for k, v in arm.config["train"].items() if k != "lr"}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def group_arms(arms: dict[int, ArmRun]) -> list[list[int]]:
+    """The grid positions of the arms trained together: each group a stack, or one arm on its own."""
+    groups: dict[object, list[int]] = {}
+    for i, arm in arms.items():
+        key = stack_key(arm)
+        groups.setdefault(("alone", i) if key is None else key, []).append(i)
+    return list(groups.values())
+
+
+class ArmStack:
+    """Arms (by grid position) trained on each batch together; one arm alone takes its own step."""
+
+    def __init__(self, arms: dict[int, ArmRun]):
+        self.arms = dict(arms)
+        first = next(iter(arms.values()))
+        self.n_steps, self.start_step = first.n_steps, first.start_step
+        self.coder = self._stacked() if len(arms) > 1 else None
+
+    def active(self, step: int) -> bool:
+        return self.start_step <= step < self.n_steps
+
+    def step(self, batch: torch.Tensor, step: int) -> dict[int, Exception]:
+        """Trains every arm on `batch`; returns the arms that failed (they have left the stack)."""
+        if self.coder is None:
+            [(i, arm)] = self.arms.items()
+            return self._run(i, lambda: arm.step(batch, step))
+        arms = list(self.arms.items())
+        x, target = arms[0][1].columns(batch)
+        for _, arm in arms:
+            sparsity_factor = arm.set_rate(step)  # the same for every arm: they share their schedules
+        with autocast(x.device, arms[0][1].cfg.precision):
+            parts, f = self.coder.loss(x, sparsity_factor, **target)
+        failed = {}
+        for a, (i, arm) in enumerate(arms):
+            failed |= self._run(i, lambda: arm.record({name: part[a] for name, part in parts.items()}, step))
+        parts["loss"].sum().backward()  # each arm's loss reaches only its own slices
+        grads = {name: p.grad for name, p in self.coder.named_parameters()}
+        self.coder.zero_grad(set_to_none=True)
+        for a, (i, arm) in enumerate(arms):
+            if i in failed:
+                continue
+            for name, p in arm.coder.named_parameters():
+                p.grad = grads[name][a]
+            failed |= self._run(i, lambda: arm.update(_arm_acts(f, a), step))
+        if failed:
+            self.coder = self._stacked() if len(self.arms) > 1 else None
+        return failed
+
+    def _run(self, i: int, work) -> dict[int, Exception]:
+        """{}; or, if `work` raises, {i: the error}, with arm i abandoned and out of the stack."""
+        try:
+            work()
+            return {}
+        except Exception as err:  # noqa: BLE001 - one arm's failure must not stop the others
+            self.arms.pop(i).abandon()
+            return {i: err}
+
+    def _stacked(self) -> torch.nn.Module:
+        """One coder of the arms' class holding every arm's state along a new first dimension.
+
+        Each arm's parameters and buffers then become views of its slice: the optimiser steps and
+        after-step hooks that act on an arm's coder act on the stack.
+        """
+        coders = [arm.coder for arm in self.arms.values()]
+        first = coders[0]
+        with torch.device("meta"):  # built without drawing or allocating weights: they come from the arms
+            stacked = type(first)(first.d_in, first.n_features, **first.hparams)
+        for name, p in first.named_parameters():
+            setattr(stacked, name, torch.nn.Parameter(torch.stack([getattr(c, name).detach() for c in coders])))
+        for name, b in first.named_buffers():
+            setattr(stacked, name, torch.stack([getattr(c, name) for c in coders]))
+        stacked.load_state_dict(stacked.state_dict())  # as for each arm below: host-side knowledge starts afresh
+        for field in STACKABLE[first.kind]:
+            setattr(stacked, field, torch.tensor([getattr(c, field) for c in coders], device=first.b_dec.device))
+        for a, coder in enumerate(coders):
+            for name, p in coder.named_parameters():
+                p.data = getattr(stacked, name).data[a]
+            for name, _ in coder.named_buffers():
+                setattr(coder, name, getattr(stacked, name)[a])
+            # The stack updates the arm's state from now on, so what the arm's coder kept about it on the host
+            # (e.g. TopK's bound on idle tokens) goes stale: reloading its own state makes it forget that.
+            coder.load_state_dict(coder.state_dict())
+        return stacked.train()
+
+
+def _arm_acts(f: torch.Tensor | SparseActs, a: int) -> torch.Tensor | SparseActs:
+    return f.arm(a) if isinstance(f, SparseActs) else f[a]

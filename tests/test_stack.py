@@ -1,0 +1,116 @@
+"""Fused grids whose arms of one shape train as one stacked coder."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pipeline.coders.registry import load
+from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.train.data import ActivationData
+from pipeline.train.stack import group_arms
+from pipeline.train.trainer import ArmRun, ArmSpec, TrainingDiverged, train_grid, train_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DISABLED = TrackingConfig(mode="disabled")
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_store) -> ActivationData:
+    return ActivationData(synthetic_store, "resid_post.0", TrainConfig(eval_tokens=512), torch.device("cpu"))
+
+
+def _specs(arms, folder, prefix="grid"):
+    return [ArmSpec(c, t, folder / f"{prefix}{i}", f"a{i}", "g") for i, (c, t) in enumerate(arms)]
+
+
+def _weights(folder):
+    return load(folder / "coder").state_dict()
+
+
+def _assert_close_runs(a: dict, b: dict, folder_a, folder_b):
+    assert a["steps"] == b["steps"]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for name, tensor in _weights(folder_a).items():
+        torch.testing.assert_close(tensor, _weights(folder_b)[name], rtol=1e-4, atol=1e-5)
+
+
+def test_arms_differing_only_in_rate_or_penalty_are_stacked(data, tmp_path):
+    train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3)
+    relu = CoderConfig(n_features=32)
+    arms = [
+        (relu, train),
+        (replace(relu, l1_coefficient=1.0), replace(train, lr=3e-3)),  # stacks with 0
+        (replace(relu, n_features=64), train),  # another shape
+        (relu, replace(train, tokens=30 * 256)),  # stops at another step
+        (CoderConfig(kind="topk", n_features=32, k=4), train),
+        (CoderConfig(kind="topk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 4
+        (CoderConfig(kind="topk", n_features=32, k=8), train),  # another k
+        (CoderConfig(kind="jumprelu", n_features=32), train),  # a kind that does not stack
+        (CoderConfig(kind="jumprelu", n_features=32), replace(train, lr=3e-3)),
+        (relu, replace(train, lr=3e-3, stack_arms=False)),  # stacking turned off
+    ]
+    runs = {i: ArmRun(spec, data, DISABLED) for i, spec in enumerate(_specs(arms, tmp_path))}
+    groups = sorted(group_arms(runs))
+    assert groups == [[0, 1], [2], [3], [4, 5], [6], [7], [8], [9]]
+
+
+def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
+    train = TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3, log_every=4, lambda_warmup_frac=0.2)
+    relu, topk = CoderConfig(n_features=32), CoderConfig(kind="topk", n_features=1024, k=3, dead_tokens_threshold=1024)
+    arms = [
+        (relu, train),
+        (replace(relu, l1_coefficient=1.0), replace(train, lr=3e-3)),
+        (replace(relu, l1_coefficient=0.2), replace(train, lr=1e-2)),
+        (topk, train),
+        (topk, replace(train, lr=1e-2)),  # AuxK turns on midway: latents go dead after 1024 tokens
+    ]
+    fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
+    for i, (coder_cfg, train_cfg) in enumerate(arms):
+        alone = train_run(coder_cfg, train_cfg, data, tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
+        _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}")
+        assert fused[i]["dead_fraction"] == alone["dead_fraction"] and fused[i]["l0"] == pytest.approx(alone["l0"], rel=1e-4)
+    # The AuxK path was taken: some latents of the stack were dead for steps before the end.
+    assert max(_weights(tmp_path / f"grid{i}")["tokens_since_fired"].max() for i in (3, 4)) > 1024 + 256
+
+
+def test_a_diverging_arm_leaves_its_stack_and_the_others_train_on(data, tmp_path):
+    train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
+    arms = [(CoderConfig(n_features=32), replace(train, lr=1e30)), (CoderConfig(n_features=32), train), (CoderConfig(n_features=32), replace(train, lr=3e-3))]
+    fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
+    assert isinstance(fused[0], TrainingDiverged) and not (tmp_path / "grid0" / "metrics.json").exists()
+    for i in (1, 2):
+        alone = train_run(*arms[i], data, tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
+        _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}")
+
+
+class Killed(BaseException):  # like a signal: not an arm's failure, it stops the whole process
+    pass
+
+
+def test_a_killed_stack_resumes_from_its_arms_checkpoints_to_the_same_weights(data, tmp_path, monkeypatch):
+    from pipeline.coders.topk import TopKSAE
+
+    train = TrainConfig(tokens=40 * 256, batch_size=256, checkpoint_every=15, log_every=7)
+    arms = [(CoderConfig(kind="topk", n_features=32, k=4), replace(train, lr=lr)) for lr in (1e-3, 4e-3)]
+    whole = train_grid(_specs(arms, tmp_path, "whole"), data, DISABLED)
+
+    original, calls = TopKSAE.after_step, {"n": 0}
+
+    def after_step(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 2 * 33:  # both arms past step 30's checkpoint
+            raise Killed
+
+    monkeypatch.setattr(TopKSAE, "after_step", after_step)
+    with pytest.raises(Killed):
+        train_grid(_specs(arms, tmp_path, "killed"), data, DISABLED)
+    monkeypatch.undo()
+    assert all((tmp_path / f"killed{i}" / "checkpoint.safetensors").exists() for i in range(2))
+    resumed = train_grid(_specs(arms, tmp_path, "killed"), data, DISABLED)
+    for i in range(2):
+        assert resumed[i]["resumed_from_step"] == 30 and resumed[i]["loss"] == whole[i]["loss"]
+        a, b = _weights(tmp_path / f"whole{i}"), _weights(tmp_path / f"killed{i}")
+        assert all(torch.equal(a[name], b[name]) for name in a)
