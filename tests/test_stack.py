@@ -47,24 +47,29 @@ def test_arms_differing_only_in_rate_or_penalty_are_stacked(data, tmp_path):
         (CoderConfig(kind="topk", n_features=32, k=4), train),
         (CoderConfig(kind="topk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 4
         (CoderConfig(kind="topk", n_features=32, k=8), train),  # another k
-        (CoderConfig(kind="jumprelu", n_features=32), train),  # a kind that does not stack
-        (CoderConfig(kind="jumprelu", n_features=32), replace(train, lr=3e-3)),
+        (CoderConfig(kind="jumprelu", n_features=32), train),
+        (CoderConfig(kind="jumprelu", n_features=32, jumprelu_bandwidth=0.01), replace(train, lr=3e-3)),  # another bandwidth
         (relu, replace(train, lr=3e-3, stack_arms=False)),  # stacking turned off
+        (CoderConfig(kind="batchtopk", n_features=32, k=4), train),  # a kind that does not stack
+        (CoderConfig(kind="batchtopk", n_features=32, k=4), replace(train, lr=3e-3)),
     ]
     runs = {i: ArmRun(spec, data, DISABLED) for i, spec in enumerate(_specs(arms, tmp_path))}
     groups = sorted(group_arms(runs))
-    assert groups == [[0, 1], [2], [3], [4, 5], [6], [7], [8], [9]]
+    assert groups == [[0, 1], [2], [3], [4, 5], [6], [7], [8], [9], [10], [11]]
 
 
 def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
     train = TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3, log_every=4, lambda_warmup_frac=0.2)
     relu, topk = CoderConfig(n_features=32), CoderConfig(kind="topk", n_features=1024, k=3, dead_tokens_threshold=1024)
+    jumprelu = CoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0", preact_coefficient=0.1, init_threshold=0.1)
     arms = [
         (relu, train),
         (replace(relu, l1_coefficient=1.0), replace(train, lr=3e-3)),
         (replace(relu, l1_coefficient=0.2), replace(train, lr=1e-2)),
         (topk, train),
         (topk, replace(train, lr=1e-2)),  # AuxK turns on midway: latents go dead after 1024 tokens
+        (jumprelu, train),
+        (replace(jumprelu, l1_coefficient=0.5), replace(train, lr=3e-3)),
     ]
     fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
     for i, (coder_cfg, train_cfg) in enumerate(arms):
@@ -101,7 +106,7 @@ def test_a_killed_stack_resumes_from_its_arms_checkpoints_to_the_same_weights(da
     def after_step(self):
         original(self)
         calls["n"] += 1
-        if calls["n"] == 2 * 33:  # both arms past step 30's checkpoint
+        if calls["n"] == 33:  # once per step, for the whole stack: past step 30's checkpoint
             raise Killed
 
     monkeypatch.setattr(TopKSAE, "after_step", after_step)

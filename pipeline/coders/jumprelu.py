@@ -151,7 +151,7 @@ class JumpReluSAE(Coder):
     @torch.no_grad()
     def after_step(self) -> None:
         if self.penalty == "l0":
-            self.w_dec *= self.init_decoder_norm / self.w_dec.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            self.w_dec *= self.init_decoder_norm / self.w_dec.norm(dim=-2, keepdim=True).clamp_min(1e-12)
 
     @classmethod
     def training_flops(cls, d_in: int, n_features: int) -> float:

@@ -6,6 +6,7 @@ elementwise work between the products is one function forward (`_activate`: f an
 penalties) and one backward (`_pre_gradient`: the gradient to the pre-activations and the
 per-feature sums for the threshold and decoder-norm gradients), which torch.compile turns into
 fused kernels on CUDA. Products run in `dtype` (bfloat16 on GPUs) with float32 accumulation.
+As for relu, the weights may carry a leading arm dimension (a stack of SAEs over the same rows).
 
 The gradients are those of `pipeline.coders.jumprelu` (see its docstring), with n_i = ||W_dec[:, i]||,
 g_S and g_P the upstream gradients of the sparsity and pre-activation terms, and B rows:
@@ -18,11 +19,11 @@ g_S and g_P the upstream gradients of the sparsity and pre-activation terms, and
 
 import torch
 
-from pipeline.coders.relu_kernel import with_column
+from pipeline.coders.relu_kernel import per_arm, with_column
 
 
 def _activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
-    """(f, per-row sparsity sum, per-row pre-activation penalty sum)."""
+    """(f, per-row sparsity sum, per-row pre-activation penalty sum); `theta` and `norm` are [..., 1, N]."""
     f = torch.where(pre > theta, pre, 0.0)
     f32 = f.float()
     if tanh_penalty:
@@ -36,10 +37,11 @@ def _activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
 def _pre_gradient(g_f, pre, theta, norm, g_s, g_p, tanh_scale: float, bandwidth: float, tanh_penalty: bool):
     """(g_pre, g_theta, g_norm) from the decoder's gradient to f; see the module docstring.
 
-    The upstream gradients g_s and g_p stay 0-d tensors: as numbers they would cost a device sync,
-    and a recompilation each time the penalty's warm-up changes them.
+    `theta` and `norm` are [..., 1, N], the upstream gradients g_s and g_p [..., 1, 1] (one per
+    arm of a stack): as tensors, not numbers, they cost no device sync and no recompilation each
+    time the penalty's warm-up changes them. g_theta and g_norm come back [..., N].
     """
-    rows = pre.shape[0]
+    rows = pre.shape[-2]
     pre32 = pre.float()
     above = pre32 > theta
     g = g_f.float()
@@ -48,15 +50,15 @@ def _pre_gradient(g_f, pre, theta, norm, g_s, g_p, tanh_scale: float, bandwidth:
         f = torch.where(above, pre32, 0.0)
         slope = 1 - torch.tanh(tanh_scale * f * norm).pow(2)
         g = g + (g_s * tanh_scale / rows) * norm * slope
-        g_norm = g_norm + (g_s * tanh_scale / rows) * (f * slope).sum(0)
+        g_norm = g_norm + (g_s * tanh_scale / rows) * (f * slope).sum(-2, keepdim=True)
     kernel = ((pre32 - theta).abs() < bandwidth / 2).float()
     below = (~above).float()
-    g_theta = (-(theta / bandwidth) * kernel * g).sum(0) + (g_p / rows) * norm * below.sum(0)
+    g_theta = (-(theta / bandwidth) * kernel * g).sum(-2, keepdim=True) + (g_p / rows) * norm * below.sum(-2, keepdim=True)
     if not tanh_penalty:
-        g_theta = g_theta - (g_s / (bandwidth * rows)) * kernel.sum(0)
-    g_norm = g_norm + (g_p / rows) * torch.relu(theta - pre32).sum(0)
+        g_theta = g_theta - (g_s / (bandwidth * rows)) * kernel.sum(-2, keepdim=True)
+    g_norm = g_norm + (g_p / rows) * torch.relu(theta - pre32).sum(-2, keepdim=True)
     g_pre = torch.where(above, g, -(g_p / rows) * norm)
-    return g_pre.to(pre.dtype), g_theta, g_norm
+    return g_pre.to(pre.dtype), g_theta.squeeze(-2), g_norm.squeeze(-2)
 
 
 _compiled: dict = {}
@@ -84,25 +86,30 @@ class JumpReluSAELoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, log_threshold, hp: dict, dtype: torch.dtype):
         rows = x.shape[0]
-        theta, norm = log_threshold.exp(), w_dec.norm(dim=0)
-        pre = torch.addmm(b_enc.to(dtype), x.to(dtype), w_enc.t().to(dtype))
-        f, sparsity, preact = activate(pre, theta, norm, hp["tanh_scale"], hp["penalty"] == "tanh")
+        theta, norm = log_threshold.exp(), w_dec.norm(dim=-2)
+        x_low, w_enc_low, b_enc_low = x.to(dtype), w_enc.to(dtype), b_enc.to(dtype)
+        if w_enc.dim() == 2:
+            pre = torch.addmm(b_enc_low, x_low, w_enc_low.t())
+        else:  # a stack of SAEs: one product per arm
+            pre = torch.baddbmm(b_enc_low.unsqueeze(-2), x_low.expand(len(w_enc), *x.shape), w_enc_low.mT)
+        f, sparsity, preact = activate(pre, theta.unsqueeze(-2), norm.unsqueeze(-2), hp["tanh_scale"], hp["penalty"] == "tanh")
         w_dec_low = w_dec.to(dtype)
-        err = (f @ w_dec_low.t()).float() + b_dec - x
+        err = (f @ w_dec_low.mT).float() + b_dec.unsqueeze(-2) - x
         ctx.save_for_backward(x, pre, f, err, w_dec_low, w_dec, theta, norm)
         ctx.hp = hp
         ctx.mark_non_differentiable(f)
-        return err.pow(2).sum(-1).mean(), sparsity.sum() / rows, preact.sum() / rows, f
+        return err.pow(2).sum(-1).mean(-1), sparsity.sum(-1) / rows, preact.sum(-1) / rows, f
 
     @staticmethod
     def backward(ctx, g_reconstruction, g_sparsity, g_preact, _):
         x, pre, f, err, w_dec_low, w_dec, theta, norm = ctx.saved_tensors
         hp, (rows, d), dtype = ctx.hp, x.shape, pre.dtype
-        g_x_hat = err * (2 * g_reconstruction / rows)
+        g_x_hat = err * per_arm(2 * g_reconstruction / rows)
         g_f = g_x_hat.to(dtype) @ w_dec_low
         g_pre, g_theta, g_norm = pre_gradient(
-            g_f, pre, theta, norm, g_sparsity, g_preact, hp["tanh_scale"], hp["bandwidth"], hp["penalty"] == "tanh"
-        )
-        g_enc = (g_pre.t() @ with_column(x, 1.0, dtype)).float()
-        g_w_dec = (g_x_hat.to(dtype).t() @ f).float() + g_norm * w_dec / norm.clamp_min(1e-12)
-        return None, g_enc[:, :d], g_enc[:, d], g_w_dec, g_x_hat.sum(0), g_theta * theta, None, None
+            g_f, pre, theta.unsqueeze(-2), norm.unsqueeze(-2), per_arm(g_sparsity), per_arm(g_preact),
+            hp["tanh_scale"], hp["bandwidth"], hp["penalty"] == "tanh",
+        )  # fmt: skip
+        g_enc = (g_pre.mT @ with_column(x, 1.0, dtype)).float()
+        g_w_dec = (g_x_hat.to(dtype).mT @ f).float() + g_norm.unsqueeze(-2) * w_dec / norm.clamp_min(1e-12).unsqueeze(-2)
+        return None, g_enc[..., :d], g_enc[..., d], g_w_dec, g_x_hat.sum(-2), g_theta * theta, None, None

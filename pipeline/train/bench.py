@@ -10,7 +10,8 @@ comparable across kinds and tools. `--peers` times the same shapes through Eleut
 and SAELens, where installed. The grid part writes a store of random rows, then trains 8 arms from
 it: fused in one pass over the data with the arms stacked into one batched coder (the default),
 fused without stacking, and one after another; with the rows streamed from the store
-(`train.cache=none`) and with the default cache (`auto`: read once into device memory).
+(`train.cache=none`) and with the default cache (`auto`: read once into device memory). Before
+it, 8 tiny arms time the host's work per arm and step, stacked and one by one.
 Without a GPU every shape is scaled down so the run takes a minute.
 """
 
@@ -194,23 +195,58 @@ def grid_comparison(cache: str, arms: int = 8) -> None:
           f"{alone / stacked:.1f}x stacked, {alone / unstacked:.1f}x without stacking")  # fmt: skip
 
 
-def _random_store(path: Path, rows: int):
+def step_overhead(steps: int, arms: int = 8) -> None:
+    """Time per arm and step of `arms` tiny arms (d 32, N 64, batch 64), stacked and not: the host's work per step.
+
+    Tiny arms leave the device idle, so this is what launching a step costs; a grid of small arms
+    on a GPU runs at this rate.
+    """
+    from pipeline.train.data import open_activation_data
+    from pipeline.train.stack import ArmStack, group_arms
+    from pipeline.train.trainer import ArmRun, ArmSpec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _random_store(Path(tmp) / "tiny.zarr", 16384, d=32)
+        for kind in ("relu", "topk"):
+            for stack in (True, False):
+                cfg = TrainConfig(tokens=8192, batch_size=64, eval_tokens=4096, log_every=10**9, checkpoint_every=0,
+                                  stack_arms=stack, device=str(DEVICE))  # fmt: skip
+                data = open_activation_data(store, "resid_post.0", cfg, DEVICE)
+                runs = {
+                    i: ArmRun(ArmSpec(CoderConfig(kind=kind, n_features=64, k=4), replace(cfg, lr=1e-4 * (i + 1)), Path(tmp) / f"{kind}{stack}{i}", "a", "g"),
+                              data, TrackingConfig(mode="disabled"))
+                    for i in range(arms)
+                }  # fmt: skip
+                stacks = [ArmStack({i: runs[i] for i in group}) for group in group_arms(runs)]
+                batches = list(data.batches(64, steps + 3, 0))  # timed() takes 3 warm-up steps, then `steps`
+                position = iter(range(steps + 3))
+
+                def grid_step():
+                    step = next(position)
+                    for stack_ in stacks:
+                        stack_.step(batches[step], step)
+
+                per_arm = timed(grid_step, steps) / arms
+                print(f"host work per arm and step, {arms} tiny {kind} arms {'stacked' if stack else 'one by one'}: {per_arm * 1e3:.2f} ms", flush=True)
+
+
+def _random_store(path: Path, rows: int, d: int = D):
     from pipeline.store.activation_store import ActivationStore
     from pipeline.store.schema import base_attrs
 
     rows_per_context = 128
     contexts_per_shard = min(1024, rows // rows_per_context)
     attrs = base_attrs(
-        model={"name": "random", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": D, "has_lm_head": False},
+        model={"name": "random", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": d, "has_lm_head": False},
         dataset={"source": "random", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": rows_per_context, "paths": []},
         hooks=["resid_post.0"],
         layout={"n_contexts": rows // rows_per_context, "context_len": rows_per_context, "rows_per_context": rows_per_context,
                 "contexts_per_shard": contexts_per_shard, "drop_bos": False},
         codec={"dtype": "float16", "codec": "none", "contexts_per_chunk": 64},
     )  # fmt: skip
-    store = ActivationStore.create(path, attrs, D)
+    store = ActivationStore.create(path, attrs, d)
     for shard in range(store.layout.n_shards):
-        store.write_shard(shard, {"resid_post.0": torch.randn(store.layout.rows_per_shard, D)})
+        store.write_shard(shard, {"resid_post.0": torch.randn(store.layout.rows_per_shard, d)})
     store.finalize()
     return store
 
@@ -227,6 +263,7 @@ def main() -> None:
     print(f"device {name}; matrix peak {peak / 1e12:.1f} TFLOP/s ({'bfloat16 8192^3' if CUDA else 'float32 1024^3'})")
     step_table(args.steps, args.peers, peak)
     if not args.skip_grid:
+        step_overhead(args.steps)
         for cache in ("none", "auto"):
             grid_comparison(cache)
 

@@ -69,17 +69,25 @@ class ArmStack:
         for a, (i, arm) in enumerate(arms):
             failed |= self._run(i, lambda: arm.record({name: part[a] for name, part in parts.items()}, step))
         parts["loss"].sum().backward()  # each arm's loss reaches only its own slices
-        grads = {name: p.grad for name, p in self.coder.named_parameters()}
+        grads = [p.grad for p in self.coder.parameters()]
         self.coder.zero_grad(set_to_none=True)
-        for a, (i, arm) in enumerate(arms):
-            if i in failed:
-                continue
-            for name, p in arm.coder.named_parameters():
-                p.grad = grads[name][a]
-            failed |= self._run(i, lambda: arm.update(_arm_acts(f, a), step))
-        if failed:
+        self._update([arm for _, arm in arms], grads, f, step)  # the failed arms too: they hold slices until restacked
+        for i, arm in arms:
+            if i not in failed:
+                failed |= self._run(i, lambda: arm.save_checkpoint_if_due(step))
+        if failed:  # the failed arms' slices were updated too, harmlessly: they are dropped now
             self.coder = self._stacked() if len(self.arms) > 1 else None
         return failed
+
+    def _update(self, arms: list[ArmRun], grads: list[torch.Tensor], f: torch.Tensor | SparseActs, step: int) -> None:
+        """`ArmRun.update` for the stacked `arms` at once: per-arm clipping, Adam, the after-step and firing history."""
+        _clip_each_arm(grads, arms[0].cfg.grad_clip)
+        _adam_step(arms, grads, step)
+        self.coder.after_step()
+        fired = f.fired() if isinstance(f, SparseActs) else (f > 0).any(-2)  # [arms, N]
+        for arm in arms:
+            arm.firing.tokens += f.shape[-2]
+        self.last_fired.masked_fill_(fired, arms[0].firing.tokens)  # every arm has seen as many tokens
 
     def _run(self, i: int, work) -> dict[int, Exception]:
         """{}; or, if `work` raises, {i: the error}, with arm i abandoned and out of the stack."""
@@ -93,8 +101,8 @@ class ArmStack:
     def _stacked(self) -> torch.nn.Module:
         """One coder of the arms' class holding every arm's state along a new first dimension.
 
-        Each arm's parameters and buffers then become views of its slice: the optimiser steps and
-        after-step hooks that act on an arm's coder act on the stack.
+        Each arm's parameters, buffers and firing history then become views of its slice, so what
+        the stack updates is what the arm's checkpoints, evaluation and saved coder read.
         """
         coders = [arm.coder for arm in self.arms.values()]
         first = coders[0]
@@ -115,8 +123,53 @@ class ArmStack:
             # The stack updates the arm's state from now on, so what the arm's coder kept about it on the host
             # (e.g. TopK's bound on idle tokens) goes stale: reloading its own state makes it forget that.
             coder.load_state_dict(coder.state_dict())
+        self.last_fired = torch.stack([arm.firing.last_fired for arm in self.arms.values()])
+        for a, arm in enumerate(self.arms.values()):
+            arm.firing.last_fired = self.last_fired[a]
         return stacked.train()
 
 
-def _arm_acts(f: torch.Tensor | SparseActs, a: int) -> torch.Tensor | SparseActs:
-    return f.arm(a) if isinstance(f, SparseActs) else f[a]
+@torch.no_grad()
+def _clip_each_arm(grads: list[torch.Tensor], max_norm: float) -> None:
+    """Scales each arm's slice of the stacked gradients as `clip_grad_norm_` would scale that arm's own."""
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [parameters, arms]
+    total = torch.linalg.vector_norm(norms, dim=0)
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+
+
+@torch.no_grad()
+def _adam_step(arms: list[ArmRun], grads: list[torch.Tensor], step: int) -> None:
+    """Each arm's Adam step (its own rate) on every arm's parameters in a few multi-tensor operations.
+
+    The arithmetic is torch's Adam step, applied to the arms' parameters (views of the stack) and
+    kept in each arm's optimiser state, so checkpoints and a resumed run see an ordinary Adam.
+    Every arm has taken `step` steps before this one.
+    """
+    params, slices, exp_avgs, exp_avg_sqs, counts, step_sizes = [], [], [], [], [], []
+    group = arms[0].optimizer.param_groups[0]
+    (beta1, beta2), eps = group["betas"], group["eps"]
+    n = step + 1
+    for a, arm in enumerate(arms):
+        lr = arm.optimizer.param_groups[0]["lr"]
+        for p, g in zip(arm.optimizer.param_groups[0]["params"], grads):
+            state = arm.optimizer.state[p]
+            if not state:  # as torch's Adam starts it: its fused kernel counts steps on the device
+                on_device = group["fused"] or group["capturable"]
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
+                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            params.append(p)
+            slices.append(g[a])
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            counts.append(state["step"])
+            step_sizes.append(-lr / (1 - beta1**n))
+    torch._foreach_add_(counts, 1)
+    torch._foreach_lerp_(exp_avgs, slices, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, slices, slices, 1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, (1 - beta2**n) ** 0.5)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)

@@ -141,6 +141,9 @@ class ArmRun:
         self.optimizer.zero_grad(set_to_none=True)
         self.coder.after_step()
         self.firing.update(f)
+        self.save_checkpoint_if_due(step)
+
+    def save_checkpoint_if_due(self, step: int) -> None:
         if self._checkpoint_due(step):
             done = step + 1
             extra = {"wandb_id": self.tracker.id if self.tracker else "", "wall_time_s": time.monotonic() - self.started}
