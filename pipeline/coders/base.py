@@ -48,8 +48,10 @@ class SparseActs:
     def fired(self) -> torch.Tensor:
         """[n_features] bool ([arms, n_features] for a stack): the latents active in some row."""
         arms = self.index.shape[:-2]
-        ids = arm_offsets(self.index, self.n_features)[self.values > 0]
-        counts = torch.bincount(ids, minlength=arms.numel() * self.n_features)
+        ids = arm_offsets(self.index, self.n_features).flatten()
+        # Summing with index_add_, unlike bincount or a boolean mask, does not wait for the device.
+        counts = torch.zeros(arms.numel() * self.n_features, dtype=torch.int32, device=ids.device)
+        counts.index_add_(0, ids, (self.values > 0).flatten().int())
         return (counts > 0).view(*arms, self.n_features)
 
     def arm(self, i: int) -> "SparseActs":
