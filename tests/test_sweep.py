@@ -117,6 +117,20 @@ def test_packs_group_arms_that_see_the_same_batches():
         packs(arms, 0)
 
 
+def test_packs_put_arms_that_stack_side_by_side():
+    from pipeline.sweep.launch import packs
+
+    # Plan order interleaves widths within each rate; packs of 2 then hold one width each, so each pack stacks.
+    spec = SweepSpec(budgets=[1e9], n_features=[8, 16], lrs=[1e-3, 3e-3], sparsity=[1.0, 5.0], batch_size=10)
+    arms = sorted(plan(spec, 8, 10**6), key=lambda a: (a.lr, a.sparsity))
+    groups = packs(arms, 4)
+    assert [[a.n_features for a in g] for g in groups] == [[8, 8, 8, 8], [16, 16, 16, 16]]
+    # TopK arms stack only with the same k, so each pack holds one k.
+    topk = plan(SweepSpec(kind="topk", budgets=[1e9], n_features=[256], lrs=[1e-3, 3e-3], sparsity=[8, 32], batch_size=10), 64, 10**6)
+    ks = [tuple({a.sparsity for a in g}) for g in packs(sorted(topk, key=lambda a: a.lr), 2)]
+    assert sorted(ks) == [(8,), (32,)]
+
+
 def test_the_ray_launcher_runs_packs_as_tasks(harvested):
     root, overrides = harvested
     sweep = _write_sweep(root, budgets=[2e7], lrs=[1e-3, 3e-3])
