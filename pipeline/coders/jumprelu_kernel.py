@@ -19,7 +19,7 @@ g_S and g_P the upstream gradients of the sparsity and pre-activation terms, and
 
 import torch
 
-from pipeline.coders.relu_kernel import per_arm, with_column
+from pipeline.coders.relu_kernel import encode, per_arm, with_column
 
 
 def _activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
@@ -87,11 +87,7 @@ class JumpReluSAELoss(torch.autograd.Function):
     def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, log_threshold, hp: dict, dtype: torch.dtype):
         rows = x.shape[0]
         theta, norm = log_threshold.exp(), w_dec.norm(dim=-2)
-        x_low, w_enc_low, b_enc_low = x.to(dtype), w_enc.to(dtype), b_enc.to(dtype)
-        if w_enc.dim() == 2:
-            pre = torch.addmm(b_enc_low, x_low, w_enc_low.t())
-        else:  # a stack of SAEs: one product per arm
-            pre = torch.baddbmm(b_enc_low.unsqueeze(-2), x_low.expand(len(w_enc), *x.shape), w_enc_low.mT)
+        pre = encode(x.to(dtype), w_enc.to(dtype), b_enc.to(dtype), relu=False)
         f, sparsity, preact = activate(pre, theta.unsqueeze(-2), norm.unsqueeze(-2), hp["tanh_scale"], hp["penalty"] == "tanh")
         w_dec_low = w_dec.to(dtype)
         err = (f @ w_dec_low.mT).float() + b_dec.unsqueeze(-2) - x

@@ -37,11 +37,19 @@ def with_column(mat: torch.Tensor, column: torch.Tensor | float, dtype: torch.dt
     return out
 
 
-def relu_encode(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
-    """ReLU(x W_enc^T + b_enc) in x's dtype; one [rows x N] pass, or [arms, rows, N] for stacked weights."""
-    if w_enc.dim() == 2:  # the bias and ReLU run inside the product
+def encode(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, relu: bool) -> torch.Tensor:
+    """x W_enc^T + b_enc, through ReLU if `relu` (inside the product), in x's dtype: [rows, N].
+
+    Stacked weights give [arms, rows, N]: the arms share their input, so their encoders are one
+    product with all arms' features side by side, and the result is a view of it.
+    """
+    if w_enc.dim() == 3:
+        arms, n, d = w_enc.shape
+        wide = encode(x, w_enc.reshape(arms * n, d), b_enc.reshape(arms * n), relu)
+        return wide.view(len(x), arms, n).transpose(0, 1)
+    if relu:
         return torch._addmm_activation(b_enc, x, w_enc.t())
-    return torch.baddbmm(b_enc.unsqueeze(-2), x.expand(len(w_enc), *x.shape), w_enc.mT).relu_()
+    return torch.addmm(b_enc, x, w_enc.t())
 
 
 def per_arm(value: torch.Tensor) -> torch.Tensor:
@@ -56,7 +64,7 @@ class ReluSAELoss(torch.autograd.Function):
     def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, dtype: torch.dtype):
         d = x.shape[1]
         norm = w_dec.norm(dim=-2)
-        f = relu_encode(x.to(dtype), w_enc.to(dtype), b_enc.to(dtype))
+        f = encode(x.to(dtype), w_enc.to(dtype), b_enc.to(dtype), relu=True)
         dec = with_column(w_dec.mT, norm, dtype)
         out = (f @ dec).float()
         err = out[..., :d] + b_dec.unsqueeze(-2) - x
