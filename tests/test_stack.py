@@ -8,7 +8,7 @@ import torch
 from pipeline.coders.registry import load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.train.data import ActivationData
-from pipeline.train.stack import group_arms
+from pipeline.train.stack import build_stacks, group_arms
 from pipeline.train.trainer import ArmRun, ArmSpec, TrainingDiverged, train_grid, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,6 +88,39 @@ def test_a_diverging_arm_leaves_its_stack_and_the_others_train_on(data, tmp_path
     for i in (1, 2):
         alone = train_run(*arms[i], data, tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
         _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}")
+
+
+def test_the_last_arm_of_a_stack_trains_on_alone_in_memory_of_its_own(data, tmp_path):
+    train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
+    arms = [(CoderConfig(n_features=32), replace(train, lr=1e30)), (CoderConfig(n_features=32), train)]
+    runs = {i: ArmRun(spec, data, DISABLED) for i, spec in enumerate(_specs(arms, tmp_path))}
+    [stack] = build_stacks(runs)
+    steps = iter(range(20))
+    for step, x in zip(steps, data.batches(256, 20, 0)):
+        if stack.step(x, step):
+            break
+    assert list(stack.arms) == [1] and stack.coder is None
+    lone = stack.arms[1].coder.w_enc
+    assert lone.untyped_storage().nbytes() == lone.numel() * lone.element_size()  # no longer a view of the stack
+    assert runs[0].coder is None  # the failed arm let go of its state
+
+
+def test_a_failure_of_a_stacks_shared_step_stops_its_arms_and_not_the_grid(data, tmp_path, monkeypatch):
+    from pipeline.coders.relu import ReluSAE
+
+    original = ReluSAE.loss
+
+    def loss(self, x, *args, **kwargs):
+        if self.w_enc.dim() == 3:
+            raise RuntimeError("out of memory")
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(ReluSAE, "loss", loss)
+    train = TrainConfig(tokens=10 * 256, batch_size=256, lr=1e-3)
+    arms = [(CoderConfig(n_features=32), train), (CoderConfig(n_features=32), replace(train, lr=3e-3)), (CoderConfig(n_features=64), train)]
+    outcomes = train_grid(_specs(arms, tmp_path), data, DISABLED)
+    assert [type(o).__name__ for o in outcomes[:2]] == ["RuntimeError", "RuntimeError"]
+    assert outcomes[2]["steps"] == 10
 
 
 class Killed(BaseException):  # like a signal: not an arm's failure, it stops the whole process

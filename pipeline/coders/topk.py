@@ -146,9 +146,10 @@ class TopKFamily(Coder):
         """Whether some latent may be dead, reading the device only now and then.
 
         Reading `tokens_since_fired` on the host waits for the device, which stalls every step of a
-        fast GPU. Below the threshold the host-side bound rules dead latents out without a read;
-        once it reaches it, the true maximum is read at most every `RECHECK_STEPS` calls, and in
-        between AuxK runs in the form that needs no count of the dead (see `auxk_loss`).
+        fast GPU. Below the threshold the host-side bound rules dead latents out without a read.
+        Once it reaches it, the true maximum is read; if some latent is dead, the next read comes
+        `RECHECK_STEPS` calls later, and in between AuxK runs in the form that needs no count of
+        the dead (see `auxk_loss`); if none is, the bound restarts from the true maximum.
         """
         known = self.idle_bound is not None
         if known and self.idle_bound < self.dead_tokens_threshold:

@@ -42,6 +42,17 @@ def group_arms(arms: dict[int, ArmRun]) -> list[list[int]]:
     return list(groups.values())
 
 
+def build_stacks(arms: dict[int, ArmRun]) -> list["ArmStack"]:
+    """The grid's arms grouped by `group_arms`; a group whose stack cannot be built (no memory for the copy) trains arm by arm."""
+    stacks = []
+    for group in group_arms(arms):
+        try:
+            stacks.append(ArmStack({i: arms[i] for i in group}))
+        except Exception:  # noqa: BLE001 - the arms are whole either way: a failed copy leaves them as they were or as views
+            stacks += [ArmStack({i: arms[i]}) for i in group]
+    return stacks
+
+
 class ArmStack:
     """Arms (by grid position) trained on each batch together; one arm alone takes its own step."""
 
@@ -59,35 +70,60 @@ class ArmStack:
         if self.coder is None:
             [(i, arm)] = self.arms.items()
             return self._run(i, lambda: arm.step(batch, step))
+        failed: dict[int, Exception] = {}
+        try:
+            self._step_together(batch, step, failed)
+        except Exception as err:  # noqa: BLE001 - the stack's shared work failed (e.g. out of memory): its arms stop
+            for i in list(self.arms):
+                self.arms.pop(i).abandon()
+                failed[i] = err
+        if failed:
+            self._restack()
+        return failed
+
+    def _step_together(self, batch: torch.Tensor, step: int, failed: dict[int, Exception]) -> None:
+        """One step of every arm; arms whose own part (logging, checkpoint) fails go into `failed`."""
         arms = list(self.arms.items())
         x, target = arms[0][1].columns(batch)
         for _, arm in arms:
             sparsity_factor = arm.set_rate(step)  # the same for every arm: they share their schedules
         with autocast(x.device, arms[0][1].cfg.precision):
             parts, f = self.coder.loss(x, sparsity_factor, **target)
-        failed = {}
         for a, (i, arm) in enumerate(arms):
             failed |= self._run(i, lambda: arm.record({name: part[a] for name, part in parts.items()}, step))
         parts["loss"].sum().backward()  # each arm's loss reaches only its own slices
         grads = [p.grad for p in self.coder.parameters()]
         self.coder.zero_grad(set_to_none=True)
-        self._update([arm for _, arm in arms], grads, f, step)  # the failed arms too: they hold slices until restacked
+        live = [(a, arm) for a, (i, arm) in enumerate(arms) if i not in failed]  # the failed ones' slices are dropped next
+        self._update(live, grads, f, step)
         for i, arm in arms:
             if i not in failed:
                 failed |= self._run(i, lambda: arm.save_checkpoint_if_due(step))
-        if failed:  # the failed arms' slices were updated too, harmlessly: they are dropped now
-            self.coder = self._stacked() if len(self.arms) > 1 else None
-        return failed
 
-    def _update(self, arms: list[ArmRun], grads: list[torch.Tensor], f: torch.Tensor | SparseActs, step: int) -> None:
-        """`ArmRun.update` for the stacked `arms` at once: per-arm clipping, Adam, the after-step and firing history."""
-        _clip_each_arm(grads, arms[0].cfg.grad_clip)
-        _adam_step(arms, grads, step)
+    def _restack(self) -> None:
+        """After arms failed: the others in a new, smaller stack, or a lone arm in memory of its own."""
+        if len(self.arms) > 1:
+            self.coder = self._stacked()
+            return
+        self.coder = None
+        for arm in self.arms.values():
+            for p in arm.coder.parameters():
+                p.data = p.data.clone()
+            for name, buffer in arm.coder.named_buffers():
+                setattr(arm.coder, name, buffer.clone())
+            arm.firing.last_fired = arm.firing.last_fired.clone()
+
+    def _update(self, live: list[tuple[int, ArmRun]], grads: list[torch.Tensor], f: torch.Tensor | SparseActs, step: int) -> None:
+        """`ArmRun.update` for the `live` arms (by slice) at once: per-arm clipping, Adam, after-step, firing history."""
+        if not live:
+            return
+        _clip_each_arm(grads, live[0][1].cfg.grad_clip)
+        _adam_step(live, grads, step)
         self.coder.after_step()
         fired = f.fired() if isinstance(f, SparseActs) else (f > 0).any(-2)  # [arms, N]
-        for arm in arms:
+        for _, arm in live:
             arm.firing.tokens += f.shape[-2]
-        self.last_fired.masked_fill_(fired, arms[0].firing.tokens)  # every arm has seen as many tokens
+        self.last_fired.masked_fill_(fired, live[0][1].firing.tokens)  # every arm has seen as many tokens
 
     def _run(self, i: int, work) -> dict[int, Exception]:
         """{}; or, if `work` raises, {i: the error}, with arm i abandoned and out of the stack."""
@@ -140,20 +176,20 @@ def _clip_each_arm(grads: list[torch.Tensor], max_norm: float) -> None:
 
 
 @torch.no_grad()
-def _adam_step(arms: list[ArmRun], grads: list[torch.Tensor], step: int) -> None:
-    """Each arm's Adam step (its own rate) on every arm's parameters in a few multi-tensor operations.
+def _adam_step(arms: list[tuple[int, ArmRun]], grads: list[torch.Tensor], step: int) -> None:
+    """Each arm's Adam step (its own rate) in a few multi-tensor operations; `arms` are (slice, arm) pairs.
 
     The arithmetic is torch's Adam step, applied to the arms' parameters (views of the stack) and
     kept in each arm's optimiser state, so checkpoints and a resumed run see an ordinary Adam.
     Every arm has taken `step` steps before this one.
     """
     params, slices, exp_avgs, exp_avg_sqs, counts, step_sizes = [], [], [], [], [], []
-    group = arms[0].optimizer.param_groups[0]
+    group = arms[0][1].optimizer.param_groups[0]
     (beta1, beta2), eps = group["betas"], group["eps"]
     n = step + 1
-    for a, arm in enumerate(arms):
+    for a, arm in arms:
         lr = arm.optimizer.param_groups[0]["lr"]
-        for p, g in zip(arm.optimizer.param_groups[0]["params"], grads):
+        for p, g in zip(arm.optimizer.param_groups[0]["params"], grads, strict=True):
             state = arm.optimizer.state[p]
             if not state:  # as torch's Adam starts it: its fused kernel counts steps on the device
                 on_device = group["fused"] or group["capturable"]

@@ -80,9 +80,11 @@ class ArmRun:
         on_cuda = data.device.type == "cuda"
         self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999), fused=on_cuda)
         self.firing = self.parallel.firing_tracker(self.coder, data.device)
-        # The batch order is part of the configuration, so a resume never continues in another order.
+        # The batch order is part of the configuration, so a resume never continues in another order;
+        # stacking only changes how the steps are computed, so a run may resume stacked or not.
+        train = {k: v for k, v in _plain(self.cfg).items() if k != "stack_arms"}
         self.config = {
-            "coder": _plain(spec.coder), "train": _plain(self.cfg), "arrays": list(self.arrays.arrays),
+            "coder": _plain(spec.coder), "train": train, "arrays": list(self.arrays.arrays),
             "scale": [data.scales[name] for name in self.arrays.arrays], "order": data.order,
         }  # fmt: skip
         resumed = self.parallel.load_checkpoint(spec.run_dir, self.config, self.coder, self.optimizer, self.firing) or {}
@@ -183,8 +185,10 @@ class ArmRun:
         return metrics
 
     def abandon(self) -> None:
+        """Ends a failed run: its tracker is closed and its coder and optimiser state released."""
         if self.tracker:
             self.tracker.finish(failed=True)
+        self.coder = self.optimizer = None
 
 
 def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, splicer=None) -> list[dict | Exception]:
@@ -194,21 +198,15 @@ def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingCon
     that differ only in rate or penalty train as one stack (`stack`, `train.stack_arms`). With a
     `Splicer`, each arm's metrics also hold the spliced next-token loss change and KL.
     """
-    from pipeline.train.stack import ArmStack, group_arms
+    from pipeline.train.stack import build_stacks
 
     if len({(s.train.batch_size, s.train.seed) for s in specs}) != 1:
         raise ValueError("a fused grid needs one batch size and one seed for all its arms")
     outcomes: list[dict | Exception | None] = [None] * len(specs)
-    arms: dict[int, ArmRun] = {}
-    for i, spec in enumerate(specs):
-        try:
-            arms[i] = ArmRun(spec, data, tracking)
-        except Exception as err:  # noqa: BLE001 - one bad arm must not stop the grid
-            outcomes[i] = err
-    stacks = [ArmStack({i: arms[i] for i in group}) for group in group_arms(arms)]
+    stacks = build_stacks(_start_arms(specs, data, tracking, outcomes))
     if stacks:
         cfg = specs[0].train
-        first, last = min(a.start_step for a in arms.values()), max(a.n_steps for a in arms.values())
+        first, last = min(s.start_step for s in stacks), max(s.n_steps for s in stacks)
         label = specs[0].run_id if len(specs) == 1 else f"grid of {len(specs)} arms"
         progress = Progress(f"train {label}", last - first, "steps", every_s=5.0)
         for step, x in enumerate(data.batches(cfg.batch_size, last, cfg.seed, first), start=first):
@@ -227,6 +225,17 @@ def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingCon
             for i, arm in stack.arms.items():
                 outcomes[i] = _finish(arm, data, splicer)
     return outcomes
+
+
+def _start_arms(specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, outcomes: list) -> dict[int, ArmRun]:
+    """Each spec's run by grid position; a spec that cannot start gets its exception in `outcomes` instead."""
+    arms = {}
+    for i, spec in enumerate(specs):
+        try:
+            arms[i] = ArmRun(spec, data, tracking)
+        except Exception as err:  # noqa: BLE001 - one bad arm must not stop the grid
+            outcomes[i] = err
+    return arms
 
 
 def _finish(arm: ArmRun, data: ActivationData, splicer) -> dict | Exception:
