@@ -33,7 +33,6 @@ from torch import nn
 from pipeline.coders.base import Coder, SparseActs, arm_offsets, compute_dtype, fired_features
 from pipeline.errors import ConfigError
 
-
 # While dead latents may exist, how many steps pass between reads of the true idle maximum.
 RECHECK_STEPS = 50
 

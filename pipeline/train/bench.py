@@ -202,7 +202,7 @@ def step_overhead(steps: int, arms: int = 8) -> None:
     on a GPU runs at this rate.
     """
     from pipeline.train.data import open_activation_data
-    from pipeline.train.stack import ArmStack, group_arms
+    from pipeline.train.stack import build_stacks
     from pipeline.train.trainer import ArmRun, ArmSpec
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,17 +217,21 @@ def step_overhead(steps: int, arms: int = 8) -> None:
                               data, TrackingConfig(mode="disabled"))
                     for i in range(arms)
                 }  # fmt: skip
-                stacks = [ArmStack({i: runs[i] for i in group}) for group in group_arms(runs)]
-                batches = list(data.batches(64, steps + 3, 0))  # timed() takes 3 warm-up steps, then `steps`
-                position = iter(range(steps + 3))
-
-                def grid_step():
-                    step = next(position)
-                    for stack_ in stacks:
-                        stack_.step(batches[step], step)
-
-                per_arm = timed(grid_step, steps) / arms
+                per_arm = _time_grid_steps(build_stacks(runs), data, steps) / arms
                 print(f"host work per arm and step, {arms} tiny {kind} arms {'stacked' if stack else 'one by one'}: {per_arm * 1e3:.2f} ms", flush=True)
+
+
+def _time_grid_steps(stacks: list, data, steps: int) -> float:
+    """Median seconds of one step of every stack, after warm-up (see `timed`)."""
+    batches = list(data.batches(64, steps + 3, 0))  # timed() takes 3 warm-up steps, then `steps`
+    position = iter(range(steps + 3))
+
+    def grid_step():
+        step = next(position)
+        for stack in stacks:
+            stack.step(batches[step], step)
+
+    return timed(grid_step, steps)
 
 
 def _random_store(path: Path, rows: int, d: int = D):

@@ -69,7 +69,7 @@ class ArmStack:
         """Trains every arm on `batch`; returns the arms that failed (they have left the stack)."""
         if self.coder is None:
             [(i, arm)] = self.arms.items()
-            return self._run(i, lambda: arm.step(batch, step))
+            return self._run(i, arm.step, batch, step)
         failed: dict[int, Exception] = {}
         try:
             self._step_together(batch, step, failed)
@@ -90,7 +90,7 @@ class ArmStack:
         with autocast(x.device, arms[0][1].cfg.precision):
             parts, f = self.coder.loss(x, sparsity_factor, **target)
         for a, (i, arm) in enumerate(arms):
-            failed |= self._run(i, lambda: arm.record({name: part[a] for name, part in parts.items()}, step))
+            failed |= self._run(i, arm.record, {name: part[a] for name, part in parts.items()}, step)
         parts["loss"].sum().backward()  # each arm's loss reaches only its own slices
         grads = [p.grad for p in self.coder.parameters()]
         self.coder.zero_grad(set_to_none=True)
@@ -98,7 +98,7 @@ class ArmStack:
         self._update(live, grads, f, step)
         for i, arm in arms:
             if i not in failed:
-                failed |= self._run(i, lambda: arm.save_checkpoint_if_due(step))
+                failed |= self._run(i, arm.save_checkpoint_if_due, step)
 
     def _restack(self) -> None:
         """After arms failed: the others in a new, smaller stack, or a lone arm in memory of its own."""
@@ -125,10 +125,10 @@ class ArmStack:
             arm.firing.tokens += f.shape[-2]
         self.last_fired.masked_fill_(fired, live[0][1].firing.tokens)  # every arm has seen as many tokens
 
-    def _run(self, i: int, work) -> dict[int, Exception]:
-        """{}; or, if `work` raises, {i: the error}, with arm i abandoned and out of the stack."""
+    def _run(self, i: int, work, *args) -> dict[int, Exception]:
+        """{}; or, if `work(*args)` raises, {i: the error}, with arm i abandoned and out of the stack."""
         try:
-            work()
+            work(*args)
             return {}
         except Exception as err:  # noqa: BLE001 - one arm's failure must not stop the others
             self.arms.pop(i).abandon()

@@ -22,7 +22,6 @@ from pipeline.train.arrays import Columns, coder_arrays
 from pipeline.train.data import ActivationData
 from pipeline.train.parallel import parallel_for
 
-
 PRECISIONS = ("auto", "bfloat16", "float32")
 
 
