@@ -71,6 +71,9 @@ def fused(fn):
         if not args[0].is_cuda:
             return fn(*args, **kwargs)
         if fn not in _compiled:
+            # Each shape (width, batch, arms of a stack, the shorter last evaluation batch) compiles once;
+            # a sweep's process meets more than dynamo's default of 8 before it would fall back to eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             _compiled[fn] = torch.compile(fn, dynamic=False)
         return _compiled[fn](*args, **kwargs)
 
