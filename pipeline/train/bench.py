@@ -1,6 +1,6 @@
 """Training-step benchmark: tokens/s and achieved TFLOP/s per coder kind against the matrix peak of the same run.
 
-    python -m pipeline.train.bench [--steps 30] [--peers] [--skip-grid]
+    python -m pipeline.train.bench [--steps 30] [--peers] [--skip-grid] [--skip-steps]
 
 A step is what the trainer does per batch: the loss under the training precision (bfloat16
 autocast on CUDA), backward, global-norm clipping, Adam and the coder's after-step. Steps run on
@@ -260,12 +260,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per case (median reported)")
     parser.add_argument("--peers", action="store_true", help="also time EleutherAI's sparsify and SAELens")
     parser.add_argument("--skip-grid", action="store_true", help="leave out the fused-grid comparison")
+    parser.add_argument("--skip-steps", action="store_true", help="leave out the per-kind step table")
     args = parser.parse_args()
     torch.manual_seed(0)
     peak = matrix_peak(args.steps)
     name = torch.cuda.get_device_name() if CUDA else "cpu"
     print(f"device {name}; matrix peak {peak / 1e12:.1f} TFLOP/s ({'bfloat16 8192^3' if CUDA else 'float32 1024^3'})")
-    step_table(args.steps, args.peers, peak)
+    if not args.skip_steps:
+        step_table(args.steps, args.peers, peak)
     if not args.skip_grid:
         step_overhead(args.steps)
         for cache in ("none", "auto"):
