@@ -97,9 +97,6 @@ class ArmRun:
         self.flops_per_token = self.coder.flops_per_token()
         self.loss = float("nan")
 
-    def active(self, step: int) -> bool:
-        return self.start_step <= step < self.n_steps
-
     def step(self, batch: torch.Tensor, step: int) -> None:
         x, target = self.columns(batch)
         sparsity_factor = self.set_rate(step)
@@ -197,7 +194,7 @@ def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingCon
     that differ only in rate or penalty train as one stack (`stack`, `train.stack_arms`). With a
     `Splicer`, each arm's metrics also hold the spliced next-token loss change and KL.
     """
-    from pipeline.train.stack import build_stacks
+    from pipeline.train.stack import build_stacks  # here, not at the top: stacks are built of ArmRuns
 
     if len({(s.train.batch_size, s.train.seed) for s in specs}) != 1:
         raise ValueError("a fused grid needs one batch size and one seed for all its arms")
