@@ -58,6 +58,37 @@ def test_arms_differing_only_in_rate_or_penalty_are_stacked(data, tmp_path):
     assert groups == [[0, 1], [2], [3], [4, 5], [6], [7], [8], [9], [10], [11]]
 
 
+def test_stacked_clipping_and_adam_equal_each_arms_own():
+    from types import SimpleNamespace
+
+    from pipeline.train.stack import _adam_step, _clip_each_arm
+
+    torch.manual_seed(0)
+    lrs = [1e-3, 3e-2]
+    stacked = [torch.randn(len(lrs), 6, 4), torch.randn(len(lrs), 4)]
+    # Each arm as the trainer runs it alone: its own parameters, clip_grad_norm_ and torch's Adam.
+    own = [[torch.nn.Parameter(p[a].clone()) for p in stacked] for a in range(len(lrs))]
+    alone = [torch.optim.Adam(params, lr=lr) for params, lr in zip(own, lrs)]
+    # Each arm as a stack holds it: parameters that are views of the stacked tensors.
+    views = [[torch.nn.Parameter(p[a]) for p in stacked] for a in range(len(lrs))]
+    arms = [(a, SimpleNamespace(optimizer=torch.optim.Adam(params, lr=lr))) for a, (params, lr) in enumerate(zip(views, lrs))]
+    for step in range(4):
+        grads = [torch.randn_like(p) * 10 ** (step - 1) for p in stacked]  # clipping bites from the second step on
+        for a, (params, optimizer) in enumerate(zip(own, alone)):
+            for p, g in zip(params, grads):
+                p.grad = g[a].clone()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+        _clip_each_arm(grads, 1.0)
+        _adam_step(arms, grads, step)
+        for a in range(len(lrs)):
+            for p, q in zip(own[a], views[a]):
+                torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+    state = arms[1][1].optimizer.state_dict()["state"][0]
+    torch.testing.assert_close(state["exp_avg"], alone[1].state_dict()["state"][0]["exp_avg"])
+    assert state["step"] == 4
+
+
 def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
     train = TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3, log_every=4, lambda_warmup_frac=0.2)
     relu, topk = CoderConfig(n_features=32), CoderConfig(kind="topk", n_features=1024, k=3, dead_tokens_threshold=1024)
