@@ -50,12 +50,15 @@ def test_arms_differing_only_in_rate_or_penalty_are_stacked(data, tmp_path):
         (CoderConfig(kind="jumprelu", n_features=32), train),
         (CoderConfig(kind="jumprelu", n_features=32, jumprelu_bandwidth=0.01), replace(train, lr=3e-3)),  # another bandwidth
         (relu, replace(train, lr=3e-3, stack_arms=False)),  # stacking turned off
-        (CoderConfig(kind="batchtopk", n_features=32, k=4), train),  # a kind that does not stack
-        (CoderConfig(kind="batchtopk", n_features=32, k=4), replace(train, lr=3e-3)),
+        (CoderConfig(kind="batchtopk", n_features=32, k=4), train),
+        (CoderConfig(kind="batchtopk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 10
+        (CoderConfig(kind="batchtopk", n_features=32, k=4, aux_k=64), train),  # another aux_k
     ]
     runs = {i: ArmRun(spec, data, DISABLED) for i, spec in enumerate(_specs(arms, tmp_path))}
     groups = sorted(group_arms(runs))
-    assert groups == [[0, 1], [2], [3], [4, 5], [6], [7], [8], [9], [10], [11]]
+    assert groups == [[0, 1], [2], [3], [4, 5], [6], [7], [8], [9], [10, 11], [12]]
+    stacked = sorted(sorted(s.arms) for s in build_stacks(runs) if s.coder is not None)
+    assert stacked == [[0, 1], [4, 5], [10, 11]]  # each group's stack was built, not trained arm by arm
 
 
 def test_stacked_clipping_and_adam_equal_each_arms_own():
@@ -93,6 +96,7 @@ def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
     train = TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3, log_every=4, lambda_warmup_frac=0.2)
     relu, topk = CoderConfig(n_features=32), CoderConfig(kind="topk", n_features=1024, k=3, dead_tokens_threshold=1024)
     jumprelu = CoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0", preact_coefficient=0.1, init_threshold=0.1)
+    batchtopk = CoderConfig(kind="batchtopk", n_features=1024, k=3, dead_tokens_threshold=1024)
     arms = [
         (relu, train),
         (replace(relu, l1_coefficient=1.0), replace(train, lr=3e-3)),
@@ -101,14 +105,19 @@ def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
         (topk, replace(train, lr=1e-2)),  # AuxK turns on midway: latents go dead after 1024 tokens
         (jumprelu, train),
         (replace(jumprelu, l1_coefficient=0.5), replace(train, lr=3e-3)),
+        (batchtopk, train),
+        (batchtopk, replace(train, lr=1e-2)),
     ]
     fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
     for i, (coder_cfg, train_cfg) in enumerate(arms):
         alone = train_run(coder_cfg, train_cfg, data, tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
         _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}")
         assert fused[i]["dead_fraction"] == alone["dead_fraction"] and fused[i]["l0"] == pytest.approx(alone["l0"], rel=1e-4)
-    # The AuxK path was taken: some latents of the stack were dead for steps before the end.
-    assert max(_weights(tmp_path / f"grid{i}")["tokens_since_fired"].max() for i in (3, 4)) > 1024 + 256
+    # The AuxK path was taken: some latents of each stack were dead for steps before the end.
+    for stack in ((3, 4), (7, 8)):
+        assert max(_weights(tmp_path / f"grid{i}")["tokens_since_fired"].max() for i in stack) > 1024 + 256
+    # Each batchtopk arm kept its own running threshold.
+    assert _weights(tmp_path / "grid7")["threshold"] != _weights(tmp_path / "grid8")["threshold"]
 
 
 def test_a_diverging_arm_leaves_its_stack_and_the_others_train_on(data, tmp_path):

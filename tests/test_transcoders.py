@@ -325,6 +325,35 @@ def test_a_fused_grid_mixing_kinds_equals_each_arm_trained_alone(relu_store, tmp
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_stacked_transcoder_and_clt_arms_each_equal_the_arm_trained_alone(relu_store, tmp_path):
+    from dataclasses import replace
+
+    from pipeline.train.stack import build_stacks
+    from pipeline.train.trainer import ArmRun
+
+    transcoder = CoderConfig(kind="transcoder", n_features=64, skip_connection=True, l1_coefficient=0.1)
+    clt = CoderConfig(kind="clt", n_features=48, jumprelu_penalty="l0", preact_coefficient=0.1, l1_coefficient=0.1)
+    train = _train_cfg(CLT, tokens=25 * 64, lambda_warmup_frac=0.2, log_every=4)
+    arms = [
+        (transcoder, replace(train, **TRANSCODER, layers=[])),
+        (replace(transcoder, l1_coefficient=0.3), replace(train, **TRANSCODER, layers=[], lr=3e-3)),
+        (clt, train),
+        (replace(clt, l1_coefficient=0.03), replace(train, lr=3e-3)),
+    ]
+    grid_data = _data(relu_store, train)
+    specs = [ArmSpec(c, t, tmp_path / f"grid{i}", f"a{i}", "g") for i, (c, t) in enumerate(arms)]
+    runs = {i: ArmRun(spec, grid_data, DISABLED) for i, spec in enumerate(specs)}
+    assert sorted(sorted(s.arms) for s in build_stacks(runs) if s.coder is not None) == [[0, 1], [2, 3]]
+    fused = train_grid(specs, grid_data, DISABLED)
+    for i, (coder_cfg, train_cfg) in enumerate(arms):
+        alone = train_run(coder_cfg, train_cfg, _data(relu_store, train_cfg), tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
+        assert fused[i]["steps"] == alone["steps"] == 25
+        assert fused[i]["loss"] == pytest.approx(alone["loss"], rel=1e-4) and fused[i]["fvu"] == pytest.approx(alone["fvu"], rel=1e-4)
+        a, b = load(tmp_path / f"grid{i}" / "coder").state_dict(), load(tmp_path / f"alone{i}" / "coder").state_dict()
+        for name, tensor in a.items():
+            torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=1e-5)
+
+
 def test_a_transcoder_sweep_pack_trains_and_records_its_arms(relu_store, relu_gpt2):
     out_dir = relu_store.path.parent
     cfg = compose(*tiny_overrides(relu_gpt2, out_dir, **{"train.eval_tokens": 256, "train.splice_contexts": 2}))

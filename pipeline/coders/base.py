@@ -64,6 +64,18 @@ def fired_features(f: "torch.Tensor | SparseActs") -> torch.Tensor:
     return f.fired() if isinstance(f, SparseActs) else (f > 0).reshape(-1, f.shape[-1]).any(0)
 
 
+def fired_in_batch(f: "torch.Tensor | SparseActs") -> torch.Tensor:
+    """[..., n_features] bool: the latents active in some row of [..., rows, n_features] activations, per arm of a stack."""
+    return f.fired() if isinstance(f, SparseActs) else (f > 0).any(-2)
+
+
+def affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x W^T + b for one coder's weights (w [out, in]) or a stack's ([arms, out, in], with x shared or per arm)."""
+    if w.dim() == 2:
+        return nn.functional.linear(x, w, b)
+    return torch.baddbmm(b.unsqueeze(-2), x.expand(len(w), *x.shape[-2:]), w.mT)
+
+
 class Coder(nn.Module):
     """A sparse dictionary over `d_in`-dimensional inputs with `n_features` latents."""
 

@@ -47,14 +47,20 @@ class BatchTopKSAE(TopKFamily):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return pre * (pre > self.threshold)
-        flat = torch.relu(pre).flatten()
-        values, index = flat.topk(self.k * (pre.numel() // self.n_features))
-        return torch.zeros_like(flat).scatter(0, index, values).view_as(pre)
+        flat = torch.relu(pre).reshape(*self.arms, -1)  # each arm of a stack selects over its own batch
+        values, index = flat.topk(self.k * (flat.shape[-1] // self.n_features), dim=-1)
+        return torch.zeros_like(flat).scatter(-1, index, values).view_as(pre)
+
+    @property
+    def arms(self) -> tuple[int, ...]:
+        """(arms,) for a stack of coders (`pipeline.train.stack`), () for one coder."""
+        return tuple(self.w_enc.shape[:-2])
 
     @torch.no_grad()
     def after_activation(self, f: torch.Tensor) -> None:
         # Smallest positive selected activation, without a host sync; +inf when nothing fired.
-        batch_min = torch.where(f > 0, f, torch.full_like(f, float("inf"))).min().to(self.threshold.dtype)
+        positive = torch.where(f > 0, f, torch.full_like(f, float("inf"))).reshape(*self.arms, -1)
+        batch_min = positive.min(-1).values.to(self.threshold.dtype)
         seen = torch.isfinite(batch_min)
         m = self.threshold_momentum
         running = torch.where(self.threshold_updates > 0, m * self.threshold + (1 - m) * batch_min, batch_min)

@@ -109,25 +109,28 @@ class CrossLayerTranscoder(Coder):
         return self.log_threshold.exp()
 
     def decoder_norms(self) -> torch.Tensor:
-        """[L, n]: the norm of each feature's decoder vectors concatenated over its target layers."""
-        return torch.stack([w.norm(dim=(0, 1)) for w in self.w_dec])
+        """[..., L, n]: the norm of each feature's decoder vectors concatenated over its target layers."""
+        return torch.stack([w.norm(dim=(-3, -2)) for w in self.w_dec], dim=-2)
+
+    # The weights may carry a leading arm dimension (a stack of coders, `pipeline.train.stack`); the
+    # inputs never do, so the training path below is written for [..., rows, L, *] throughout.
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pre-activations, features), both [rows, L, n], of stacked inputs [rows, L, d]."""
-        pre = torch.einsum("bld,lnd->bln", x, self.w_enc) + self.b_enc
-        return pre, JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
+        """(pre-activations, features), both [..., rows, L, n], of inputs [rows, L, d]."""
+        pre = torch.einsum("bld,...lnd->...bln", x, self.w_enc) + self.b_enc.unsqueeze(-3)
+        return pre, JumpReLUFunction.apply(pre, self.threshold.unsqueeze(-3), self.bandwidth)
 
     def _decode(self, f: torch.Tensor) -> torch.Tensor:
-        """[rows, L, n] features -> [rows, L, d]: each source layer's decoders in one product, padded to its first target."""
-        rows, L = f.shape[0], self.n_layers
-        out = self.b_dec.expand(rows, L, self.d_in)
+        """[..., rows, L, n] features -> [..., rows, L, d]: each source layer's decoders in one product, padded to its first target."""
+        *lead, rows, L, _ = f.shape
+        out = self.b_dec.unsqueeze(-3).expand(*lead, rows, L, self.d_in)
         for s, w in enumerate(self.w_dec):
-            block = F.linear(f[:, s], w.flatten(0, 1)).view(rows, L - s, self.d_in)
+            block = (f[..., s, :] @ w.flatten(-3, -2).mT).view(*lead, rows, L - s, self.d_in)
             out = out + F.pad(block, (0, 0, s, 0))
         return out
 
     def _skip(self, x: torch.Tensor) -> torch.Tensor | float:
-        return torch.einsum("bld,lkd->blk", x, self.w_skip) if self.skip_connection else 0.0
+        return torch.einsum("bld,...lkd->...blk", x, self.w_skip) if self.skip_connection else 0.0
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(self._stack(x))[1].flatten(1)
@@ -156,27 +159,27 @@ class CrossLayerTranscoder(Coder):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         x, target = self._stack(x), self._stack(target)
         pre, f = self._features(x)
-        theta = self.threshold
+        theta = self.threshold.unsqueeze(-3)
         y_hat = self._decode(f) + self._skip(x)
-        reconstruction = (target - y_hat).pow(2).sum((-2, -1)).mean()
-        decoder_norm = self.decoder_norms()
+        reconstruction = (target - y_hat).pow(2).sum((-2, -1)).mean(-1)
+        decoder_norm = self.decoder_norms().unsqueeze(-3)
         if self.penalty == "l0":
-            sparsity = StepFunction.apply(pre, theta, self.bandwidth).sum((-2, -1)).mean()
+            sparsity = StepFunction.apply(pre, theta, self.bandwidth).sum((-2, -1)).mean(-1)
         else:
-            sparsity = torch.tanh(self.tanh_scale * f * decoder_norm).sum((-2, -1)).mean()
+            sparsity = torch.tanh(self.tanh_scale * f * decoder_norm).sum((-2, -1)).mean(-1)
         total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.preact_coefficient)):
-            preact = (torch.relu(theta - pre) * decoder_norm).sum((-2, -1)).mean()  # logged even when off
+            preact = (torch.relu(theta - pre) * decoder_norm).sum((-2, -1)).mean(-1)  # logged even when off
         if self.preact_coefficient:
             total = total + self.preact_coefficient * preact
         parts = {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity, "preact": preact}
-        return parts, f.flatten(1)
+        return parts, f.flatten(-2)
 
     @torch.no_grad()
     def after_step(self) -> None:
         if self.penalty == "l0":
-            for w, norm in zip(self.w_dec, self.decoder_norms()):
-                w *= self.init_decoder_norm / norm.clamp_min(1e-12)
+            for w, norm in zip(self.w_dec, self.decoder_norms().unbind(-2)):
+                w *= self.init_decoder_norm / norm.clamp_min(1e-12)[..., None, None, :]
 
     @classmethod
     def training_flops(cls, d_in: int, n_features: int, n_layers: int = 1, skip_connection: bool = False) -> float:

@@ -56,7 +56,10 @@ TARGET_FIELD = {"transcoder": "target_hook", "clt": "layers"}
 
 # Kinds whose loss accepts weights stacked along a leading arm dimension (`pipeline.train.stack`)
 # -> the coder fields that may differ between the arms of one stack.
-STACKABLE: dict[str, tuple[str, ...]] = {"relu": ("l1_coefficient",), "jumprelu": ("l1_coefficient",), "topk": ()}
+STACKABLE: dict[str, tuple[str, ...]] = {
+    "relu": ("l1_coefficient",), "jumprelu": ("l1_coefficient",), "topk": (), "batchtopk": (),
+    "transcoder": ("l1_coefficient",), "clt": ("l1_coefficient",),
+}  # fmt: skip
 
 # The sweep's `sparsity` values set this field: a penalty lambda, or the active latents per row k.
 SPARSITY_FIELD = {

@@ -30,7 +30,7 @@ back as `SparseActs`, never as a [rows x N] tensor. The AuxK term works the same
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder, SparseActs, arm_offsets, compute_dtype, fired_features
+from pipeline.coders.base import Coder, SparseActs, affine, arm_offsets, compute_dtype, fired_in_batch
 from pipeline.errors import ConfigError
 
 # While dead latents may exist, how many steps pass between reads of the true idle maximum.
@@ -106,7 +106,7 @@ class TopKFamily(Coder):
         self.register_load_state_dict_post_hook(_forget_idle_bound)
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x - self.b_dec, self.w_enc, self.b_enc)
+        return affine(x - self.b_dec.unsqueeze(-2), self.w_enc, self.b_enc)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -116,8 +116,8 @@ class TopKFamily(Coder):
 
     def decode(self, f: torch.Tensor | SparseActs) -> torch.Tensor:
         if isinstance(f, SparseActs):
-            return self.sparse_decode(f) + self.b_dec
-        return nn.functional.linear(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
+            return self.sparse_decode(f) + self.b_dec.unsqueeze(-2)
+        return affine(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
 
     def updating(self) -> bool:
         """Whether `loss` updates running statistics: a training step (training mode with gradients on).
@@ -133,7 +133,7 @@ class TopKFamily(Coder):
     def count_firing(self, f: torch.Tensor | SparseActs) -> None:
         rows = f.shape[-2]
         self.tokens_since_fired += rows
-        self.tokens_since_fired.masked_fill_(fired_features(f), 0)
+        self.tokens_since_fired.masked_fill_(fired_in_batch(f), 0)
         self.add_idle_tokens(rows)
 
     def add_idle_tokens(self, n: int) -> None:
@@ -246,11 +246,8 @@ class TopKSAE(TopKFamily):
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], SparseActs]:
         dtype = compute_dtype(x)
         with torch.no_grad():
-            centred, w_enc, b_enc = (x - self.b_dec.unsqueeze(-2)).to(dtype), self.w_enc.to(dtype), self.b_enc.to(dtype)
-            if w_enc.dim() == 2:
-                pre = torch.addmm(b_enc, centred, w_enc.t())
-            else:  # a stack of coders: one product per arm
-                pre = torch.baddbmm(b_enc.unsqueeze(-2), centred, w_enc.mT)
+            centred = (x - self.b_dec.unsqueeze(-2)).to(dtype)
+            pre = affine(centred, self.w_enc.to(dtype), self.b_enc.to(dtype))
             index = pre.topk(self.k, dim=-1, sorted=False).indices
         f = SparseActs(index, torch.relu(self.selected_pre(x, pre, index)), self.n_features)
         if self.updating():

@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from pipeline.coders.base import SparseActs
+from pipeline.coders.base import SparseActs, fired_in_batch
 from pipeline.coders.registry import STACKABLE
 from pipeline.train.trainer import ArmRun, autocast
 
@@ -110,7 +110,7 @@ class ArmStack:
             for p in arm.coder.parameters():
                 p.data = p.data.clone()
             for name, buffer in arm.coder.named_buffers():
-                setattr(arm.coder, name, buffer.clone())
+                _set(arm.coder, name, buffer.clone())
             arm.firing.last_fired = arm.firing.last_fired.clone()
 
     def _update(self, live: list[tuple[int, ArmRun]], grads: list[torch.Tensor], f: torch.Tensor | SparseActs, step: int) -> None:
@@ -120,7 +120,7 @@ class ArmStack:
         _clip_each_arm(grads, live[0][1].cfg.grad_clip)
         _adam_step(live, grads, step)
         self.coder.after_step()
-        fired = f.fired() if isinstance(f, SparseActs) else (f > 0).any(-2)  # [arms, N]
+        fired = fired_in_batch(f)  # [arms, N]
         for _, arm in live:
             arm.firing.tokens += f.shape[-2]
         self.last_fired.masked_fill_(fired, live[0][1].firing.tokens)  # every arm has seen as many tokens
@@ -144,18 +144,18 @@ class ArmStack:
         first = coders[0]
         with torch.device("meta"):  # built without drawing or allocating weights: they come from the arms
             stacked = type(first)(first.d_in, first.n_features, **first.hparams)
-        for name, p in first.named_parameters():
-            setattr(stacked, name, torch.nn.Parameter(torch.stack([getattr(c, name).detach() for c in coders])))
-        for name, b in first.named_buffers():
-            setattr(stacked, name, torch.stack([getattr(c, name) for c in coders]))
+        for name, _ in first.named_parameters():
+            _set(stacked, name, torch.nn.Parameter(torch.stack([c.get_parameter(name).detach() for c in coders])))
+        for name, _ in first.named_buffers():
+            _set(stacked, name, torch.stack([c.get_buffer(name) for c in coders]))
         stacked.load_state_dict(stacked.state_dict())  # as for each arm below: host-side knowledge starts afresh
         for field in STACKABLE[first.kind]:
             setattr(stacked, field, torch.tensor([getattr(c, field) for c in coders], device=first.b_dec.device))
         for a, coder in enumerate(coders):
             for name, p in coder.named_parameters():
-                p.data = getattr(stacked, name).data[a]
+                p.data = stacked.get_parameter(name).data[a]
             for name, _ in coder.named_buffers():
-                setattr(coder, name, getattr(stacked, name)[a])
+                _set(coder, name, stacked.get_buffer(name)[a])
             # The stack updates the arm's state from now on, so what the arm's coder kept about it on the host
             # (e.g. TopK's bound on idle tokens) goes stale: reloading its own state makes it forget that.
             coder.load_state_dict(coder.state_dict())
@@ -163,6 +163,12 @@ class ArmStack:
         for a, arm in enumerate(self.arms.values()):
             arm.firing.last_fired = self.last_fired[a]
         return stacked.train()
+
+
+def _set(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """Sets the parameter or buffer `name`, which may be nested (a clt's decoders are `w_dec.0`, `w_dec.1`, ...)."""
+    owner, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(owner), leaf, value)
 
 
 @torch.no_grad()
