@@ -110,5 +110,5 @@ class JumpReluSAELoss(torch.autograd.Function):
             hp["tanh_scale"], hp["bandwidth"], hp["penalty"] == "tanh",
         )  # fmt: skip
         g_enc = (g_pre.mT @ with_column(x, 1.0, dtype)).float()
-        g_w_dec = (g_x_hat.to(dtype).mT @ f).float() + g_norm.unsqueeze(-2) * w_dec / norm.clamp_min(1e-12).unsqueeze(-2)
+        g_w_dec = torch.addcmul((g_x_hat.to(dtype).mT @ f).float(), w_dec, (g_norm / norm.clamp_min(1e-12)).unsqueeze(-2))
         return None, g_enc[..., :d], g_enc[..., d], g_w_dec, g_x_hat.sum(-2), g_theta * theta, None, None

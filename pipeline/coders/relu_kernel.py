@@ -83,5 +83,7 @@ class ReluSAELoss(torch.autograd.Function):
         g_pre = torch.ops.aten.threshold_backward(g_f, f, 0.0)
         g_enc = (g_pre.mT @ with_column(x, 1.0, dtype)).float()
         g_dec = (with_column(g_x_hat, 1.0, dtype).mT @ f).float()
-        g_w_dec = g_dec[..., :d, :] + per_arm(g_norm_term) * g_dec[..., d : d + 1, :] * w_dec / norm.clamp_min(1e-12).unsqueeze(-2)
+        # The norm's gradient per feature first ([..., 1, N]), so the [d x N] work is one pass.
+        per_feature = per_arm(g_norm_term) * g_dec[..., d : d + 1, :] / norm.clamp_min(1e-12).unsqueeze(-2)
+        g_w_dec = torch.addcmul(g_dec[..., :d, :], w_dec, per_feature)
         return None, g_enc[..., :d], g_enc[..., d], g_w_dec, g_x_hat.sum(-2), None
