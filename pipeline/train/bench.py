@@ -1,6 +1,6 @@
 """Training-step benchmark: tokens/s and achieved TFLOP/s per coder kind against the matrix peak of the same run.
 
-    python -m pipeline.train.bench [--steps 30] [--peers] [--skip-grid] [--skip-steps]
+    python -m pipeline.train.bench [--steps 30] [--peers] [--skip-grid] [--skip-steps] [--profile]
 
 A step is what the trainer does per batch: the loss under the training precision (bfloat16
 autocast on CUDA), backward, global-norm clipping, Adam and the coder's after-step. Steps run on
@@ -12,7 +12,9 @@ it: fused in one pass over the data with the arms stacked into one batched coder
 fused without stacking, and one after another; with the rows streamed from the store
 (`train.cache=none`) and with the default cache (`auto`: read once into device memory). Before
 it, 8 tiny arms time the host's work per arm and step, stacked and one by one.
-Without a GPU every shape is scaled down so the run takes a minute.
+`--profile` adds, per case, the operators that take most of the step's device time (CPU time
+without a GPU), to show where a kind's step goes. Without a GPU every shape is scaled down so the
+run takes a minute.
 """
 
 import argparse
@@ -156,6 +158,27 @@ def step_table(steps: int, peers: bool, peak: float) -> None:
             torch.cuda.empty_cache()
 
 
+def step_profiles(steps: int, rows: int = 12) -> None:
+    """Per case, the operators with the most self time over `steps` steps of this pipeline's step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if CUDA else [ProfilerActivity.CPU]
+    for kind, n_features, batch in CASES:
+        step, _ = own_step(kind, n_features, batch)
+        for _ in range(3):
+            step()
+        _sync()
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            _sync()
+        print(f"{kind} N {n_features} batch {batch}: operators by self time over {steps} steps")
+        print(prof.key_averages().table(sort_by="self_device_time_total" if CUDA else "self_cpu_time_total", row_limit=rows), flush=True)
+        del step, prof
+        if CUDA:
+            torch.cuda.empty_cache()
+
+
 def _peer(make, kind: str, n_features: int, batch: int):
     """The peer's step, or why it cannot run here."""
     try:
@@ -261,6 +284,7 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="also time EleutherAI's sparsify and SAELens")
     parser.add_argument("--skip-grid", action="store_true", help="leave out the fused-grid comparison")
     parser.add_argument("--skip-steps", action="store_true", help="leave out the per-kind step table")
+    parser.add_argument("--profile", action="store_true", help="also list each case's costliest operators")
     args = parser.parse_args()
     torch.manual_seed(0)
     peak = matrix_peak(args.steps)
@@ -268,6 +292,8 @@ def main() -> None:
     print(f"device {name}; matrix peak {peak / 1e12:.1f} TFLOP/s ({'bfloat16 8192^3' if CUDA else 'float32 1024^3'})")
     if not args.skip_steps:
         step_table(args.steps, args.peers, peak)
+    if args.profile:
+        step_profiles(min(args.steps, 5))
     if not args.skip_grid:
         step_overhead(args.steps)
         for cache in ("none", "auto"):
