@@ -217,9 +217,11 @@ def write_report(fit: dict) -> str:
     lines = ["# Scaling-law fit", ""]
     analysis = fit.get("analysis") or {}
     lines += [
-        f"{fit['n_runs']} finished runs over {fit['n_budgets']} budgets from `{fit.get('source')}`; "
-        f"analysed setting: kind={analysis.get('kind')}, sparsity={analysis.get('sparsity')} "
-        f"({analysis.get('n_runs')} runs). {fit['convention']}.",
+        (
+            f"{fit['n_runs']} finished runs over {fit['n_budgets']} budgets from `{fit.get('source')}`; "
+            f"analysed setting: kind={analysis.get('kind')}, sparsity={analysis.get('sparsity')} "
+            f"({analysis.get('n_runs')} runs). {fit['convention']}."
+        ),
         "",
     ]
     lines += ["## Warnings", ""] + ([f"- {w}" for w in fit["warnings"]] or ["None."]) + [""]
@@ -280,8 +282,10 @@ def _dead_section(dead: dict | None) -> list[str]:
     lines = [
         "## Dead features",
         "",
-        f"`{dead['form']}`: intercept {dead['intercept']:.4g}, slope {dead['slope']:.4g}, "
-        f"R² {dead['r2']:.3f} over {dead['n_points']} runs.",
+        (
+            f"`{dead['form']}`: intercept {dead['intercept']:.4g}, slope {dead['slope']:.4g}, "
+            f"R² {dead['r2']:.3f} over {dead['n_points']} runs."
+        ),
     ]
     joint = dead.get("joint")
     if joint:
@@ -297,7 +301,9 @@ def _joint_section(joint: dict | None) -> list[str]:
     return [
         "## Joint law L(N, k)",
         "",
-        f"`{joint['form']}` (kind {joint['kind']}): {params}; "
-        f"RMS log residual {joint['rmse_log']:.3g} over {joint['n_points']} points.",
+        (
+            f"`{joint['form']}` (kind {joint['kind']}): {params}; "
+            f"RMS log residual {joint['rmse_log']:.3g} over {joint['n_points']} points."
+        ),
         "",
     ]

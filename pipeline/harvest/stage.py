@@ -6,12 +6,12 @@ from pathlib import Path
 from pipeline.config import PipelineConfig
 from pipeline.data.contexts import build_contexts
 from pipeline.data.corpus import documents
+from pipeline.errors import ConfigError
 from pipeline.models.hooks import parse_hook
 from pipeline.models.loading import ModelInfo, describe, load_tokenizer
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs, check_reusable
-from pipeline.errors import ConfigError
 
 
 def store_path(cfg: PipelineConfig) -> Path:
