@@ -19,6 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.train.arrays import data_arrays, open_arrays, scale_columns, side_by_side
 from pipeline.train.stream import StreamingActivationData
+from pipeline.train.transfer import batch_to_device
 
 
 class ActivationData:
@@ -61,7 +62,7 @@ class ActivationData:
             while epochs_drawn <= epoch:  # a resumed run redraws the permutations it skipped
                 order = torch.randperm(self.n_train, generator=generator).to(self.train.device)
                 epochs_drawn += 1
-            yield self.train[order[i * batch_size : (i + 1) * batch_size]].to(self.device)
+            yield batch_to_device(self.train, order[i * batch_size : (i + 1) * batch_size], self.device)
 
     def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(self.eval), batch_size):

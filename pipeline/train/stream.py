@@ -10,7 +10,8 @@ Which rows make up each batch is decided by `ShufflePlan` from indices alone, ne
 sequence is a pure function of (seed, step), and a resumed run replays the index logic of its
 epoch up to `start_step`, then reads only the chunks that still hold unused rows and those to come.
 A background thread reads and decodes the chunks in the order the plan will ask for them, at most
-`prefetch_chunks` ahead; scaling and conversion to float32 on the device happen per batch.
+`prefetch_chunks` ahead; each batch goes to the device in the stored dtype (`transfer`) and is
+converted to float32 and scaled there.
 """
 
 import itertools
@@ -26,6 +27,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.train.arrays import open_arrays, scale_columns, side_by_side
+from pipeline.train.transfer import batch_to_device
 
 THREAD_NAME = "pipeline-prefetch"
 _DONE = object()  # the reader's last item
@@ -189,9 +191,9 @@ class StreamingActivationData:
                         buffer = torch.empty((plan.max_rows(), rows.shape[1]), dtype=rows.dtype)
                     start = step.at + i * self.chunk_rows
                     buffer[start : start + self.chunk_rows] = rows
-                x = buffer[torch.from_numpy(step.take)]
+                x = batch_to_device(buffer, torch.from_numpy(step.take), self.device)
                 buffer[torch.from_numpy(step.holes)] = buffer[torch.from_numpy(step.fill)]
-                yield scale_columns(x.to(device=self.device, dtype=torch.float32), self.column_scales)
+                yield scale_columns(x, self.column_scales)
         finally:
             reader.close()
 
