@@ -53,7 +53,7 @@ def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:
 
 
 def _stack_order(arm: Arm) -> tuple:
-    """Equal for arms that differ only in what a stack lets differ per arm (`train.stack`): lr, and a per-arm penalty."""
+    """Equal for arms that differ only in what a stack lets differ per arm (`train.stack_arms`): lr, and a per-arm penalty."""
     per_arm_sparsity = SPARSITY_FIELD[arm.kind] in STACKABLE.get(arm.kind, ())
     return arm.kind, arm.n_features, arm.steps, arm.skip_connection, 0.0 if per_arm_sparsity else arm.sparsity
 
