@@ -90,7 +90,7 @@ class Coder(nn.Module):
         w_dec = torch.randn(self.d_in, self.n_features)
         w_dec *= decoder_norm / w_dec.norm(dim=0, keepdim=True)
         self.w_dec = nn.Parameter(w_dec)
-        self.w_enc = nn.Parameter(w_dec.t().clone())
+        self.w_enc = nn.Parameter(w_dec.t().contiguous())  # row-major, the layout of its gradients
         self.b_enc = nn.Parameter(torch.zeros(self.n_features))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
 

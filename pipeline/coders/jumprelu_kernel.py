@@ -19,7 +19,7 @@ g_S and g_P the upstream gradients of the sparsity and pre-activation terms, and
 
 import torch
 
-from pipeline.coders.relu_kernel import encode, per_arm, with_column
+from pipeline.coders.relu_kernel import encode, per_arm, weight_grad, with_column
 
 
 def _activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
@@ -109,6 +109,6 @@ class JumpReluSAELoss(torch.autograd.Function):
             g_f, pre, theta.unsqueeze(-2), norm.unsqueeze(-2), per_arm(g_sparsity), per_arm(g_preact),
             hp["tanh_scale"], hp["bandwidth"], hp["penalty"] == "tanh",
         )  # fmt: skip
-        g_enc = (g_pre.mT @ with_column(x, 1.0, dtype)).float()
-        g_w_dec = torch.addcmul((g_x_hat.to(dtype).mT @ f).float(), w_dec, (g_norm / norm.clamp_min(1e-12)).unsqueeze(-2))
-        return None, g_enc[..., :d], g_enc[..., d], g_w_dec, g_x_hat.sum(-2), g_theta * theta, None, None
+        g_enc = g_pre.mT @ with_column(x, 1.0, dtype)
+        g_w_dec = torch.addcmul(g_x_hat.to(dtype).mT @ f, w_dec, (g_norm / norm.clamp_min(1e-12)).unsqueeze(-2))
+        return None, weight_grad(g_enc[..., :d]), weight_grad(g_enc[..., d]), g_w_dec, g_x_hat.sum(-2), g_theta * theta, None, None

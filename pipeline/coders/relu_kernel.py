@@ -52,6 +52,15 @@ def encode(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, relu: bool
     return torch.addmm(b_enc, x, w_enc.t())
 
 
+def weight_grad(g: torch.Tensor) -> torch.Tensor:
+    """`g` (often a slice of a product's output) as a contiguous float32 gradient.
+
+    Autograd copies a gradient whose strides differ from its parameter's; converting the slice
+    straight to that layout makes the copy the only pass over it.
+    """
+    return g.float().contiguous()
+
+
 def per_arm(value: torch.Tensor) -> torch.Tensor:
     """A scalar, or one value per arm, shaped to broadcast against [..., rows, cols]."""
     return value[..., None, None]
@@ -81,9 +90,9 @@ class ReluSAELoss(torch.autograd.Function):
         g_norm_term = g_sparsity / rows
         g_f = with_column(g_x_hat, g_norm_term[..., None], dtype) @ dec.mT
         g_pre = torch.ops.aten.threshold_backward(g_f, f, 0.0)
-        g_enc = (g_pre.mT @ with_column(x, 1.0, dtype)).float()
-        g_dec = (with_column(g_x_hat, 1.0, dtype).mT @ f).float()
-        # The norm's gradient per feature first ([..., 1, N]), so the [d x N] work is one pass.
+        g_enc = g_pre.mT @ with_column(x, 1.0, dtype)
+        g_dec = with_column(g_x_hat, 1.0, dtype).mT @ f
+        # The norm's gradient per feature first ([..., 1, N]), so the [d x N] work is one pass (in float32).
         per_feature = per_arm(g_norm_term) * g_dec[..., d : d + 1, :] / norm.clamp_min(1e-12).unsqueeze(-2)
         g_w_dec = torch.addcmul(g_dec[..., :d, :], w_dec, per_feature)
-        return None, g_enc[..., :d], g_enc[..., d], g_w_dec, g_x_hat.sum(-2), None
+        return None, weight_grad(g_enc[..., :d]), weight_grad(g_enc[..., d]), g_w_dec, g_x_hat.sum(-2), None
