@@ -130,6 +130,48 @@ def test_a_diverging_arm_leaves_its_stack_and_the_others_train_on(data, tmp_path
         _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}")
 
 
+def test_without_memory_for_a_smaller_stack_the_remaining_arms_train_on_their_own(data, tmp_path, monkeypatch):
+    from pipeline.train.stack import ArmStack
+
+    original, calls = ArmStack._stacked, {"n": 0}
+
+    def stacked(self):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first stack is built; the one after arm 0 diverges is not
+            raise torch.OutOfMemoryError("no memory for the copy")
+        return original(self)
+
+    monkeypatch.setattr(ArmStack, "_stacked", stacked)
+    train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
+    arms = [(CoderConfig(n_features=32), replace(train, lr=1e30)), (CoderConfig(n_features=32), train), (CoderConfig(n_features=32), replace(train, lr=3e-3))]
+    fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
+    monkeypatch.undo()
+    assert calls["n"] == 2 and isinstance(fused[0], TrainingDiverged)
+    for i in (1, 2):
+        alone = train_run(*arms[i], data, tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
+        _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}")
+
+
+def test_a_grid_whose_arms_all_stopped_reads_no_more_batches(data, tmp_path):
+    class Counted:
+        def __init__(self, data):
+            self.data, self.drawn = data, 0
+
+        def __getattr__(self, name):
+            return getattr(self.data, name)
+
+        def batches(self, *args):
+            for batch in self.data.batches(*args):
+                self.drawn += 1
+                yield batch
+
+    counted = Counted(data)
+    train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e30, grad_clip=1e30, log_every=1)
+    fused = train_grid(_specs([(CoderConfig(n_features=32), train)] * 2, tmp_path), counted, DISABLED)
+    assert all(isinstance(outcome, TrainingDiverged) for outcome in fused)
+    assert counted.drawn < 20
+
+
 def test_the_last_arm_of_a_stack_trains_on_alone_in_memory_of_its_own(data, tmp_path):
     train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
     arms = [(CoderConfig(n_features=32), replace(train, lr=1e30)), (CoderConfig(n_features=32), train)]

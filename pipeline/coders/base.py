@@ -34,7 +34,7 @@ class SparseActs:
     """Feature activations kept as each row's active latents, so no [rows x features] tensor is formed."""
 
     index: torch.Tensor  # [rows, k] latent ids ([arms, rows, k] for a stack of coders)
-    values: torch.Tensor  # [rows, k] their activations (0 for a selected latent that did not fire)
+    values: torch.Tensor  # [rows, k] their activations (0 for a selected latent that did not fire); [arms, rows, k] for a stack
     n_features: int
 
     @property
@@ -54,19 +54,15 @@ class SparseActs:
         counts.index_add_(0, ids, (self.values > 0).flatten().int())
         return (counts > 0).view(*arms, self.n_features)
 
-    def arm(self, i: int) -> "SparseActs":
-        """Arm `i`'s activations out of a stack's."""
-        return SparseActs(self.index[i], self.values[i], self.n_features)
-
-
-def fired_features(f: "torch.Tensor | SparseActs") -> torch.Tensor:
-    """[n_features] bool: the latents active in some row of a batch's activations, dense or sparse."""
-    return f.fired() if isinstance(f, SparseActs) else (f > 0).reshape(-1, f.shape[-1]).any(0)
-
 
 def fired_in_batch(f: "torch.Tensor | SparseActs") -> torch.Tensor:
     """[..., n_features] bool: the latents active in some row of [..., rows, n_features] activations, per arm of a stack."""
     return f.fired() if isinstance(f, SparseActs) else (f > 0).any(-2)
+
+
+def with_rows_axis(v: torch.Tensor) -> torch.Tensor:
+    """A coder's vector ([dim]) as it is; a stack's ([arms, dim]) with a rows axis, to broadcast against [arms, rows, dim]."""
+    return v if v.dim() == 1 else v.unsqueeze(-2)
 
 
 def affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

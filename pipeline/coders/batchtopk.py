@@ -46,7 +46,8 @@ class BatchTopKSAE(TopKFamily):
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return pre * (pre > self.threshold)
+            theta = self.threshold.view(*self.arms, *[1] * (pre.dim() - len(self.arms)))  # one per arm of a stack
+            return pre * (pre > theta)
         flat = torch.relu(pre).reshape(*self.arms, -1)  # each arm of a stack selects over its own batch
         values, index = flat.topk(self.k * (flat.shape[-1] // self.n_features), dim=-1)
         return torch.zeros_like(flat).scatter(-1, index, values).view_as(pre)

@@ -30,7 +30,7 @@ back as `SparseActs`, never as a [rows x N] tensor. The AuxK term works the same
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder, SparseActs, affine, arm_offsets, compute_dtype, fired_in_batch
+from pipeline.coders.base import Coder, SparseActs, affine, arm_offsets, compute_dtype, fired_in_batch, with_rows_axis
 from pipeline.errors import ConfigError
 
 # While dead latents may exist, how many steps pass between reads of the true idle maximum.
@@ -106,7 +106,7 @@ class TopKFamily(Coder):
         self.register_load_state_dict_post_hook(_forget_idle_bound)
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        return affine(x - self.b_dec.unsqueeze(-2), self.w_enc, self.b_enc)
+        return affine(x - with_rows_axis(self.b_dec), self.w_enc, self.b_enc)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -116,7 +116,7 @@ class TopKFamily(Coder):
 
     def decode(self, f: torch.Tensor | SparseActs) -> torch.Tensor:
         if isinstance(f, SparseActs):
-            return self.sparse_decode(f) + self.b_dec.unsqueeze(-2)
+            return self.sparse_decode(f) + with_rows_axis(self.b_dec)
         return affine(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
 
     def updating(self) -> bool:
@@ -161,7 +161,7 @@ class TopKFamily(Coder):
         return self.idle_bound >= self.dead_tokens_threshold
 
     def selected_pre(self, x: torch.Tensor, pre: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """[rows, k] pre-activations of the latents in `index`, with gradients reaching only their encoder rows."""
+        """[..., rows, k] pre-activations of the latents in `index`, with gradients reaching only their encoder rows."""
         return SelectedPreActivations.apply(x, self.w_enc, self.b_enc, self.b_dec, pre, index)
 
     def sparse_decode(self, f: SparseActs) -> torch.Tensor:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from pipeline.coders.base import Coder, SparseActs, fired_features
+from pipeline.coders.base import Coder, SparseActs, fired_in_batch
 
 
 class FiringTracker:
@@ -17,7 +17,7 @@ class FiringTracker:
     def update(self, f: torch.Tensor | SparseActs) -> None:
         self.tokens += f.shape[0]
         # masked_fill_, unlike indexing with a mask, does not wait for the device.
-        self.last_fired.masked_fill_(fired_features(f), self.tokens)
+        self.last_fired.masked_fill_(fired_in_batch(f), self.tokens)
 
     def dead(self, window: int) -> tuple[torch.Tensor, int]:
         """(which features are dead, window used): runs shorter than `window` use all their tokens."""

@@ -13,7 +13,7 @@ finished whole coder from a `Parallel`. `none` is the single-process behaviour; 
 
 import torch
 
-from pipeline.coders.base import fired_features
+from pipeline.coders.base import fired_in_batch
 from pipeline.coders.registry import build
 from pipeline.config import CoderConfig, TrainConfig
 from pipeline.errors import ConfigError
@@ -134,7 +134,7 @@ class RowShardedFiring(FiringTracker):
         self.world_size = world_size
 
     def update(self, f) -> None:
-        fired = all_reduce_(fired_features(f).to(torch.uint8), "max").bool()
+        fired = all_reduce_(fired_in_batch(f).to(torch.uint8), "max").bool()
         self.tokens += f.shape[0] * self.world_size
         self.last_fired[fired] = self.tokens
 

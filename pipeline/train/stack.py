@@ -10,7 +10,8 @@ equals the arm trained alone up to the rounding of batched products.
 
 Arms stack when their kind is in `registry.STACKABLE`, they run on one process (`train.parallel` none) with
 `train.stack_arms` on, their configurations differ only in `train.lr` and the kind's per-arm coder
-fields, and they start at the same step (so they also stop at the same step).
+fields, and they start at the same step (their shared length and batch size make them stop at the
+same step too).
 """
 
 import json
@@ -48,13 +49,14 @@ def build_stacks(arms: dict[int, ArmRun]) -> list["ArmStack"]:
     for group in group_arms(arms):
         try:
             stacks.append(ArmStack({i: arms[i] for i in group}))
-        except Exception:  # noqa: BLE001 - the arms are whole either way: a failed copy leaves them as they were or as views
+        except torch.OutOfMemoryError:  # the arms are untouched: they become views only once the copy exists
             stacks += [ArmStack({i: arms[i]}) for i in group]
     return stacks
 
 
 class ArmStack:
-    """Arms (by grid position) trained on each batch together; one arm alone takes its own step."""
+    """Arms (by grid position) trained on each batch together; without a stacked coder (one arm, or no memory
+    for one) each arm takes its own step."""
 
     def __init__(self, arms: dict[int, ArmRun]):
         self.arms = dict(arms)
@@ -67,10 +69,11 @@ class ArmStack:
 
     def step(self, batch: torch.Tensor, step: int) -> dict[int, Exception]:
         """Trains every arm on `batch`; returns the arms that failed (they have left the stack)."""
-        if self.coder is None:
-            [(i, arm)] = self.arms.items()
-            return self._run(i, arm.step, batch, step)
         failed: dict[int, Exception] = {}
+        if self.coder is None:
+            for i, arm in list(self.arms.items()):
+                failed |= self._run(i, arm.step, batch, step)
+            return failed
         try:
             self._step_together(batch, step, failed)
         except Exception as err:  # noqa: BLE001 - the stack's shared work failed (e.g. out of memory): its arms stop
@@ -85,8 +88,8 @@ class ArmStack:
         """One step of every arm; arms whose own part (logging, checkpoint) fails go into `failed`."""
         arms = list(self.arms.items())
         x, target = arms[0][1].columns(batch)
-        for _, arm in arms:
-            sparsity_factor = arm.set_rate(step)  # the same for every arm: they share their schedules
+        # Every arm gets its own rate; the sparsity factor is one for all, as their schedules are shared.
+        sparsity_factor = [arm.set_rate(step) for _, arm in arms][0]
         with autocast(x.device, arms[0][1].cfg.precision):
             parts, f = self.coder.loss(x, sparsity_factor, **target)
         for a, (i, arm) in enumerate(arms):
@@ -101,17 +104,22 @@ class ArmStack:
                 failed |= self._run(i, arm.save_checkpoint_if_due, step)
 
     def _restack(self) -> None:
-        """After arms failed: the others in a new, smaller stack, or a lone arm in memory of its own."""
-        if len(self.arms) > 1:
-            self.coder = self._stacked()
-            return
+        """After arms failed: the others in a new, smaller stack; a lone arm, or all of them when no memory is
+        left for the new stack's copy, in memory of their own."""
         self.coder = None
+        if len(self.arms) > 1:
+            try:
+                self.coder = self._stacked()
+                return
+            except torch.OutOfMemoryError:
+                pass
         for arm in self.arms.values():
             for p in arm.coder.parameters():
                 p.data = p.data.clone()
             for name, buffer in arm.coder.named_buffers():
                 _set(arm.coder, name, buffer.clone())
             arm.firing.last_fired = arm.firing.last_fired.clone()
+        self.last_fired = None
 
     def _update(self, live: list[tuple[int, ArmRun]], grads: list[torch.Tensor], f: torch.Tensor | SparseActs, step: int) -> None:
         """`ArmRun.update` for the `live` arms (by slice) at once: per-arm clipping, Adam, after-step, firing history."""

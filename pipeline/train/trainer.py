@@ -2,7 +2,8 @@
 
 Every arm of a grid sees the batches it would see alone (the order is a pure function of the seed
 and the step) and is initialised from its own seed, so each arm's result equals the arm trained
-alone. Reading the store and building each batch happens once for all of them.
+alone: to the bit, or for arms trained as one stack (`stack`) up to the rounding of batched
+products. Reading the store and building each batch happens once for all of them.
 """
 
 import math
@@ -215,6 +216,8 @@ def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingCon
                             outcomes[i] = _finish(arm, data, splicer)
                         stack.arms.clear()
             stacks = [stack for stack in stacks if stack.arms]
+            if not stacks:  # every arm has finished or failed: the rest of the data is not needed
+                break
             progress.extra = "  ".join(f"loss {a.loss:.4g}" for a in [a for s in stacks for a in s.arms.values()][:4])
             progress.update(1)
         for stack in stacks:  # arms resumed at or past their last step

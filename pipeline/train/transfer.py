@@ -1,10 +1,10 @@
 """Batches of host rows moved to the training device without stalling it.
 
 Copying from ordinary (pageable) host memory to a GPU makes the host wait until the device has
-finished all the work queued before the copy, so each batch would cost a full stall between
-training steps. Rows gathered into page-locked memory copy asynchronously instead: the next
-batch travels while the current step runs. PyTorch's caching host allocator keeps each
-page-locked block until its copy has completed, so a block is never overwritten mid-copy.
+finished all the work queued before the copy: the device then idles while the host queues the
+next step's kernels, on every batch. From page-locked memory the copy is queued like a kernel and
+the host goes straight on. PyTorch's caching host allocator keeps each page-locked block until
+its copy has completed, so a block is never overwritten mid-copy.
 """
 
 import torch
