@@ -18,9 +18,9 @@ def train(cfg: PipelineConfig) -> None:
     from pipeline.store.activation_store import open_store
     from pipeline.store.schema import check_trainable
     from pipeline.sweep.arm import make_splicer
-    from pipeline.train.data import open_activation_data
-    from pipeline.train.distributed import process_group
-    from pipeline.train.ray_train import needs_workers, train_on_workers
+    from pipeline.activations.loading import open_activation_data
+    from pipeline.distributed.process_group import process_group
+    from pipeline.distributed.ray_train import needs_workers, train_on_workers
     from pipeline.train.trainer import train_run
 
     store = open_store(Path(cfg.out_dir) / "store.zarr")

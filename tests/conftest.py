@@ -63,7 +63,7 @@ def ray_session():
 
 
 def compose(*overrides: str):
-    from pipeline.cli import compose as cli_compose
+    from pipeline.config import compose as cli_compose
 
     return cli_compose(list(overrides))
 
@@ -123,8 +123,8 @@ def relu_gpt2(tmp_path_factory) -> Path:
 
 def harvest_in_process(model_dir: Path, out_dir: Path, hooks: list[str], **extra) -> ActivationStore:
     """The model's activations at `hooks` (the shape of `tiny_overrides`), harvested in this process without Ray."""
-    from pipeline.data.contexts import build_contexts
-    from pipeline.data.corpus import documents
+    from pipeline.text.contexts import build_contexts
+    from pipeline.text.corpus import documents
     from pipeline.harvest.stage import validate
     from pipeline.harvest.worker import HarvestWorker
     from pipeline.models.loading import load_tokenizer

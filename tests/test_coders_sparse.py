@@ -8,8 +8,8 @@ from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction
 from pipeline.coders.registry import build, coder_class, load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.train.data import ActivationData
-from pipeline.train.metrics import evaluate
+from pipeline.activations.loading import ActivationData
+from pipeline.evaluate.metrics import evaluate
 from pipeline.train.trainer import train_run
 
 

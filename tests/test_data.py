@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import DataConfig, ModelConfig
-from pipeline.data.contexts import build_contexts, special_tokens
-from pipeline.data.corpus import documents
+from pipeline.text.contexts import build_contexts, special_tokens
+from pipeline.text.corpus import documents
 from pipeline.errors import ConfigError
 from pipeline.models.loading import load_tokenizer
 

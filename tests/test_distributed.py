@@ -19,8 +19,8 @@ from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.train import checkpoint
-from pipeline.train.data import ActivationData
-from pipeline.train.distributed import process_group
+from pipeline.activations.loading import ActivationData
+from pipeline.distributed.process_group import process_group
 from pipeline.train.parallel import parallel_for
 from pipeline.train.trainer import train_run
 
@@ -269,7 +269,7 @@ def test_torchrun_trains_the_stage_on_two_ranks_as_one_process(synthetic_store, 
 def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_store, one_process, tmp_path):
     from conftest import compose
 
-    from pipeline.train.ray_train import train_on_workers
+    from pipeline.distributed.ray_train import train_on_workers
 
     out_dir = _stage_dir(synthetic_store, tmp_path / "out")
     train_on_workers(compose(*_overrides(out_dir, "ddp")), num_workers=2, use_gpu=False)
@@ -291,7 +291,7 @@ def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_sto
 def test_several_gpus_per_arm_need_whole_gpus_and_a_parallel_mode(overrides, field):
     from conftest import compose
 
-    from pipeline.train.ray_train import needs_workers, worker_count
+    from pipeline.distributed.ray_train import needs_workers, worker_count
 
     cfg = compose("launcher=ray", *overrides)
     assert needs_workers(cfg.launcher)

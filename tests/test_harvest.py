@@ -12,8 +12,8 @@ from conftest import compose, tiny_overrides
 
 def _reference(cfg, tmp_path) -> torch.Tensor:
     """The same store written by one worker in this process, without Ray."""
-    from pipeline.data.contexts import build_contexts
-    from pipeline.data.corpus import documents
+    from pipeline.text.contexts import build_contexts
+    from pipeline.text.corpus import documents
     from pipeline.models.loading import load_tokenizer
 
     attrs = validate(cfg)

@@ -439,7 +439,7 @@ def entrypoint_stages(entrypoint: str) -> list[list[str]]:
 
 
 def test_kuberay_manifests_define_a_gpu_cluster_and_a_job_that_harvests_then_sweeps():
-    from pipeline.cli import compose
+    from pipeline.config import compose
 
     pvc = load_yaml("k8s/pvc.yaml")
     assert pvc["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in pvc["spec"]["accessModes"]

@@ -4,9 +4,9 @@ import torch
 from pipeline.coders.registry import build
 from pipeline.config import CoderConfig, TrainConfig
 from pipeline.store.activation_store import ActivationStore
-from pipeline.train.arrays import CoderArrays
-from pipeline.train.data import ActivationData
-from pipeline.train.splice import Splicer
+from pipeline.activations.arrays import CoderArrays
+from pipeline.activations.loading import ActivationData
+from pipeline.evaluate.splice import Splicer
 
 from conftest import harvest_in_process
 

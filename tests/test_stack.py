@@ -7,7 +7,7 @@ import torch
 
 from pipeline.coders.registry import load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
-from pipeline.train.data import ActivationData
+from pipeline.activations.loading import ActivationData
 from pipeline.train.stack import build_stacks, group_arms
 from pipeline.train.trainer import ArmRun, ArmSpec, TrainingDiverged, train_grid, train_run
 

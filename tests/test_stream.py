@@ -9,9 +9,9 @@ from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs
-from pipeline.train import data as data_module
-from pipeline.train.data import ActivationData, open_activation_data
-from pipeline.train.stream import THREAD_NAME, ShufflePlan, StreamingActivationData
+from pipeline.activations import loading as data_module
+from pipeline.activations.loading import ActivationData, open_activation_data
+from pipeline.activations.stream import THREAD_NAME, ShufflePlan, StreamingActivationData
 from pipeline.train.trainer import train_run
 
 HOOK = "resid_post.0"

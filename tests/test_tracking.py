@@ -10,7 +10,7 @@ import torch
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.track.wandb_run import resolve_mode
-from pipeline.train.data import ActivationData
+from pipeline.activations.loading import ActivationData
 from pipeline.train.trainer import train_run
 
 
@@ -38,7 +38,7 @@ def test_disabled_tracking_never_imports_wandb(synthetic_store, tmp_path):
         "import sys, torch\n"
         "from pipeline.config import CoderConfig, TrackingConfig, TrainConfig\n"
         "from pipeline.store.activation_store import ActivationStore\n"
-        "from pipeline.train.data import ActivationData\n"
+        "from pipeline.activations.loading import ActivationData\n"
         "from pipeline.train.trainer import train_run\n"
         f"store = ActivationStore({str(synthetic_store.path)!r})\n"
         "data = ActivationData(store, 'resid_post.0', TrainConfig(eval_tokens=512), torch.device('cpu'))\n"

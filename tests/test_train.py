@@ -7,8 +7,8 @@ from pipeline.coders.registry import build, load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
-from pipeline.train.data import ActivationData
-from pipeline.train.metrics import FiringTracker, evaluate
+from pipeline.activations.loading import ActivationData
+from pipeline.evaluate.metrics import FiringTracker, evaluate
 from pipeline.train.trainer import TrainingDiverged, schedules, train_run
 
 from conftest import SYNTHETIC_D as D

@@ -10,10 +10,10 @@ from pipeline.store.activation_store import ActivationStore
 from pipeline.sweep.arm import run_arms
 from pipeline.sweep.plan import plan
 from pipeline.sweep.spec import SweepSpec, load_spec
-from pipeline.train.arrays import Columns, coder_arrays
-from pipeline.train.data import ActivationData
-from pipeline.train.metrics import evaluate
-from pipeline.train.splice import Splicer
+from pipeline.activations.arrays import Columns, coder_arrays
+from pipeline.activations.loading import ActivationData
+from pipeline.evaluate.metrics import evaluate
+from pipeline.evaluate.splice import Splicer
 from pipeline.train.trainer import ArmSpec, train_grid, train_run
 
 from conftest import compose, harvest_in_process, tiny_overrides

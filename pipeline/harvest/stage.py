@@ -4,8 +4,8 @@ import math
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.data.contexts import build_contexts
-from pipeline.data.corpus import documents
+from pipeline.text.contexts import build_contexts
+from pipeline.text.corpus import documents
 from pipeline.errors import ConfigError
 from pipeline.models.hooks import parse_hook
 from pipeline.models.loading import ModelInfo, describe, load_tokenizer
@@ -96,7 +96,7 @@ def run_harvest(cfg: PipelineConfig) -> ActivationStore:
         store.write_tokens(build_contexts(tokenizer, documents(cfg.data), store.layout.n_contexts, cfg.data.context_len, label))
     pending = store.incomplete_shards()
     if pending:
-        from pipeline.cluster import connect
+        from pipeline.distributed.cluster import connect
         from pipeline.harvest.coordinator import run_actors
 
         connect(cfg.ray)

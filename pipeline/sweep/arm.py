@@ -9,9 +9,9 @@ from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
 from pipeline.sweep.plan import Arm
 from pipeline.sweep.results import read_row, run_dir, write_row
-from pipeline.train.data import ActivationData, open_activation_data
-from pipeline.train.splice import Splicer
-from pipeline.train.stream import StreamingActivationData
+from pipeline.activations.loading import ActivationData, open_activation_data
+from pipeline.evaluate.splice import Splicer
+from pipeline.activations.stream import StreamingActivationData
 from pipeline.train.trainer import ArmSpec, train_grid
 
 _DATA_CACHE: dict[tuple, tuple] = {}  # per process: arms that share a store read it (and load its model) once

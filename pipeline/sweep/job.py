@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import PipelineConfig
 from pipeline.sweep.arm import run_arms
 from pipeline.sweep.plan import Arm
-from pipeline.train.ray_train import needs_workers, run_pack_on_workers
+from pipeline.distributed.ray_train import needs_workers, run_pack_on_workers
 
 
 def planned_arms(sweep_dir: Path, run_ids: list[str]) -> tuple[dict, list[Arm]]:

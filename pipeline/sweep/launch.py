@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.sweep.overrides import differing_overrides, format_value, quote
 from pipeline.sweep.plan import Arm
 from pipeline.sweep.results import read_row, write_row
-from pipeline.train.ray_train import needs_workers
+from pipeline.distributed.ray_train import needs_workers
 
 HYDRA_LAUNCHERS = {"local": "basic", "ray": "pipeline_ray", "slurm": "submitit_slurm"}
 
@@ -133,7 +133,7 @@ def hydra_launcher(cfg: PipelineConfig, sweep_dir: Path, group: str) -> Iterator
     from hydra.types import HydraContext, RunMode
     from omegaconf import open_dict
 
-    from pipeline.cli import CONF_DIR
+    from pipeline.config import CONF_DIR
     from pipeline.sweep.job import train_pack
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="sweep"):

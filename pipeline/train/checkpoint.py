@@ -112,7 +112,7 @@ def _feature_dims(coder, optimizer, tensors: dict[str, torch.Tensor]) -> dict[st
 def save_sharded(folder: Path, step: int, config: dict, coder, optimizer, firing, extra: dict) -> Path:
     """Called on every rank of a feature-sharded run with its `ShardedCoder`; returns the step folder."""
     from pipeline.store.activation_store import write_json_atomic
-    from pipeline.train.distributed import barrier
+    from pipeline.distributed.process_group import barrier
     from pipeline.train.sharded import bounds
 
     tensors, meta = _state(step, config, coder.local, optimizer, firing, extra)

@@ -18,8 +18,8 @@ from pipeline.coders.registry import build
 from pipeline.config import CoderConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.train import checkpoint
-from pipeline.train.distributed import World, all_gather, all_reduce_, world
-from pipeline.train.metrics import FiringTracker, density_histogram, evaluate
+from pipeline.distributed.process_group import World, all_gather, all_reduce_, world
+from pipeline.evaluate.metrics import FiringTracker, density_histogram, evaluate
 from pipeline.train.sharded import ShardedCoder, bounds, gather_whole
 
 MODES = ("none", "ddp", "features")

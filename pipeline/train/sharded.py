@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.coders.base import Coder
 from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction
 from pipeline.errors import ConfigError
-from pipeline.train.distributed import World, all_gather, all_reduce_, broadcast, shared_input, sum_over_ranks, world
+from pipeline.distributed.process_group import World, all_gather, all_reduce_, broadcast, shared_input, sum_over_ranks, world
 
 SHARDABLE = ("relu", "jumprelu", "topk", "batchtopk")
 

@@ -19,8 +19,8 @@ from pipeline.errors import ConfigError
 from pipeline.progress import Progress
 from pipeline.store.activation_store import write_json_atomic
 from pipeline.train import checkpoint
-from pipeline.train.arrays import Columns, coder_arrays
-from pipeline.train.data import ActivationData
+from pipeline.activations.arrays import Columns, coder_arrays
+from pipeline.activations.loading import ActivationData
 from pipeline.train.parallel import parallel_for
 
 PRECISIONS = ("auto", "bfloat16", "float32")

@@ -1,6 +1,6 @@
 """Benchmark of the store's codecs on real activations: compression ratio, write and read speed.
 
-    python -m pipeline.store.bench STORE [--hook H] [--rows N] [--repeats R]
+    python -m pipeline.bench.store STORE [--hook H] [--rows N] [--repeats R]
 
 Reads N rows of one hook from an existing store, then for each (dtype, codec) writes them into a
 fresh store in a temporary folder shard by shard, as a harvest does, and reads them back.

@@ -36,7 +36,7 @@ def run_on_workers(fn, args: tuple, cfg: PipelineConfig, name: str, num_workers:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.cluster import connect
+    from pipeline.distributed.cluster import connect
 
     connect(cfg.ray)
     trainer = TorchTrainer(
@@ -83,7 +83,7 @@ def _pack_rank(cfg: PipelineConfig, arms: list, hook: str, sweep_dir: Path, grou
     from pipeline.models.loading import pick_device
     from pipeline.sweep.arm import activation_data, arm_configs, run_arms
     from pipeline.sweep.results import run_dir
-    from pipeline.train.distributed import process_group
+    from pipeline.distributed.process_group import process_group
     from pipeline.train.trainer import ArmSpec, train_grid
 
     with process_group(pick_device(cfg.train.device)) as world:

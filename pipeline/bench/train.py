@@ -1,6 +1,6 @@
 """Training-step benchmark: tokens/s and achieved TFLOP/s per coder kind against the matrix peak of the same run.
 
-    python -m pipeline.train.bench [--steps 30] [--peers] [--skip-grid] [--skip-steps] [--profile]
+    python -m pipeline.bench.train [--steps 30] [--peers] [--skip-grid] [--skip-steps] [--profile]
 
 A step is what the trainer does per batch: the loss under the training precision (bfloat16
 autocast on CUDA), backward, global-norm clipping, Adam and the coder's after-step. Steps run on
@@ -189,7 +189,7 @@ def _peer(make, kind: str, n_features: int, batch: int):
 
 def grid_comparison(cache: str, arms: int = 8) -> None:
     """Wall time of `arms` ReLU arms trained fused on one pass over a store, and one after another."""
-    from pipeline.train.data import open_activation_data
+    from pipeline.activations.loading import open_activation_data
     from pipeline.train.trainer import ArmSpec, train_grid
 
     rows, n_features, batch = (2_097_152, 8192, 4096) if CUDA else (32_768, 512, 1024)
@@ -224,7 +224,7 @@ def step_overhead(steps: int, arms: int = 8) -> None:
     Tiny arms leave the device idle, so this is what launching a step costs; a grid of small arms
     on a GPU runs at this rate.
     """
-    from pipeline.train.data import open_activation_data
+    from pipeline.activations.loading import open_activation_data
     from pipeline.train.stack import build_stacks
     from pipeline.train.trainer import ArmRun, ArmSpec
 

@@ -25,7 +25,7 @@ from pipeline.config import ModelConfig
 from pipeline.models.hooks import find_blocks, first_input, is_input_site, module_of, parse_hook
 from pipeline.models.loading import load_model
 from pipeline.store.activation_store import ActivationStore
-from pipeline.train.arrays import CoderArrays
+from pipeline.activations.arrays import CoderArrays
 
 # Sees the activation at a hook point and returns its replacement, or None to leave it as it is.
 Rewrite = Callable[[torch.Tensor], torch.Tensor | None]

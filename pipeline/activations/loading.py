@@ -17,9 +17,9 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
-from pipeline.train.arrays import data_arrays, open_arrays, scale_columns, side_by_side
-from pipeline.train.stream import StreamingActivationData
-from pipeline.train.transfer import batch_to_device
+from pipeline.activations.arrays import data_arrays, open_arrays, scale_columns, side_by_side
+from pipeline.activations.stream import StreamingActivationData
+from pipeline.activations.transfer import batch_to_device
 
 
 class ActivationData:

@@ -1,6 +1,6 @@
 """Harvest benchmark: bare forward pass, raw store writes, and the two together, for one model and batch.
 
-    python -m pipeline.harvest.bench [key=value ...]   (the same overrides as `pipeline harvest`)
+    python -m pipeline.bench.harvest [key=value ...]   (the same overrides as `pipeline harvest`)
 
 All three run in this process on the configured model, hooks, batch and store settings, on
 contexts of random token ids (throughput does not depend on the text); `model.name=random:gpt2`
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cli import compose
+from pipeline.config import compose
 from pipeline.harvest.stage import planned_attrs
 from pipeline.harvest.worker import CONCURRENT, HarvestWorker
 from pipeline.models.hooks import parse_hook, run_to_hooks

@@ -26,8 +26,8 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
-from pipeline.train.arrays import open_arrays, scale_columns, side_by_side
-from pipeline.train.transfer import batch_to_device
+from pipeline.activations.arrays import open_arrays, scale_columns, side_by_side
+from pipeline.activations.transfer import batch_to_device
 
 THREAD_NAME = "pipeline-prefetch"
 _DONE = object()  # the reader's last item

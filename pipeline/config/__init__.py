@@ -1,0 +1,24 @@
+"""The bottom layer: every stage's configuration schema, and composing it from conf/ and overrides."""
+
+from pipeline.config.compose import CONF_DIR, compose
+from pipeline.config.schema import (
+    CoderConfig,
+    DataConfig,
+    FitConfig,
+    HarvestConfig,
+    LauncherConfig,
+    ModelConfig,
+    PipelineConfig,
+    RayConfig,
+    StoreConfig,
+    SweepConfig,
+    TrackingConfig,
+    TrainConfig,
+    register_configs,
+)
+
+__all__ = [
+    "CONF_DIR", "CoderConfig", "DataConfig", "FitConfig", "HarvestConfig", "LauncherConfig", "ModelConfig",
+    "PipelineConfig", "RayConfig", "StoreConfig", "SweepConfig", "TrackingConfig", "TrainConfig", "compose",
+    "register_configs",
+]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Running across processes: the torch process group and its collectives, Ray clusters, Ray Train workers."""
