@@ -2,11 +2,22 @@
 
 from pathlib import Path
 
+from pipeline.activations.loading import open_activation_data
 from pipeline.config import PipelineConfig
+from pipeline.distributed.process_group import process_group
+from pipeline.distributed.ray_train import needs_workers, run_on_ranks, worker_count
 from pipeline.errors import ConfigError
+from pipeline.fit.stage import read_results, run_fit, summary_table
 from pipeline.harvest import stage as harvest_stage
+from pipeline.models.loading import pick_device
+from pipeline.store.activation_store import open_store
+from pipeline.store.schema import check_trainable
 from pipeline.sweep import stage as sweep_stage
+from pipeline.sweep.arm import make_splicer
+from pipeline.sweep.launch import check_launcher
 from pipeline.sweep.plan import format_table
+from pipeline.track.wandb_run import open_tracker, resolve_mode
+from pipeline.train.trainer import train_run
 
 
 def harvest(cfg: PipelineConfig) -> None:
@@ -14,25 +25,34 @@ def harvest(cfg: PipelineConfig) -> None:
 
 
 def train(cfg: PipelineConfig) -> None:
-    from pipeline.models.loading import pick_device
-    from pipeline.store.activation_store import open_store
-    from pipeline.store.schema import check_trainable
-    from pipeline.sweep.arm import make_splicer
-    from pipeline.activations.loading import open_activation_data
-    from pipeline.distributed.process_group import process_group
-    from pipeline.distributed.ray_train import needs_workers, train_on_workers
-    from pipeline.train.trainer import train_run
+    store = open_store(Path(cfg.out_dir) / "store.zarr")
+    check_trainable(store.attrs, cfg.model.name, cfg.train.hook or store.hooks[0], str(store.path))
+    if needs_workers(cfg.launcher):  # several GPUs for this run: a Ray Train worker on each runs the body
+        name = f"train-{cfg.coder.kind}-N{cfg.coder.n_features}"
+        run_on_ranks(
+            train_on_rank,
+            (cfg,),
+            num_workers=worker_count(cfg),
+            use_gpu=True,
+            ray=cfg.ray,
+            out_dir=cfg.out_dir,
+            name=name,
+        )
+    else:
+        train_on_rank(cfg)
 
+
+def train_on_rank(cfg: PipelineConfig) -> None:
+    """The train stage's body in this process: alone, or as one rank of torchrun or Ray Train.
+
+    Every rank runs it with the same config (`train.parallel` says how they split the work); rank 0
+    writes the run folder and reports.
+    """
     store = open_store(Path(cfg.out_dir) / "store.zarr")
     hook = cfg.train.hook or store.hooks[0]
-    check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
-    if needs_workers(cfg.launcher):  # several GPUs for this run: Ray Train workers each run this stage
-        train_on_workers(cfg)
-        return
     run_id = f"{cfg.coder.kind}_N{cfg.coder.n_features}_lr{cfg.train.lr:g}_s{cfg.train.seed}"
     run_dir = Path(cfg.out_dir) / "train" / run_id
     device = pick_device(cfg.train.device)
-    # Under torchrun or Ray Train every rank runs this with the same config (train.parallel says how they split).
     with process_group(device) as world:
         data = open_activation_data(store, hook, cfg.train, device)
         splicer = make_splicer(store, cfg.train, device) if world.main else None
@@ -53,8 +73,6 @@ def fit_paths(cfg: PipelineConfig) -> list[Path]:
 
 
 def fit(cfg: PipelineConfig) -> dict:
-    from pipeline.fit.stage import read_results, run_fit, summary_table
-
     table = read_results(fit_paths(cfg))
     out = Path(cfg.out_dir) / "fit"
     result = run_fit(table, out, cfg.fit)
@@ -66,11 +84,14 @@ def fit(cfg: PipelineConfig) -> dict:
 
 def track_fit(cfg: PipelineConfig, table, result: dict, out: Path) -> None:
     """One W&B run for the sweep as a whole: its results table, the fitted laws and the plots."""
-    from pipeline.track.wandb_run import open_tracker
-
     laws = {k: result[k] for k in ("n_opt", "tokens_opt", "lr_opt") if result.get(k)}
     tracker = open_tracker(
-        cfg.tracking, name=f"fit-{Path(cfg.sweep.name).stem}", group=Path(cfg.sweep.name).stem, config={"fit": laws}, folder=out, job_type="fit"
+        cfg.tracking,
+        name=f"fit-{Path(cfg.sweep.name).stem}",
+        group=Path(cfg.sweep.name).stem,
+        config={"fit": laws},
+        folder=out,
+        job_type="fit",
     )
     if tracker is None:
         return
@@ -99,9 +120,6 @@ STAGES = {"harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run":
 
 
 def run_stage(name: str, cfg: PipelineConfig) -> None:
-    from pipeline.sweep.launch import check_launcher
-    from pipeline.track.wandb_run import resolve_mode
-
     resolve_mode(cfg.tracking)
     check_launcher(cfg)
     STAGES[name](cfg)

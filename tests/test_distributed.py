@@ -269,10 +269,12 @@ def test_torchrun_trains_the_stage_on_two_ranks_as_one_process(synthetic_store, 
 def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_store, one_process, tmp_path):
     from conftest import compose
 
-    from pipeline.distributed.ray_train import train_on_workers
+    from pipeline.distributed.ray_train import run_on_ranks
+    from pipeline.stages import train_on_rank
 
     out_dir = _stage_dir(synthetic_store, tmp_path / "out")
-    train_on_workers(compose(*_overrides(out_dir, "ddp")), num_workers=2, use_gpu=False)
+    cfg = compose(*_overrides(out_dir, "ddp"))
+    run_on_ranks(train_on_rank, (cfg,), num_workers=2, use_gpu=False, ray=cfg.ray, out_dir=cfg.out_dir, name="t")
     alone, alone_dir = one_process(
         CoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
     )

@@ -1,16 +1,20 @@
 """Choosing the sweep's Hydra launcher by config, and what each one is handed (no Slurm here: what it would submit)."""
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
+from pipeline.sweep.configs import ARMS, arm_config, read_arm_configs, write_arm_configs
+from pipeline.sweep.job import job_overrides
 from pipeline.sweep.launch import hydra_launcher, launch
-from pipeline.sweep.overrides import differing_overrides
 from pipeline.sweep.plan import plan
 from pipeline.sweep.spec import SweepSpec
 
@@ -54,24 +58,45 @@ def test_hydra_discovers_the_projects_ray_launcher_from_the_installed_package(tm
 )  # fmt: skip
 def test_launcher_name_chooses_the_hydra_plugin_and_its_resources(tmp_path, overrides, plugin, settings):
     cfg = compose(f"out_dir={tmp_path}", *overrides)
-    with hydra_launcher(cfg, tmp_path / "sweep", "grp") as (launcher, shared):
+    with hydra_launcher(cfg, tmp_path / "sweep", "grp") as launcher:
         assert type(launcher).__name__ == plugin
         for name, value in settings.items():
             got = getattr(launcher, name)
             assert (value.items() <= got.items()) if isinstance(value, dict) else got == value
-    assert compose(*shared) == cfg  # the jobs' overrides give back the sweep's configuration
+        assert launcher.config.hydra.sweep.dir == str(tmp_path / "sweep" / "jobs")
 
 
-def test_overrides_give_back_the_configuration_with_awkward_values():
+def _awkward():
+    """A sweep's configuration with values that quoting and typing could get wrong."""
     cfg = compose(
         "sweep=smoke", "sweep.pack=3", "harvest.hooks=[resid_post.1,mlp_in.2]", "train.lr=1e-30", "launcher=slurm"
     )
-    cfg.out_dir = "runs/a b'c,d\\"
     cfg.data.name = "it's [a], {b}: c\\'d"
     cfg.launcher.setup = ["module load cuda", "export X='1 2'"]
-    again = compose(*differing_overrides(cfg, compose()))
-    assert again == cfg
-    assert differing_overrides(compose(), compose()) == []
+    return cfg
+
+
+def test_every_arms_configuration_is_read_back_as_the_same_dataclasses(tmp_path):
+    cfg = replace(_awkward(), out_dir=str(tmp_path / "out"))
+    arms = plan(SweepSpec(kind="topk", budgets=[1e9], n_features=[8, 16], lrs=[1e-3, 3e-4], sparsity=[4]), 16, 10**6)
+    write_arm_configs(tmp_path, cfg, arms)
+    assert sorted(json.loads((tmp_path / ARMS).read_text())) == sorted(a.run_id for a in arms)
+    picked = [arms[2], arms[0]]
+    again = read_arm_configs(tmp_path, [a.run_id for a in picked])
+    assert again == [arm_config(cfg, a) for a in picked]
+    first = again[1]
+    assert (first.coder.kind, first.coder.n_features, first.coder.k, first.train.lr) == ("topk", 8, 4, 1e-3)
+    assert first.train.tokens == arms[0].tokens and first.sweep.arms == [arms[0].run_id]
+    assert first.data.name == cfg.data.name and first.launcher.setup == cfg.launcher.setup
+    with pytest.raises(KeyError, match="sweep.arms: nope"):
+        read_arm_configs(tmp_path, ["nope"])
+
+
+def test_a_job_is_told_only_its_out_dir_and_its_arms():
+    out_dir = Path("runs/a b'c,d\\")
+    ids = ["relu_C1e+09_N8_lr0.001_l1-5_s0", "it's, odd"]
+    job = compose(*job_overrides(out_dir, ids))
+    assert job == replace(compose(), out_dir=str(out_dir), sweep=replace(compose().sweep, arms=ids))
 
 
 def test_sweep_name_pack_and_retries_are_set_on_the_command_line():
@@ -107,6 +132,8 @@ def test_the_slurm_launcher_writes_one_array_job_per_pack_of_arms(tmp_path, subm
         "launcher.array_parallelism=2", "launcher.setup=[module load cuda]", "sweep.pack=2",
     ]  # fmt: skip
     cfg = compose(f"out_dir={tmp_path}", *slurm)
+    (tmp_path / "sweep").mkdir()
+    write_arm_configs(tmp_path / "sweep", cfg, arms)
     with pytest.raises(ConfigError, match="launcher.name: slurm could not run 'sbatch'"):
         launch(cfg, arms, "resid_post.0", tmp_path / "sweep", "tiny")
 
@@ -129,8 +156,10 @@ def test_the_slurm_launcher_writes_one_array_job_per_pack_of_arms(tmp_path, subm
     for call in calls:
         overrides, job_dir_key = call.args[0], call.args[1]
         assert job_dir_key == "hydra.sweep.dir"
-        job = compose(*overrides)  # what the job will compose on its node
-        assert job.out_dir == str(tmp_path) and job.launcher.partition == "gpu-small" and job.sweep.pack == 2
+        job = compose(*overrides)  # what the job will compose on its node: where the sweep is, and its arms
+        assert overrides == job_overrides(tmp_path, job.sweep.arms) and job.out_dir == str(tmp_path)
+        [arm] = read_arm_configs(tmp_path / "sweep", job.sweep.arms[:1])  # what it then trains with
+        assert arm.launcher.partition == "gpu-small" and arm.sweep.pack == 2
         packs.append(job.sweep.arms)
     assert sorted(len(p) for p in packs) == [1, 2, 2]
     assert sorted(r for p in packs for r in p) == sorted(a.run_id for a in arms)

@@ -8,6 +8,7 @@ from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.sweep.arm import run_arms
+from pipeline.sweep.configs import arm_config
 from pipeline.sweep.plan import plan
 from pipeline.sweep.spec import SweepSpec, load_spec
 from pipeline.activations.arrays import Columns, coder_arrays
@@ -359,7 +360,8 @@ def test_a_transcoder_sweep_pack_trains_and_records_its_arms(relu_store, relu_gp
     cfg = compose(*tiny_overrides(relu_gpt2, out_dir, **{"train.eval_tokens": 256, "train.splice_contexts": 2}))
     spec = SweepSpec(kind="transcoder", budgets=[2e8], n_features=[32, 64], lrs=[1e-2], sparsity=[0.1], batch_size=64, **TRANSCODER)
     arms = plan(spec, d_in=32, train_rows=2400 - 256)
-    rows = run_arms(cfg, arms, "mlp_in.0", out_dir / "sweep", "g")  # the stage's default hook is overridden by the spec's
+    configs = [arm_config(cfg, a) for a in arms]
+    rows = run_arms(arms, configs, "mlp_in.0", out_dir / "sweep", "g")  # the stage's default hook is overridden by the spec's
     assert [r["status"] for r in rows] == ["done", "done"], rows[0]["error"]
     assert all(r["fvu"] < 0.6 and r["kl"] > 0 and r["flops"] <= 2e8 for r in rows)
     config = load(out_dir / "sweep" / "runs" / arms[0].run_id / "coder").config()

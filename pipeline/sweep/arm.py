@@ -3,39 +3,23 @@
 import traceback
 from pathlib import Path
 
-from pipeline.coders.registry import SPARSITY_FIELD
-from pipeline.config import CoderConfig, PipelineConfig, TrainConfig
+from pipeline.activations.loading import ActivationData, open_activation_data
+from pipeline.activations.stream import StreamingActivationData
+from pipeline.config import PipelineConfig, TrainConfig
+from pipeline.distributed.process_group import process_group
+from pipeline.evaluate.splice import Splicer
 from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
 from pipeline.sweep.plan import Arm
 from pipeline.sweep.results import read_row, run_dir, write_row
-from pipeline.activations.loading import ActivationData, open_activation_data
-from pipeline.evaluate.splice import Splicer
-from pipeline.activations.stream import StreamingActivationData
 from pipeline.train.trainer import ArmSpec, train_grid
 
 _DATA_CACHE: dict[tuple, tuple] = {}  # per process: arms that share a store read it (and load its model) once
 
 
-def arm_configs(cfg: PipelineConfig, arm: Arm) -> tuple[CoderConfig, TrainConfig]:
-    sparsity_field = SPARSITY_FIELD[arm.kind]
-    sparsity = int(arm.sparsity) if sparsity_field == "k" else arm.sparsity
-    shape = {"kind": arm.kind, "n_features": arm.n_features, sparsity_field: sparsity, "skip_connection": arm.skip_connection}
-    coder = CoderConfig(**{**_fields(cfg.coder), **shape})
-    # The sweep file names the arrays a transcoder or CLT reads; an SAE's hook falls back to train.hook.
-    arrays = {"hook": arm.hook or cfg.train.hook, "target_hook": arm.target_hook, "layers": list(arm.layers)}
-    steps = {"tokens": arm.tokens, "batch_size": arm.batch_size, "lr": arm.lr, "seed": arm.seed}
-    train = TrainConfig(**{**_fields(cfg.train), **arrays, **steps})
-    return coder, train
-
-
-def _fields(node) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(vars(node))
-
-
-def activation_data(store_path: Path, hook: str, train: TrainConfig) -> tuple[ActivationData | StreamingActivationData, Splicer | None]:
+def activation_data(
+    store_path: Path, hook: str, train: TrainConfig
+) -> tuple[ActivationData | StreamingActivationData, Splicer | None]:
     device = pick_device(train.device)
     key = (
         str(store_path), hook, train.target_hook, tuple(train.layers), str(device), train.eval_tokens,
@@ -55,16 +39,22 @@ def make_splicer(store, train: TrainConfig, device) -> Splicer | None:
     return Splicer(store, train.splice_contexts, device)
 
 
-def run_arms(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, group: str) -> list[dict]:
-    """Trains the arms as one fused grid and writes each one's row; failures are recorded, never raised."""
+def _pack(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str):
+    """The pack's ArmSpecs, and its data and splicer (arms of one pack read the same arrays)."""
+    specs = [ArmSpec(c.coder, c.train, run_dir(sweep_dir, a.run_id), a.run_id, group) for a, c in zip(arms, configs)]
+    store_path = Path(configs[0].out_dir) / "store.zarr"
+    return specs, *activation_data(store_path, specs[0].train.hook or hook, specs[0].train)
+
+
+def run_arms(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str) -> list[dict]:
+    """Trains the arms (each with its configuration) as one fused grid and writes each one's row.
+
+    Failures are recorded, never raised.
+    """
     attempts = {arm.run_id: (read_row(sweep_dir, arm.run_id) or {}).get("attempts", 0) + 1 for arm in arms}
-    specs = []
-    for arm in arms:
-        coder, train = arm_configs(cfg, arm)
-        specs.append(ArmSpec(coder, train, run_dir(sweep_dir, arm.run_id), arm.run_id, group))
     try:
-        data, splicer = activation_data(Path(cfg.out_dir) / "store.zarr", specs[0].train.hook or hook, specs[0].train)
-        outcomes = train_grid(specs, data, cfg.tracking, splicer)
+        specs, data, splicer = _pack(arms, configs, hook, sweep_dir, group)
+        outcomes = train_grid(specs, data, configs[0].tracking, splicer)
     except Exception as err:  # noqa: BLE001 - a failing pack must not stop the other packs
         outcomes = [err] * len(arms)
     rows = []
@@ -76,3 +66,16 @@ def run_arms(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, g
         else:
             rows.append(write_row(sweep_dir, arm, "done", attempts[arm.run_id], outcome))
     return rows
+
+
+def run_arms_on_rank(
+    arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str
+) -> list[dict] | None:
+    """`run_arms` as one rank of several (Ray Train workers): rank 0 runs it and returns its rows;
+    the other ranks train the same arms beside it and write nothing."""
+    with process_group(pick_device(configs[0].train.device)) as world:
+        if world.main:
+            return run_arms(arms, configs, hook, sweep_dir, group)
+        specs, data, _ = _pack(arms, configs, hook, sweep_dir, group)
+        train_grid(specs, data, configs[0].tracking)
+        return None

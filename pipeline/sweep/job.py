@@ -1,18 +1,20 @@
 """One launched job of a sweep: the Hydra task function that trains one pack of arms.
 
-The launcher composes the job's configuration from overrides; `sweep.arms` names the pack, and the
-plan written before launching (`<out_dir>/sweep/plan.json`) gives each arm's shape, the hook and the group.
+A job is told only `out_dir` and its arms (`sweep.arms`); the plan written before launching
+(`<out_dir>/sweep/plan.json`) gives each arm's shape, the hook and the group, and `arms.json` beside
+it each arm's configuration.
 """
 
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline.config import PipelineConfig
-from pipeline.sweep.arm import run_arms
+from pipeline.distributed.ray_train import needs_workers, run_on_ranks, worker_count
+from pipeline.sweep.arm import run_arms, run_arms_on_rank
+from pipeline.sweep.configs import read_arm_configs
+from pipeline.sweep.overrides import format_value
 from pipeline.sweep.plan import Arm
-from pipeline.distributed.ray_train import needs_workers, run_pack_on_workers
 
 
 def planned_arms(sweep_dir: Path, run_ids: list[str]) -> tuple[dict, list[Arm]]:
@@ -25,13 +27,30 @@ def planned_arms(sweep_dir: Path, run_ids: list[str]) -> tuple[dict, list[Arm]]:
     return plan, [by_id[r] for r in run_ids]
 
 
+def job_overrides(out_dir: Path, run_ids: list[str]) -> list[str]:
+    """All a job is told: where the sweep is, and which of its arms to train."""
+    return [f"out_dir={format_value(str(out_dir))}", f"sweep.arms={format_value(run_ids)}"]
+
+
 def train_pack(job_cfg: DictConfig) -> list[dict]:
-    """Trains the arms of `sweep.arms` fused in this process and returns their result rows."""
-    cfg: PipelineConfig = OmegaConf.to_object(job_cfg)
-    sweep_dir = Path(cfg.out_dir) / "sweep"
-    plan, arms = planned_arms(sweep_dir, list(cfg.sweep.arms))
-    train = run_pack_on_workers if needs_workers(cfg.launcher) else run_arms
-    rows = train(cfg, arms, plan["hook"], sweep_dir, group=plan["sweep"])
+    """Trains the arms of `sweep.arms` fused in this process (or on several workers) and returns their result rows."""
+    sweep_dir = Path(job_cfg.out_dir) / "sweep"
+    plan, arms = planned_arms(sweep_dir, list(job_cfg.sweep.arms))
+    configs = read_arm_configs(sweep_dir, [a.run_id for a in arms])
+    pack, cfg = (arms, configs, plan["hook"], sweep_dir, plan["sweep"]), configs[0]
+    if needs_workers(cfg.launcher):  # several GPUs for the pack: a Ray Train worker on each trains it
+        name = f"pack-{arms[0].run_id}"
+        rows = run_on_ranks(
+            run_arms_on_rank,
+            pack,
+            num_workers=worker_count(cfg),
+            use_gpu=True,
+            ray=cfg.ray,
+            out_dir=cfg.out_dir,
+            name=name,
+        )
+    else:
+        rows = run_arms(*pack)
     done = sum(r["status"] == "done" for r in rows)
     print(f"sweep: pack {arms[0].run_id} (+{len(arms) - 1}): {done} done, {len(rows) - done} failed", flush=True)
     return rows

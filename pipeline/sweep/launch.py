@@ -1,25 +1,33 @@
 """Handing a sweep's packs of arms to the Hydra launcher plugin that `launcher.name` chooses.
 
-Each Hydra job trains one pack (`pipeline.sweep.job.train_pack`), configured by the sweep's own overrides
-plus `sweep.arms=[...]`. `local` is Hydra's basic launcher (jobs one after another in this process), `ray`
-the project's Ray task launcher (`hydra_plugins/pipeline_launchers`), `slurm` hydra-submitit-launcher (a
-Slurm job array submitted through submitit; the call waits for the array to finish).
+Each Hydra job trains one pack (`pipeline.sweep.job.train_pack`); its overrides name only the out_dir and
+the pack's arms, whose configurations it reads from the sweep folder. `local` is Hydra's basic launcher
+(jobs one after another in this process), `ray` the project's Ray task launcher
+(`hydra_plugins/pipeline_launchers`), `slurm` hydra-submitit-launcher (a Slurm job array submitted
+through submitit; the call waits for the array to finish).
 """
 
-import dataclasses
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
+from hydra.experimental.callback import Callback
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext
+
 from pipeline.coders.registry import SPARSITY_FIELD, STACKABLE
-from pipeline.config import PipelineConfig
+from pipeline.config import CONF_DIR, PipelineConfig
+from pipeline.distributed.ray_train import needs_workers
 from pipeline.errors import ConfigError
-from pipeline.sweep.overrides import differing_overrides, format_value, quote
+from pipeline.sweep.job import job_overrides, train_pack
+from pipeline.sweep.overrides import format_value, quote
 from pipeline.sweep.plan import Arm
 from pipeline.sweep.results import read_row, write_row
-from pipeline.distributed.ray_train import needs_workers
 
 HYDRA_LAUNCHERS = {"local": "basic", "ray": "pipeline_ray", "slurm": "submitit_slurm"}
 
@@ -102,7 +110,8 @@ def hydra_overrides(cfg: PipelineConfig, sweep_dir: Path, group: str) -> list[st
 def launch(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, group: str) -> list[dict]:
     """Runs every pack of `arms` as one job of the chosen launcher; returns the rows the jobs wrote.
 
-    `hook` and `group` reach the jobs through the plan in `sweep_dir`, written before this is called.
+    `hook` and `group` reach the jobs through the plan in `sweep_dir`, and each arm's configuration
+    through `arms.json` beside it, both written before this is called.
     """
     groups = packs(arms, cfg.sweep.pack)
     if not groups:
@@ -120,53 +129,28 @@ def launch(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, gro
 
 
 @contextmanager
-def hydra_launcher(cfg: PipelineConfig, sweep_dir: Path, group: str) -> Iterator[tuple[Any, list[str]]]:
-    """The Hydra launcher plugin `launcher.name` chooses, set up to run `train_pack`, and the overrides every job shares.
+def hydra_launcher(cfg: PipelineConfig, sweep_dir: Path, group: str) -> Iterator[Launcher]:
+    """The Hydra launcher plugin `launcher.name` chooses, set up to run `train_pack`.
 
-    Hydra composes each job's configuration from `conf/` and its overrides, so the overrides restate every
-    field of `cfg` that differs from what `conf/` gives alone.
+    The launcher composes each job's configuration from `conf/`, these Hydra settings and the job's own overrides.
     """
-    from hydra import initialize_config_dir
-    from hydra._internal.callbacks import Callbacks
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.plugins import Plugins
-    from hydra.types import HydraContext, RunMode
-    from omegaconf import open_dict
-
-    from pipeline.config import CONF_DIR
-    from pipeline.sweep.job import train_pack
-
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="sweep"):
-        hydra = GlobalHydra.instance().hydra
-        base = hydra.compose_config("config", [], run_mode=RunMode.RUN)
-        with open_dict(base):
-            del base["hydra"]
-        shared = differing_overrides(_job_config(cfg), base)
-        master = hydra.compose_config(
-            "config", hydra_overrides(cfg, sweep_dir, group) + shared, run_mode=RunMode.MULTIRUN
-        )
-        context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(master))
-        yield (
-            Plugins.instance().instantiate_launcher(hydra_context=context, task_function=train_pack, config=master),
-            shared,
-        )
+        config = compose("config", hydra_overrides(cfg, sweep_dir, group), return_hydra_config=True)
+        # The project sets no Hydra callbacks, so the jobs notify none: the base Callback does nothing.
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callback())
+        yield Plugins.instance().instantiate_launcher(hydra_context=context, task_function=train_pack, config=config)
 
 
 def _run_jobs(cfg: PipelineConfig, groups: list[list[Arm]], sweep_dir: Path, group: str) -> list:
-    with hydra_launcher(cfg, sweep_dir, group) as (launcher, shared):
-        jobs = [[*shared, f"sweep.arms={format_value([a.run_id for a in pack])}"] for pack in groups]
+    out_dir = Path(cfg.out_dir).resolve()
+    with hydra_launcher(cfg, sweep_dir, group) as launcher:
+        jobs = [job_overrides(out_dir, [a.run_id for a in pack]) for pack in groups]
         try:
             return list(launcher.launch(jobs, initial_job_idx=0))
         except FileNotFoundError as err:  # the scheduler's submit command (sbatch) is missing
             raise ConfigError(
                 f"launcher.name: {cfg.launcher.name} could not run {err.filename!r}: {err.strerror}"
             ) from err
-
-
-def _job_config(cfg: PipelineConfig) -> PipelineConfig:
-    """What every job shares: the sweep's configuration with an absolute out_dir, and no arms named yet."""
-    sweep = dataclasses.replace(cfg.sweep, arms=[])
-    return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).resolve()), sweep=sweep)
 
 
 def _record_failure(sweep_dir: Path, pack: list[Arm], attempts: dict[str, int], error: BaseException) -> list[dict]:

@@ -1,13 +1,11 @@
-"""A configuration written as Hydra overrides, so that a launched job composes the same configuration again.
+"""Values written as the text of Hydra overrides (`key=value`), which Hydra parses back to the same values.
 
-Hydra's launchers build each job's configuration from `conf/` and a list of `key=value` overrides, on
-whichever machine runs the job; these functions turn a configuration object back into that list.
+Hydra's launchers compose each job's configuration from `conf/` and a list of overrides, on whichever
+machine runs the job: the sweep's job folder and launcher settings, and what each job is told.
 """
 
 import re
 from typing import Any
-
-from omegaconf import OmegaConf
 
 
 def quote(text: str) -> str:
@@ -25,23 +23,4 @@ def format_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
     return quote(str(value))
-
-
-def leaves(node: dict, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> value of every field; lists are values, nested dicts are walked."""
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def differing_overrides(cfg: Any, base: Any) -> list[str]:
-    """`key=value` for every field of `cfg` whose value differs from `base` (configs or dataclasses)."""
-    ours, theirs = (leaves(OmegaConf.to_container(OmegaConf.structured(c), resolve=True)) for c in (cfg, base))
-    return [f"{k}={format_value(v)}" for k, v in ours.items() if k not in theirs or theirs[k] != v]

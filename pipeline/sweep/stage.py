@@ -6,10 +6,12 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import open_store, write_json_atomic
 from pipeline.store.schema import check_trainable
+from pipeline.sweep.configs import ARMS, write_arm_configs
 from pipeline.sweep.launch import check_launcher, launch
 from pipeline.sweep.plan import Arm, format_table, plan
 from pipeline.sweep.results import gather, read_row
 from pipeline.sweep.spec import SweepSpec, load_spec
+from pipeline.track.wandb_run import open_tracker
 
 
 def sweep_dir(cfg: PipelineConfig) -> Path:
@@ -23,7 +25,9 @@ def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[
     layout = store_attrs["layout"]
     n_rows = layout["n_contexts"] * layout["rows_per_context"]
     if not 0 < cfg.train.eval_tokens < n_rows:
-        raise ConfigError(f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.train.eval_tokens}")
+        raise ConfigError(
+            f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.train.eval_tokens}"
+        )
     return hook, plan(spec, store_attrs["model"]["d_model"], n_rows - cfg.train.eval_tokens)
 
 
@@ -61,9 +65,13 @@ def run_sweep(cfg: PipelineConfig):
         folder / "plan.json",
         {"sweep": spec.name, "hook": hook, "store": str(store.path), "arms": [a.as_dict() for a in arms]},
     )
+    write_arm_configs(folder, cfg, arms)
     if cfg.dry_run:
         print(format_table(arms))
-        print(f"sweep {spec.name}: {len(arms)} arms planned in {folder / 'plan.json'}; dry run, nothing launched")
+        print(
+            f"sweep {spec.name}: {len(arms)} arms planned in {folder / 'plan.json'}, their configurations in "
+            f"{folder / ARMS}; dry run, nothing launched"
+        )
         return None
     picked = chosen(arms, cfg.sweep.arms)
     todo = pending_arms(picked, folder, cfg.sweep.max_retries)
@@ -75,17 +83,24 @@ def run_sweep(cfg: PipelineConfig):
     launch(cfg, todo, hook, folder, group=spec.name)
     table = gather(folder)
     failed = table[table.status != "done"]
-    print(f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {folder / 'results.parquet'}")
+    print(
+        f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {folder / 'results.parquet'}"
+    )
     track_results(cfg, spec.name, table, folder)
     return table
 
 
 def track_results(cfg: PipelineConfig, name: str, table, folder: Path) -> None:
     """One W&B run for the sweep as a whole, grouped with its arms' runs: the results table, once all arms ended."""
-    from pipeline.track.wandb_run import open_tracker
-
-    config = {"sweep": name, "launcher": cfg.launcher.name, "pack": cfg.sweep.pack, "max_retries": cfg.sweep.max_retries}
-    tracker = open_tracker(cfg.tracking, name=f"sweep-{name}", group=name, config=config, folder=folder, job_type="sweep")
+    config = {
+        "sweep": name,
+        "launcher": cfg.launcher.name,
+        "pack": cfg.sweep.pack,
+        "max_retries": cfg.sweep.max_retries,
+    }
+    tracker = open_tracker(
+        cfg.tracking, name=f"sweep-{name}", group=name, config=config, folder=folder, job_type="sweep"
+    )
     if tracker is None:
         return
     done = int((table.status == "done").sum())
