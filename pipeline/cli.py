@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import compose
 from pipeline.errors import ConfigError
+from pipeline.stages import run_stage
 
 STAGES = {
     "harvest": "tokenize the data set and write the model's activations into <out_dir>/store.zarr",
@@ -42,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         if len(overrides) != len(rest):
             print_help(stage, overrides)
             return 0
-        from pipeline.stages import run_stage
-
         run_stage(stage, compose(overrides))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

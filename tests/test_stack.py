@@ -9,7 +9,8 @@ from pipeline.coders.registry import load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.activations.loading import ActivationData
 from pipeline.train.stack import build_stacks, group_arms
-from pipeline.train.trainer import ArmRun, ArmSpec, TrainingDiverged, train_grid, train_run
+from pipeline.train.arm_run import ArmRun, ArmSpec, TrainingDiverged
+from pipeline.train.trainer import train_grid, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

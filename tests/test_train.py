@@ -9,7 +9,8 @@ from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.activations.loading import ActivationData
 from pipeline.evaluate.metrics import FiringTracker, evaluate
-from pipeline.train.trainer import TrainingDiverged, schedules, train_run
+from pipeline.train.arm_run import ArmSpec, TrainingDiverged, schedules
+from pipeline.train.trainer import train_grid, train_run
 
 from conftest import SYNTHETIC_D as D
 
@@ -164,8 +165,6 @@ def test_a_checkpoint_of_another_configuration_is_refused(store, tmp_path, monke
 
 
 def test_each_arm_of_a_fused_grid_equals_the_arm_trained_alone(store, tmp_path):
-    from pipeline.train.trainer import ArmSpec, train_grid
-
     data = _data(store)
     disabled = TrackingConfig(mode="disabled")
     arms = [
@@ -184,8 +183,6 @@ def test_each_arm_of_a_fused_grid_equals_the_arm_trained_alone(store, tmp_path):
 
 
 def test_a_diverging_arm_stops_alone_in_its_grid(store, tmp_path):
-    from pipeline.train.trainer import ArmSpec, train_grid
-
     data = _data(store)
     good = ArmSpec(CoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256), tmp_path / "good", "good", "g")
     bad_cfg = TrainConfig(tokens=5120, batch_size=256, lr=1e30, grad_clip=1e30, log_every=1)

@@ -15,7 +15,9 @@ from pipeline.activations.arrays import Columns, coder_arrays
 from pipeline.activations.loading import ActivationData
 from pipeline.evaluate.metrics import evaluate
 from pipeline.evaluate.splice import Splicer
-from pipeline.train.trainer import ArmSpec, train_grid, train_run
+from pipeline.train.arm_run import ArmRun, ArmSpec
+from pipeline.train.stack import build_stacks
+from pipeline.train.trainer import train_grid, train_run
 
 from conftest import compose, harvest_in_process, tiny_overrides
 
@@ -328,9 +330,6 @@ def test_a_fused_grid_mixing_kinds_equals_each_arm_trained_alone(relu_store, tmp
 
 def test_stacked_transcoder_and_clt_arms_each_equal_the_arm_trained_alone(relu_store, tmp_path):
     from dataclasses import replace
-
-    from pipeline.train.stack import build_stacks
-    from pipeline.train.trainer import ArmRun
 
     transcoder = CoderConfig(kind="transcoder", n_features=64, skip_connection=True, l1_coefficient=0.1)
     clt = CoderConfig(kind="clt", n_features=48, jumprelu_penalty="l0", preact_coefficient=0.1, l1_coefficient=0.1)

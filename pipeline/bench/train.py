@@ -26,8 +26,14 @@ from pathlib import Path
 
 import torch
 
+from pipeline.activations.loading import open_activation_data
 from pipeline.coders.registry import build
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.store.activation_store import ActivationStore
+from pipeline.store.schema import base_attrs
+from pipeline.train.arm_run import ArmRun, ArmSpec, autocast
+from pipeline.train.stack import build_stacks
+from pipeline.train.trainer import train_grid
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -69,8 +75,6 @@ def matrix_peak(steps: int) -> float:
 
 def own_step(kind: str, n_features: int, batch: int):
     """A closure running one trainer step of a fresh coder; its FLOPs per token."""
-    from pipeline.train.trainer import autocast
-
     coder = build(CoderConfig(kind=kind, n_features=n_features, k=K), D).to(DEVICE).train()
     optimizer = torch.optim.Adam(coder.parameters(), lr=1e-4, fused=CUDA)
     x = torch.randn(batch, D, device=DEVICE)
@@ -189,9 +193,6 @@ def _peer(make, kind: str, n_features: int, batch: int):
 
 def grid_comparison(cache: str, arms: int = 8) -> None:
     """Wall time of `arms` ReLU arms trained fused on one pass over a store, and one after another."""
-    from pipeline.activations.loading import open_activation_data
-    from pipeline.train.trainer import ArmSpec, train_grid
-
     rows, n_features, batch = (2_097_152, 8192, 4096) if CUDA else (32_768, 512, 1024)
     with tempfile.TemporaryDirectory() as tmp:
         store = _random_store(Path(tmp) / "grid.zarr", rows)
@@ -224,10 +225,6 @@ def step_overhead(steps: int, arms: int = 8) -> None:
     Tiny arms leave the device idle, so this is what launching a step costs; a grid of small arms
     on a GPU runs at this rate.
     """
-    from pipeline.activations.loading import open_activation_data
-    from pipeline.train.stack import build_stacks
-    from pipeline.train.trainer import ArmRun, ArmSpec
-
     with tempfile.TemporaryDirectory() as tmp:
         store = _random_store(Path(tmp) / "tiny.zarr", 16384, d=32)
         for kind in ("relu", "topk"):
@@ -258,9 +255,6 @@ def _time_grid_steps(stacks: list, data, steps: int) -> float:
 
 
 def _random_store(path: Path, rows: int, d: int = D):
-    from pipeline.store.activation_store import ActivationStore
-    from pipeline.store.schema import base_attrs
-
     rows_per_context = 128
     contexts_per_shard = min(1024, rows // rows_per_context)
     attrs = base_attrs(

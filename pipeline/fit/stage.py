@@ -22,6 +22,7 @@ from pipeline.fit.extrapolate import extrapolation_check
 from pipeline.fit.joint import fit_joint_nk
 from pipeline.fit.optima import Optimum, find_optima, split_budgets
 from pipeline.fit.powerlaw import FloorLaw, PowerLaw, fit_power_law, fit_power_law_with_floor
+from pipeline.fit.report import write_plots, write_report
 from pipeline.fit.runs import analysis_slice, check_columns, finished_runs
 
 SCHEMA_VERSION = 1
@@ -197,8 +198,6 @@ def run_fit(results: pd.DataFrame, out: Path, cfg: FitConfig) -> dict:
 
     fit.json is written last, so its presence means the stage finished.
     """
-    from pipeline.fit.report import write_plots, write_report
-
     bundle = fit_results(results, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,11 @@ import math
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
+from pipeline.distributed.cluster import connect
 from pipeline.text.contexts import build_contexts
 from pipeline.text.corpus import documents
 from pipeline.errors import ConfigError
+from pipeline.harvest.coordinator import run_actors
 from pipeline.models.hooks import parse_hook
 from pipeline.models.loading import ModelInfo, describe, load_tokenizer
 from pipeline.store import codecs
@@ -96,9 +98,6 @@ def run_harvest(cfg: PipelineConfig) -> ActivationStore:
         store.write_tokens(build_contexts(tokenizer, documents(cfg.data), store.layout.n_contexts, cfg.data.context_len, label))
     pending = store.incomplete_shards()
     if pending:
-        from pipeline.distributed.cluster import connect
-        from pipeline.harvest.coordinator import run_actors
-
         connect(cfg.ray)
         print(f"harvest: {len(pending)} of {store.layout.n_shards} shards to write into {path}", flush=True)
         run_actors(str(path), pending, cfg, attrs["model"]["n_layers"], store.layout.rows_per_shard)

@@ -12,7 +12,8 @@ from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
 from pipeline.sweep.plan import Arm
 from pipeline.sweep.results import read_row, run_dir, write_row
-from pipeline.train.trainer import ArmSpec, train_grid
+from pipeline.train.arm_run import ArmSpec
+from pipeline.train.trainer import train_grid
 
 _DATA_CACHE: dict[tuple, tuple] = {}  # per process: arms that share a store read it (and load its model) once
 

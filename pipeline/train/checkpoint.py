@@ -13,7 +13,12 @@ from pathlib import Path
 
 import torch
 
+from pipeline.coders.registry import build
+from pipeline.config import CoderConfig
+from pipeline.distributed.process_group import barrier
 from pipeline.errors import ConfigError
+from pipeline.store.activation_store import write_json_atomic
+from pipeline.train.sharded import bounds
 
 FILE = "checkpoint.safetensors"
 
@@ -111,10 +116,6 @@ def _feature_dims(coder, optimizer, tensors: dict[str, torch.Tensor]) -> dict[st
 
 def save_sharded(folder: Path, step: int, config: dict, coder, optimizer, firing, extra: dict) -> Path:
     """Called on every rank of a feature-sharded run with its `ShardedCoder`; returns the step folder."""
-    from pipeline.store.activation_store import write_json_atomic
-    from pipeline.distributed.process_group import barrier
-    from pipeline.train.sharded import bounds
-
     tensors, meta = _state(step, config, coder.local, optimizer, firing, extra)
     world, root = coder.world, folder / SHARDED
     target = root / f"step-{step:09d}"
@@ -182,9 +183,6 @@ def load_sharded(folder: Path, config: dict, coder, optimizer, firing) -> dict |
 
 def load_coder(folder: Path):
     """The coder of a run folder's latest sharded checkpoint, whole, as one ordinary coder on the CPU."""
-    from pipeline.coders.registry import build
-    from pipeline.config import CoderConfig
-
     step_dir = _latest(Path(folder))
     if step_dir is None:
         raise ConfigError(f"{folder}: no complete sharded checkpoint ({SHARDED}/step-*/{INDEX})")

@@ -19,6 +19,7 @@ from torch import nn
 
 from pipeline.coders.base import Coder
 from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction
+from pipeline.coders.registry import coder_class
 from pipeline.errors import ConfigError
 from pipeline.distributed.process_group import World, all_gather, all_reduce_, broadcast, shared_input, sum_over_ranks, world
 
@@ -198,8 +199,6 @@ def top_over_ranks(pre: torch.Tensor, k: int, widest: int) -> torch.Tensor:
 
 def gather_whole(coder: ShardedCoder) -> Coder | None:
     """The whole coder assembled in the main rank's host memory (None elsewhere), for saving and splicing."""
-    from pipeline.coders.registry import coder_class
-
     world = coder.world
     local = coder.local.state_dict()
     pieces: dict[str, list[torch.Tensor]] = {name: [] for name in local}

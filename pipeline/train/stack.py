@@ -20,7 +20,7 @@ import torch
 
 from pipeline.coders.base import SparseActs, fired_in_batch
 from pipeline.coders.registry import STACKABLE
-from pipeline.train.trainer import ArmRun, autocast
+from pipeline.train.arm_run import ArmRun, autocast
 
 
 def stack_key(arm: ArmRun) -> str | None:
