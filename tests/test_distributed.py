@@ -283,6 +283,33 @@ def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_sto
     _assert_same_coder(out_dir / "train" / STAGE_RUN / "coder", alone_dir / "coder")
 
 
+def test_ray_train_runs_a_sweep_pack_on_two_workers_and_returns_rank_0s_rows(
+    ray_session, synthetic_store, one_process, tmp_path
+):
+    from conftest import compose
+
+    from pipeline.distributed.ray_train import run_on_ranks
+    from pipeline.sweep.arm import run_arms_on_rank
+    from pipeline.sweep.configs import arm_config
+    from pipeline.sweep.plan import Arm
+
+    out_dir = _stage_dir(synthetic_store, tmp_path / "out")
+    cfg = compose(*_overrides(out_dir, "ddp"))
+    shape = {"kind": "relu", "budget": 0.0, "n_features": 32, "d_in": 16, "sparsity": 1.0, "seed": 0}
+    steps = {"batch_size": BATCH, "steps": STEPS, "tokens": STEPS * BATCH, "flops": 0.0}
+    arms = [Arm(f"a{i}", lr=lr, **shape, **steps) for i, lr in enumerate((3e-3, 1e-3))]
+    pack = (arms, [arm_config(cfg, a) for a in arms], "resid_post.0", out_dir / "sweep", "g")
+    rows = run_on_ranks(run_arms_on_rank, pack, num_workers=2, use_gpu=False, ray=cfg.ray, out_dir=out_dir, name="p")
+    assert [(r["run_id"], r["status"]) for r in rows] == [("a0", "done"), ("a1", "done")], rows[0]["error"]
+    alone, alone_dir = one_process(
+        CoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
+    )
+    assert rows[0]["loss"] == pytest.approx(alone["loss"], rel=1e-4)
+    run = out_dir / "sweep" / "runs" / "a0"
+    _assert_same_coder(run / "coder", alone_dir / "coder")
+    assert sorted(p.name for p in run.iterdir()) == ["coder", "metrics.json", "result.json"]  # rank 0's only
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

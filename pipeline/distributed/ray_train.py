@@ -33,7 +33,7 @@ def worker_count(cfg: PipelineConfig) -> int:
     return int(gpus)
 
 
-def run_on_ranks(fn, args: tuple, *, num_workers: int, use_gpu: bool, ray: RayConfig, out_dir: str, name: str):
+def run_on_ranks(fn, args: tuple, *, num_workers: int, use_gpu: bool, ray: RayConfig, out_dir: Path | str, name: str):
     """`fn(*args)` on each of `num_workers` Ray Train workers, in one process group; what rank 0 returns.
 
     `name` names the run in Ray Train's records, kept in `<out_dir>/ray_train`.
