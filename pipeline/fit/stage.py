@@ -6,14 +6,13 @@ exponent (loss and learning rate fall with compute, so theirs are negative).
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import FitConfig
 from pipeline.errors import ConfigError
 from pipeline.fit.bootstrap import MIN_SAMPLES, LawSamples, bootstrap_laws
@@ -180,18 +179,6 @@ def _json_safe(value):
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_fit(results: pd.DataFrame, out: Path, cfg: FitConfig) -> dict:
     """Fit the results table and write out/fit.json, out/report.md and PNG plots; return the fit dict.
 
@@ -203,8 +190,8 @@ def run_fit(results: pd.DataFrame, out: Path, cfg: FitConfig) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle.fit["plots"] = write_plots(bundle, out)
-    _write_atomic(out / "report.md", write_report(bundle.fit))
-    _write_atomic(out / "fit.json", json.dumps(bundle.fit, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / "report.md", write_report(bundle.fit))
+    write_text_atomic(out / "fit.json", json.dumps(bundle.fit, indent=2, allow_nan=False) + "\n")
     return bundle.fit
 
 

@@ -5,12 +5,11 @@ rebuilt from those files and replaced atomically.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.store.activation_store import write_json_atomic
+from pipeline.atomic import write_atomic, write_json_atomic
 from pipeline.sweep.plan import Arm
 
 RESULT = "result.json"
@@ -63,7 +62,5 @@ def gather(sweep_dir: Path) -> pd.DataFrame:
     """Rebuilds `results.parquet` from every arm's row."""
     rows = [json.loads(p.read_text()) for p in sorted((sweep_dir / "runs").glob(f"*/{RESULT}"))]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    tmp = sweep_dir / f".results.{os.getpid()}.parquet"
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, sweep_dir / "results.parquet")
+    write_atomic(sweep_dir / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     return table

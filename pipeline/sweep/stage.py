@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
+from pipeline.atomic import write_json_atomic
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
-from pipeline.store.activation_store import open_store, write_json_atomic
+from pipeline.store.activation_store import open_store
 from pipeline.store.schema import check_trainable
 from pipeline.sweep.launch import check_launcher, launch
 from pipeline.sweep.plan import Arm, format_table, plan

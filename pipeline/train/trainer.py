@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from pipeline.atomic import write_json_atomic
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.progress import Progress
-from pipeline.store.activation_store import write_json_atomic
 from pipeline.train import checkpoint
 from pipeline.activations.arrays import Columns, coder_arrays
 from pipeline.activations.loading import ActivationData
