@@ -4,14 +4,14 @@ import math
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.text.contexts import build_contexts
-from pipeline.text.corpus import documents
 from pipeline.errors import ConfigError
 from pipeline.models.hooks import parse_hook
 from pipeline.models.loading import ModelInfo, describe, load_tokenizer
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs, check_reusable
+from pipeline.text.contexts import build_contexts
+from pipeline.text.corpus import documents
 
 
 def store_path(cfg: PipelineConfig) -> Path:
