@@ -9,7 +9,7 @@ from pipeline.atomic import write_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore, open_store
-from pipeline.store.schema import base_attrs, check_reusable, check_trainable
+from pipeline.store.schema import base_attrs, check_reusable, check_trainable, training_rows
 
 
 def _attrs(dtype="float16", codec="none", n_contexts=8, hooks=("resid_post.1",)):
@@ -136,6 +136,13 @@ def test_training_is_refused_on_a_store_of_another_model_or_hook():
         check_trainable(attrs, "gpt2", "resid_post.1", "s")
     with pytest.raises(ConfigError, match="train.hook"):
         check_trainable(attrs, "m", "mlp_out.0", "s")
+
+
+def test_eval_tokens_hold_out_the_last_rows_and_must_leave_some_to_train_on():
+    assert training_rows(100, 30) == 70
+    for eval_tokens in (0, 100, -1):
+        with pytest.raises(ConfigError, match=r"^train.eval_tokens: expected between 1 and 99"):
+            training_rows(100, eval_tokens)
 
 
 def test_a_store_of_an_unknown_schema_is_refused(tmp_path):

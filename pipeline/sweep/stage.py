@@ -6,7 +6,7 @@ from pipeline.atomic import write_json_atomic
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import open_store
-from pipeline.store.schema import check_trainable
+from pipeline.store.schema import check_trainable, training_rows
 from pipeline.sweep.launch import check_launcher, launch
 from pipeline.sweep.plan import Arm, format_table, plan
 from pipeline.sweep.results import gather, read_row
@@ -23,9 +23,7 @@ def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[
     check_trainable(store_attrs, cfg.model.name, hook, str(Path(cfg.out_dir) / "store.zarr"))
     layout = store_attrs["layout"]
     n_rows = layout["n_contexts"] * layout["rows_per_context"]
-    if not 0 < cfg.train.eval_tokens < n_rows:
-        raise ConfigError(f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.train.eval_tokens}")
-    return hook, plan(spec, store_attrs["model"]["d_model"], n_rows - cfg.train.eval_tokens)
+    return hook, plan(spec, store_attrs["model"]["d_model"], training_rows(n_rows, cfg.train.eval_tokens))
 
 
 def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, list[Arm]]:
