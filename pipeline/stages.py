@@ -1,10 +1,12 @@
 """Each subcommand as a function of the configuration: validate everything first, then do the work."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.harvest import stage as harvest_stage
+from pipeline.layout import OutDir
 from pipeline.sweep import stage as sweep_stage
 from pipeline.sweep.plan import format_table
 
@@ -23,14 +25,19 @@ def train(cfg: PipelineConfig) -> None:
     from pipeline.distributed.ray_train import needs_workers, train_on_workers
     from pipeline.train.trainer import train_run
 
-    store = open_store(Path(cfg.out_dir) / "store.zarr")
+    out = OutDir(cfg.out_dir)
+    store = open_store(out.store)
     hook = cfg.train.hook or store.hooks[0]
     check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
+    run = out.train_run(cfg.coder, replace(cfg.train, hook=hook))
+    if run.finished():
+        print(f"train {run.id}: finished in {run.folder}; nothing to do")
+        return
     if needs_workers(cfg.launcher):  # several GPUs for this run: Ray Train workers each run this stage
         train_on_workers(cfg)
         return
-    run_id = f"{cfg.coder.kind}_N{cfg.coder.n_features}_lr{cfg.train.lr:g}_s{cfg.train.seed}"
-    run_dir = Path(cfg.out_dir) / "train" / run_id
+    run.record()
+    run_id, run_dir = run.id, run.folder
     device = pick_device(cfg.train.device)
     # Under torchrun or Ray Train every rank runs this with the same config (train.parallel says how they split).
     with process_group(device) as world:
@@ -49,14 +56,14 @@ def sweep(cfg: PipelineConfig) -> None:
 
 
 def fit_paths(cfg: PipelineConfig) -> list[Path]:
-    return [Path(p) for p in cfg.fit.results] or [Path(cfg.out_dir) / "sweep" / "results.parquet"]
+    return [Path(p) for p in cfg.fit.results] or [OutDir(cfg.out_dir).sweep.results]
 
 
 def fit(cfg: PipelineConfig) -> dict:
     from pipeline.fit.stage import read_results, run_fit, summary_table
 
     table = read_results(fit_paths(cfg))
-    out = Path(cfg.out_dir) / "fit"
+    out = OutDir(cfg.out_dir).fit
     result = run_fit(table, out, cfg.fit)
     track_fit(cfg, table, result, out)
     print(summary_table(result))

@@ -10,7 +10,8 @@ import torch
 from conftest import compose, tiny_overrides
 
 from pipeline.errors import ConfigError
-from pipeline.harvest.stage import run_harvest, store_path, validate
+from pipeline.layout import OutDir
+from pipeline.harvest.stage import run_harvest, validate
 from pipeline.harvest.worker import HarvestWorker
 from pipeline.store.activation_store import ActivationStore
 
@@ -66,7 +67,7 @@ def test_an_actor_killed_mid_harvest_is_replaced_and_the_store_is_still_exact(ra
     cfg = compose(*tiny_overrides(tiny_models["llama"], tmp_path / "run", **{"harvest.n_tokens": 6000}))
     with ThreadPoolExecutor(1) as pool:
         harvest = pool.submit(run_harvest, cfg)
-        killed = _kill_the_first_writer(store_path(cfg) / "completion", harvest)
+        killed = _kill_the_first_writer(OutDir(cfg.out_dir).store / "completion", harvest)
         store = harvest.result(timeout=600)
     writers = {_writer_pid(record) for record in (store.path / "completion").glob("shard-*.json")}
     assert killed in writers and len(writers) == 2  # the killed actor and its replacement
@@ -86,7 +87,7 @@ def test_rerunning_redoes_only_incomplete_shards(ray_session, tiny_models, tmp_p
 
 def test_an_existing_store_of_another_configuration_is_refused_before_any_work(ray_session, tiny_models, tmp_path):
     run_harvest(compose(*tiny_overrides(tiny_models["gpt2"], tmp_path / "run")))
-    before = sorted(p.name for p in (store_path(compose(f"out_dir={tmp_path / 'run'}")) / "completion").iterdir())
+    before = sorted(p.name for p in (OutDir(tmp_path / "run").store / "completion").iterdir())
     with pytest.raises(ConfigError, match="model.name"):
         validate(compose(*tiny_overrides(tiny_models["neox"], tmp_path / "run")))
     with pytest.raises(ConfigError, match="harvest.hooks"):

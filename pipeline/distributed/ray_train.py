@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.config import LauncherConfig, PipelineConfig
 from pipeline.errors import ConfigError
+from pipeline.layout import OutDir, SweepDir
 
 
 def needs_workers(launcher: LauncherConfig) -> bool:
@@ -44,7 +45,7 @@ def run_on_workers(fn, args: tuple, cfg: PipelineConfig, name: str, num_workers:
         train_loop_config={"fn": fn, "args": args},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         # Ray Train's own records of the run; the run's results go to its run folder as usual.
-        run_config=RunConfig(name=name, storage_path=str(Path(cfg.out_dir).resolve() / "ray_train")),
+        run_config=RunConfig(name=name, storage_path=str(OutDir(cfg.out_dir).ray_train.resolve())),
     )
     return trainer.fit().return_value
 
@@ -82,14 +83,13 @@ def run_pack_on_workers(cfg: PipelineConfig, arms: list, hook: str, sweep_dir: P
 def _pack_rank(cfg: PipelineConfig, arms: list, hook: str, sweep_dir: Path, group: str) -> list[dict] | None:
     from pipeline.models.loading import pick_device
     from pipeline.sweep.arm import activation_data, arm_configs, run_arms
-    from pipeline.sweep.results import run_dir
     from pipeline.distributed.process_group import process_group
     from pipeline.train.trainer import ArmSpec, train_grid
 
     with process_group(pick_device(cfg.train.device)) as world:
         if world.main:
             return run_arms(cfg, arms, hook, sweep_dir, group)
-        specs = [ArmSpec(*arm_configs(cfg, arm), run_dir(sweep_dir, arm.run_id), arm.run_id, group) for arm in arms]
-        data, _ = activation_data(Path(cfg.out_dir) / "store.zarr", hook, specs[0].train)
+        specs = [ArmSpec(*arm_configs(cfg, arm), SweepDir(sweep_dir).run(arm.run_id), arm.run_id, group) for arm in arms]
+        data, _ = activation_data(OutDir(cfg.out_dir).store, hook, specs[0].train)
         train_grid(specs, data, cfg.tracking)
         return None

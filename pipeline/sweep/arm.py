@@ -5,10 +5,11 @@ from pathlib import Path
 
 from pipeline.coders.registry import SPARSITY_FIELD
 from pipeline.config import CoderConfig, PipelineConfig, TrainConfig
+from pipeline.layout import OutDir, SweepDir
 from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
 from pipeline.sweep.plan import Arm
-from pipeline.sweep.results import read_row, run_dir, write_row
+from pipeline.sweep.results import read_row, write_row
 from pipeline.activations.loading import ActivationData, open_activation_data
 from pipeline.evaluate.splice import Splicer
 from pipeline.activations.stream import StreamingActivationData
@@ -61,9 +62,9 @@ def run_arms(cfg: PipelineConfig, arms: list[Arm], hook: str, sweep_dir: Path, g
     specs = []
     for arm in arms:
         coder, train = arm_configs(cfg, arm)
-        specs.append(ArmSpec(coder, train, run_dir(sweep_dir, arm.run_id), arm.run_id, group))
+        specs.append(ArmSpec(coder, train, SweepDir(sweep_dir).run(arm.run_id), arm.run_id, group))
     try:
-        data, splicer = activation_data(Path(cfg.out_dir) / "store.zarr", specs[0].train.hook or hook, specs[0].train)
+        data, splicer = activation_data(OutDir(cfg.out_dir).store, specs[0].train.hook or hook, specs[0].train)
         outcomes = train_grid(specs, data, cfg.tracking, splicer)
     except Exception as err:  # noqa: BLE001 - a failing pack must not stop the other packs
         outcomes = [err] * len(arms)

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import PipelineConfig
+from pipeline.layout import OutDir, SweepDir
 from pipeline.sweep.arm import run_arms
 from pipeline.sweep.plan import Arm
 from pipeline.distributed.ray_train import needs_workers, run_pack_on_workers
@@ -17,18 +18,19 @@ from pipeline.distributed.ray_train import needs_workers, run_pack_on_workers
 
 def planned_arms(sweep_dir: Path, run_ids: list[str]) -> tuple[dict, list[Arm]]:
     """The plan and the arms of it named by `run_ids`, in that order."""
-    plan = json.loads((sweep_dir / "plan.json").read_text())
+    plan_file = SweepDir(sweep_dir).plan
+    plan = json.loads(plan_file.read_text())
     by_id = {a["run_id"]: Arm(**a) for a in plan["arms"]}
     missing = [r for r in run_ids if r not in by_id]
     if missing:
-        raise KeyError(f"sweep.arms: {missing[0]} is not an arm of the plan in {sweep_dir / 'plan.json'}")
+        raise KeyError(f"sweep.arms: {missing[0]} is not an arm of the plan in {plan_file}")
     return plan, [by_id[r] for r in run_ids]
 
 
 def train_pack(job_cfg: DictConfig) -> list[dict]:
     """Trains the arms of `sweep.arms` fused in this process and returns their result rows."""
     cfg: PipelineConfig = OmegaConf.to_object(job_cfg)
-    sweep_dir = Path(cfg.out_dir) / "sweep"
+    sweep_dir = OutDir(cfg.out_dir).sweep.path
     plan, arms = planned_arms(sweep_dir, list(cfg.sweep.arms))
     train = run_pack_on_workers if needs_workers(cfg.launcher) else run_arms
     rows = train(cfg, arms, plan["hook"], sweep_dir, group=plan["sweep"])

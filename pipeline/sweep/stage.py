@@ -5,6 +5,7 @@ from pathlib import Path
 from pipeline.atomic import write_json_atomic
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
+from pipeline.layout import OutDir
 from pipeline.store.activation_store import open_store
 from pipeline.store.schema import check_trainable, training_rows
 from pipeline.sweep.launch import check_launcher, launch
@@ -13,14 +14,10 @@ from pipeline.sweep.results import gather, read_row
 from pipeline.sweep.spec import SweepSpec, load_spec
 
 
-def sweep_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.out_dir) / "sweep"
-
-
 def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[str, list[Arm]]:
     """(hook, arms) for a store with these attributes (a real store, or the one a harvest will write)."""
     hook = cfg.train.hook or store_attrs["hooks"][0]
-    check_trainable(store_attrs, cfg.model.name, hook, str(Path(cfg.out_dir) / "store.zarr"))
+    check_trainable(store_attrs, cfg.model.name, hook, str(OutDir(cfg.out_dir).store))
     layout = store_attrs["layout"]
     n_rows = layout["n_contexts"] * layout["rows_per_context"]
     return hook, plan(spec, store_attrs["model"]["d_model"], training_rows(n_rows, cfg.train.eval_tokens))
@@ -52,17 +49,18 @@ def pending_arms(arms: list[Arm], folder: Path, max_retries: int) -> list[Arm]:
 
 def run_sweep(cfg: PipelineConfig):
     check_launcher(cfg)
-    store = open_store(Path(cfg.out_dir) / "store.zarr")
+    out = OutDir(cfg.out_dir)
+    store = open_store(out.store)
     spec, hook, arms = validate(cfg, store.attrs)
-    folder = sweep_dir(cfg)
+    folder = out.sweep.path
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
-        folder / "plan.json",
+        out.sweep.plan,
         {"sweep": spec.name, "hook": hook, "store": str(store.path), "arms": [a.as_dict() for a in arms]},
     )
     if cfg.dry_run:
         print(format_table(arms))
-        print(f"sweep {spec.name}: {len(arms)} arms planned in {folder / 'plan.json'}; dry run, nothing launched")
+        print(f"sweep {spec.name}: {len(arms)} arms planned in {out.sweep.plan}; dry run, nothing launched")
         return None
     picked = chosen(arms, cfg.sweep.arms)
     todo = pending_arms(picked, folder, cfg.sweep.max_retries)
@@ -74,7 +72,7 @@ def run_sweep(cfg: PipelineConfig):
     launch(cfg, todo, hook, folder, group=spec.name)
     table = gather(folder)
     failed = table[table.status != "done"]
-    print(f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {folder / 'results.parquet'}")
+    print(f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {out.sweep.results}")
     track_results(cfg, spec.name, table, folder)
     return table
 
