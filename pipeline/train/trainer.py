@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from pipeline.atomic import write_json_atomic
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.layout import METRICS
 from pipeline.progress import Progress
 from pipeline.train import checkpoint
 from pipeline.activations.arrays import Columns, coder_arrays
@@ -174,7 +175,7 @@ class ArmRun:
         }
         if whole is not None:
             whole.save(self.spec.run_dir / "coder")
-            write_json_atomic(self.spec.run_dir / "metrics.json", metrics)
+            write_json_atomic(self.spec.run_dir / METRICS, metrics)
             checkpoint.remove(self.spec.run_dir)
         if self.tracker:
             self.tracker.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
