@@ -89,7 +89,8 @@ def _pack_rank(cfg: PipelineConfig, arms: list, hook: str, sweep_dir: Path, grou
     with process_group(pick_device(cfg.train.device)) as world:
         if world.main:
             return run_arms(cfg, arms, hook, sweep_dir, group)
-        specs = [ArmSpec(*arm_configs(cfg, arm), SweepDir(sweep_dir).run(arm.run_id), arm.run_id, group) for arm in arms]
+        runs = SweepDir(sweep_dir)
+        specs = [ArmSpec(*arm_configs(cfg, arm), runs.run(arm.run_id), arm.run_id, group) for arm in arms]
         data, _ = activation_data(OutDir(cfg.out_dir).store, hook, specs[0].train)
         train_grid(specs, data, cfg.tracking)
         return None
