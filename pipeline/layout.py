@@ -73,6 +73,8 @@ def train_run_id(identity: dict) -> str:
 
 @dataclass(frozen=True)
 class TrainRun:
+    """One `pipeline train` run: its folder (named by its id) and the settings that make its result."""
+
     folder: Path
     identity: dict
 
