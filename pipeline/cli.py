@@ -10,7 +10,7 @@ from pipeline.stages import run_stage
 
 STAGES = {
     "harvest": "tokenize the data set and write the model's activations into <out_dir>/store.zarr",
-    "train": "train one coder on the store into <out_dir>/train/<coder.kind>_N<coder.n_features>",
+    "train": "train one coder on the store into <out_dir>/train/<kind>_N<n_features>_lr<lr>_s<seed>_<config hash>",
     "sweep": "plan and run the arms of sweeps/<sweep.name>.yaml into <out_dir>/sweep/results.parquet",
     "fit": "fit the scaling laws of a results table into <out_dir>/fit/ (fit.json, report.md, plots)",
     "run": "harvest, sweep and fit in order, then print the fitted laws",

@@ -1,5 +1,6 @@
 """Each subcommand as a function of the configuration: validate everything first, then do the work."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.activations.loading import open_activation_data
@@ -9,6 +10,7 @@ from pipeline.distributed.ray_train import needs_workers, run_on_ranks, worker_c
 from pipeline.errors import ConfigError
 from pipeline.fit.stage import read_results, run_fit, summary_table
 from pipeline.harvest import stage as harvest_stage
+from pipeline.layout import OutDir
 from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
 from pipeline.store.schema import check_trainable
@@ -25,8 +27,15 @@ def harvest(cfg: PipelineConfig) -> None:
 
 
 def train(cfg: PipelineConfig) -> None:
-    store = open_store(Path(cfg.out_dir) / "store.zarr")
-    check_trainable(store.attrs, cfg.model.name, cfg.train.hook or store.hooks[0], str(store.path))
+    out = OutDir(cfg.out_dir)
+    store = open_store(out.store)
+    hook = cfg.train.hook or store.hooks[0]
+    check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
+    run = out.train_run(cfg.coder, replace(cfg.train, hook=hook))
+    if run.finished():
+        print(f"train {run.id}: finished in {run.folder}; nothing to do")
+        return
+    run.record()
     if needs_workers(cfg.launcher):  # several GPUs for this run: a Ray Train worker on each runs the body
         name = f"train-{cfg.coder.kind}-N{cfg.coder.n_features}"
         run_on_ranks(
@@ -48,10 +57,11 @@ def train_on_rank(cfg: PipelineConfig) -> None:
     Every rank runs it with the same config (`train.parallel` says how they split the work); rank 0
     writes the run folder and reports.
     """
-    store = open_store(Path(cfg.out_dir) / "store.zarr")
+    out = OutDir(cfg.out_dir)
+    store = open_store(out.store)
     hook = cfg.train.hook or store.hooks[0]
-    run_id = f"{cfg.coder.kind}_N{cfg.coder.n_features}_lr{cfg.train.lr:g}_s{cfg.train.seed}"
-    run_dir = Path(cfg.out_dir) / "train" / run_id
+    run = out.train_run(cfg.coder, replace(cfg.train, hook=hook))
+    run_id, run_dir = run.id, run.folder
     device = pick_device(cfg.train.device)
     with process_group(device) as world:
         data = open_activation_data(store, hook, cfg.train, device)
@@ -69,12 +79,12 @@ def sweep(cfg: PipelineConfig) -> None:
 
 
 def fit_paths(cfg: PipelineConfig) -> list[Path]:
-    return [Path(p) for p in cfg.fit.results] or [Path(cfg.out_dir) / "sweep" / "results.parquet"]
+    return [Path(p) for p in cfg.fit.results] or [OutDir(cfg.out_dir).sweep.results]
 
 
 def fit(cfg: PipelineConfig) -> dict:
     table = read_results(fit_paths(cfg))
-    out = Path(cfg.out_dir) / "fit"
+    out = OutDir(cfg.out_dir).fit
     result = run_fit(table, out, cfg.fit)
     track_fit(cfg, table, result, out)
     print(summary_table(result))

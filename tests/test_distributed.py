@@ -222,7 +222,14 @@ def test_a_mode_that_cannot_train_the_coder_is_refused_naming_the_field(parallel
 STAGE = {"coder.n_features": 32, "coder.l1_coefficient": 1.0, "train.tokens": STEPS * BATCH, "train.batch_size": BATCH,
          "train.lr": 0.003, "train.eval_tokens": 512, "train.splice_contexts": 0, "train.device": "cpu",
          "model.name": "synthetic", "tracking.mode": "disabled"}  # fmt: skip
-STAGE_RUN = "relu_N32_lr0.003_s0"
+STAGE_RUN = "relu_N32_lr0.003_s0_"  # and the hash of the run's configuration
+
+
+def _stage_run(out_dir: Path) -> Path:
+    """The one run folder the train stage wrote."""
+    [run] = (out_dir / "train").iterdir()
+    assert run.name.startswith(STAGE_RUN), run.name
+    return run
 
 
 def _stage_dir(synthetic_store, folder: Path) -> Path:
@@ -257,13 +264,13 @@ def test_torchrun_trains_the_stage_on_two_ranks_as_one_process(synthetic_store, 
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count(f"train {STAGE_RUN}: loss") == 1  # only rank 0 reports
+    assert done.stdout.count(f"train {_stage_run(out_dir).name}: loss") == 1  # only rank 0 reports
     alone, alone_dir = one_process(
         CoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
     )
-    metrics = json.loads((out_dir / "train" / STAGE_RUN / "metrics.json").read_text())
+    metrics = json.loads((_stage_run(out_dir) / "metrics.json").read_text())
     assert metrics["loss"] == pytest.approx(alone["loss"], rel=1e-4)
-    _assert_same_coder(out_dir / "train" / STAGE_RUN / "coder", alone_dir / "coder")
+    _assert_same_coder(_stage_run(out_dir) / "coder", alone_dir / "coder")
 
 
 def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_store, one_process, tmp_path):
@@ -278,9 +285,9 @@ def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_sto
     alone, alone_dir = one_process(
         CoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
     )
-    metrics = json.loads((out_dir / "train" / STAGE_RUN / "metrics.json").read_text())
+    metrics = json.loads((_stage_run(out_dir) / "metrics.json").read_text())
     assert metrics["loss"] == pytest.approx(alone["loss"], rel=1e-4)
-    _assert_same_coder(out_dir / "train" / STAGE_RUN / "coder", alone_dir / "coder")
+    _assert_same_coder(_stage_run(out_dir) / "coder", alone_dir / "coder")
 
 
 def test_ray_train_runs_a_sweep_pack_on_two_workers_and_returns_rank_0s_rows(

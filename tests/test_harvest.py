@@ -1,20 +1,26 @@
+import json
+import os
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import compose, tiny_overrides
 
-from pipeline.harvest.coordinator import FAULT_ENV
-from pipeline.harvest.stage import run_harvest, store_path, validate
+from pipeline.errors import ConfigError
+from pipeline.layout import OutDir
+from pipeline.harvest.stage import run_harvest, validate
 from pipeline.harvest.worker import HarvestWorker
 from pipeline.store.activation_store import ActivationStore
-from pipeline.errors import ConfigError
-
-from conftest import compose, tiny_overrides
 
 
 def _reference(cfg, tmp_path) -> torch.Tensor:
     """The same store written by one worker in this process, without Ray."""
+    from pipeline.models.loading import load_tokenizer
     from pipeline.text.contexts import build_contexts
     from pipeline.text.corpus import documents
-    from pipeline.models.loading import load_tokenizer
 
     attrs = validate(cfg)
     ref = ActivationStore.create(tmp_path / "ref.zarr", attrs, attrs["model"]["d_model"])
@@ -40,10 +46,31 @@ def test_ray_harvest_equals_a_single_process_reference(ray_session, tiny_models,
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))
 
 
-def test_an_actor_killed_mid_shard_is_replaced_and_the_store_is_still_exact(ray_session, tiny_models, tmp_path, monkeypatch):
-    cfg = compose(*tiny_overrides(tiny_models["llama"], tmp_path / "run", **{"harvest.replicas": 1}))
-    monkeypatch.setenv(FAULT_ENV, "1")
-    store = run_harvest(cfg)
+def _writer_pid(record: Path) -> int:
+    return int(json.loads(record.read_text())["writer"].rsplit(":", 1)[1])
+
+
+def _kill_the_first_writer(completion: Path, harvest: Future) -> int:
+    """SIGKILLs the actor process that wrote the store's first shard, while the harvest goes on; returns its pid."""
+    while not harvest.done():
+        records = sorted(completion.glob("shard-*.json"))
+        if records:
+            pid = _writer_pid(records[0])
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        time.sleep(0.005)
+    raise AssertionError(f"the harvest ended before a writer could be killed: {harvest.exception()}")
+
+
+def test_an_actor_killed_mid_harvest_is_replaced_and_the_store_is_still_exact(ray_session, tiny_models, tmp_path):
+    # 100 shards, so that the harvest is still writing when its actor is killed; the actor's leases go to a new one.
+    cfg = compose(*tiny_overrides(tiny_models["llama"], tmp_path / "run", **{"harvest.n_tokens": 6000}))
+    with ThreadPoolExecutor(1) as pool:
+        harvest = pool.submit(run_harvest, cfg)
+        killed = _kill_the_first_writer(OutDir(cfg.out_dir).store / "completion", harvest)
+        store = harvest.result(timeout=600)
+    writers = {_writer_pid(record) for record in (store.path / "completion").glob("shard-*.json")}
+    assert killed in writers and len(writers) == 2  # the killed actor and its replacement
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))
 
 
@@ -60,7 +87,7 @@ def test_rerunning_redoes_only_incomplete_shards(ray_session, tiny_models, tmp_p
 
 def test_an_existing_store_of_another_configuration_is_refused_before_any_work(ray_session, tiny_models, tmp_path):
     run_harvest(compose(*tiny_overrides(tiny_models["gpt2"], tmp_path / "run")))
-    before = sorted(p.name for p in (store_path(compose(f"out_dir={tmp_path / 'run'}")) / "completion").iterdir())
+    before = sorted(p.name for p in (OutDir(tmp_path / "run").store / "completion").iterdir())
     with pytest.raises(ConfigError, match="model.name"):
         validate(compose(*tiny_overrides(tiny_models["neox"], tmp_path / "run")))
     with pytest.raises(ConfigError, match="harvest.hooks"):

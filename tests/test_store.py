@@ -1,13 +1,15 @@
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
+from pipeline.atomic import write_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore, open_store
-from pipeline.store.schema import base_attrs, check_reusable, check_trainable
+from pipeline.store.schema import base_attrs, check_reusable, check_trainable, training_rows
 
 
 def _attrs(dtype="float16", codec="none", n_contexts=8, hooks=("resid_post.1",)):
@@ -89,11 +91,26 @@ def test_a_failed_record_write_leaves_no_record(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(json, "dump", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)  # the disk fills while the record is flushed
     with pytest.raises(OSError, match="No space"):
         store.write_shard(0, {"resid_post.1": torch.ones(16, 8)})
     assert store.incomplete_shards() == [0, 1]
-    assert not list((tmp_path / "s.zarr" / "completion").iterdir())
+    assert not list((tmp_path / "s.zarr" / "completion").iterdir())  # nor a temporary file
+
+
+def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_nothing_else(tmp_path):
+    path = tmp_path / "f.json"
+    write_json_atomic(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+
+    def half_then_fail(tmp):
+        tmp.write_text("{\"a\": ")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(path, half_then_fail)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
 def test_reuse_is_refused_for_another_model_hook_or_dtype_and_for_growth():
@@ -119,6 +136,13 @@ def test_training_is_refused_on_a_store_of_another_model_or_hook():
         check_trainable(attrs, "gpt2", "resid_post.1", "s")
     with pytest.raises(ConfigError, match="train.hook"):
         check_trainable(attrs, "m", "mlp_out.0", "s")
+
+
+def test_eval_tokens_hold_out_the_last_rows_and_must_leave_some_to_train_on():
+    assert training_rows(100, 30) == 70
+    for eval_tokens in (0, 100, -1):
+        with pytest.raises(ConfigError, match=r"^train.eval_tokens: expected between 1 and 99"):
+            training_rows(100, eval_tokens)
 
 
 def test_a_store_of_an_unknown_schema_is_refused(tmp_path):

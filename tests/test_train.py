@@ -2,17 +2,16 @@ import json
 
 import pytest
 import torch
+from conftest import SYNTHETIC_D as D
 
+from pipeline.activations.loading import ActivationData
 from pipeline.coders.registry import build, load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.store.activation_store import ActivationStore
-from pipeline.activations.loading import ActivationData
 from pipeline.evaluate.metrics import FiringTracker, evaluate
+from pipeline.store.activation_store import ActivationStore
 from pipeline.train.arm_run import ArmSpec, TrainingDiverged, schedules
 from pipeline.train.trainer import train_grid, train_run
-
-from conftest import SYNTHETIC_D as D
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +188,69 @@ def test_a_diverging_arm_stops_alone_in_its_grid(store, tmp_path):
     bad = ArmSpec(CoderConfig(n_features=32), bad_cfg, tmp_path / "bad", "bad", "g")
     outcomes = train_grid([bad, good], data, TrackingConfig(mode="disabled"))
     assert isinstance(outcomes[0], TrainingDiverged) and outcomes[1]["steps"] == 20
+
+
+def test_a_train_run_id_names_every_setting_that_changes_the_result_and_only_those():
+    from pipeline.layout import OutDir
+
+    def run_id(coder=None, **train):
+        return OutDir("d").train_run(coder or CoderConfig(n_features=32), TrainConfig(**train)).id
+
+    base = run_id()
+    assert base.startswith("relu_N32_lr0.001_s0_")
+    how = [{"device": "cuda"}, {"log_every": 1}, {"checkpoint_every": 7}, {"parallel": "ddp"}, {"stack_arms": False}]
+    assert all(run_id(**fields) == base for fields in how)
+    others = [run_id(CoderConfig(n_features=32, l1_coefficient=1.0)), run_id(CoderConfig(n_features=32, k=4)),
+              run_id(tokens=5), run_id(eval_tokens=7), run_id(cache="none"), run_id(lr=0.01)]  # fmt: skip
+    assert len({base, *others}) == 7
+
+
+TRAIN_STAGE = ["coder.n_features=32", "train.tokens=2560", "train.batch_size=256", "train.eval_tokens=512",
+               "train.splice_contexts=0", "train.device=cpu", "model.name=synthetic",
+               "tracking.mode=disabled"]  # fmt: skip
+
+
+def _train_stage(out_dir, *overrides) -> int:
+    from pipeline.cli import main
+
+    return main(["train", f"out_dir={out_dir}", *TRAIN_STAGE, *overrides])
+
+
+def _files(folder) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_runs_differing_only_in_lambda_or_k_keep_both_and_a_rerun_changes_nothing(store, tmp_path, capsys):
+    (tmp_path / "store.zarr").symlink_to(store.path)
+    settings = [["coder.l1_coefficient=1.0"], ["coder.l1_coefficient=3.0"],
+                ["coder.kind=topk", "coder.k=4"], ["coder.kind=topk", "coder.k=8"]]  # fmt: skip
+    for overrides in settings:
+        assert _train_stage(tmp_path, *overrides) == 0
+    runs = sorted((tmp_path / "train").iterdir())
+    assert len(runs) == 4 and all((run / "metrics.json").exists() and (run / "coder").is_dir() for run in runs)
+    coders = [json.loads((run / "config.json").read_text())["coder"] for run in runs]
+    assert sorted((c["kind"], c["l1_coefficient"] if c["kind"] == "relu" else c["k"]) for c in coders) == [
+        ("relu", 1.0), ("relu", 3.0), ("topk", 4), ("topk", 8)
+    ]
+    assert {load(run / "coder").n_features for run in runs} == {32}
+    before = _files(tmp_path / "train")
+    capsys.readouterr()
+    for overrides in settings:
+        assert _train_stage(tmp_path, *overrides) == 0
+    assert capsys.readouterr().out.count("nothing to do") == 4
+    assert _files(tmp_path / "train") == before
+
+
+def test_a_folder_holding_a_finished_run_of_another_configuration_is_refused_in_one_line(store, tmp_path, capsys):
+    (tmp_path / "store.zarr").symlink_to(store.path)
+    assert _train_stage(tmp_path, "coder.l1_coefficient=1.0") == 0
+    [run] = (tmp_path / "train").iterdir()
+    recorded = json.loads((run / "config.json").read_text())
+    recorded["coder"]["l1_coefficient"] = 2.0  # as if another configuration had finished in this folder
+    (run / "config.json").write_text(json.dumps(recorded))
+    before = _files(run)
+    capsys.readouterr()
+    assert _train_stage(tmp_path, "coder.l1_coefficient=1.0") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "coder.l1_coefficient=2.0" in err and "coder.l1_coefficient=1.0" in err
+    assert _files(run) == before

@@ -17,6 +17,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
+from pipeline.store.schema import training_rows
 from pipeline.activations.arrays import data_arrays, open_arrays, scale_columns, side_by_side
 from pipeline.activations.stream import StreamingActivationData
 from pipeline.activations.transfer import batch_to_device
@@ -36,13 +37,12 @@ class ActivationData:
         """The arrays `hook` and `cfg` name (see `arrays.data_arrays`); rows are kept on `storage_device`
         (default: `device`) and batches are moved to `device`."""
         n_rows = store.layout.n_rows
-        if not 0 < cfg.eval_tokens < n_rows:
-            raise ConfigError(f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.eval_tokens}")
+        n_train = training_rows(n_rows, cfg.eval_tokens)
         self.arrays, self.d, self.scales = open_arrays(store, hook, cfg)
         parts = [store.read_rows(name, 0, n_rows) for name in self.arrays]
         rows = side_by_side(parts).to(device=storage_device or device, dtype=torch.float32)
         rows = scale_columns(rows, [self.scales[name] for name in self.arrays])
-        self.train, self.eval = rows[: n_rows - cfg.eval_tokens], rows[n_rows - cfg.eval_tokens :]
+        self.train, self.eval = rows[:n_train], rows[n_train:]
         # The first array is the input of an SAE or transcoder: `hook` and `scale` name it.
         self.hook, self.scale, self.device = self.arrays[0], self.scales[self.arrays[0]], device
 

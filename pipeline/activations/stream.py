@@ -26,6 +26,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
+from pipeline.store.schema import training_rows
 from pipeline.activations.arrays import open_arrays, scale_columns, side_by_side
 from pipeline.activations.transfer import batch_to_device
 
@@ -131,11 +132,10 @@ class StreamingActivationData:
 
     def __init__(self, store: ActivationStore, hook: str, cfg: TrainConfig, device: torch.device):
         n_rows = store.layout.n_rows
-        if not 0 < cfg.eval_tokens < n_rows:
-            raise ConfigError(f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.eval_tokens}")
+        n_train = training_rows(n_rows, cfg.eval_tokens)
         self.arrays, self.d, self.scales = open_arrays(store, hook, cfg)
         self.chunk_rows = store.group[f"acts/{self.arrays[0]}"].chunks[0]
-        self.n_chunks = (n_rows - cfg.eval_tokens) // self.chunk_rows
+        self.n_chunks = n_train // self.chunk_rows
         if self.n_chunks == 0:
             raise ConfigError(
                 f"train.eval_tokens: {cfg.eval_tokens} of the store's {n_rows} rows leave no whole chunk "
@@ -145,7 +145,7 @@ class StreamingActivationData:
             if getattr(cfg, field) < 1:
                 raise ConfigError(f"train.{field}: expected at least 1, got {getattr(cfg, field)}")
         self.column_scales = [self.scales[name] for name in self.arrays]
-        eval_rows = side_by_side([store.read_rows(name, n_rows - cfg.eval_tokens, n_rows) for name in self.arrays])
+        eval_rows = side_by_side([store.read_rows(name, n_train, n_rows) for name in self.arrays])
         self.eval = scale_columns(eval_rows.to(device=device, dtype=torch.float32), self.column_scales)
         # The first array is the input of an SAE or transcoder: `hook` and `scale` name it.
         self.store, self.hook, self.scale, self.device = store, self.arrays[0], self.column_scales[0], device

@@ -11,9 +11,7 @@ from pathlib import Path
 from pipeline.config import LauncherConfig, PipelineConfig, RayConfig
 from pipeline.distributed.cluster import connect
 from pipeline.errors import ConfigError
-
-RECORDS = "ray_train"  # Ray Train's own records of each run, under the out_dir
-
+from pipeline.layout import OutDir
 
 def needs_workers(launcher: LauncherConfig) -> bool:
     """Whether `launcher` gives each arm (or pack of arms) more than one GPU, so it trains on several workers."""
@@ -36,7 +34,7 @@ def worker_count(cfg: PipelineConfig) -> int:
 def run_on_ranks(fn, args: tuple, *, num_workers: int, use_gpu: bool, ray: RayConfig, out_dir: Path | str, name: str):
     """`fn(*args)` on each of `num_workers` Ray Train workers, in one process group; what rank 0 returns.
 
-    `name` names the run in Ray Train's records, kept in `<out_dir>/ray_train`.
+    `name` names the run in Ray Train's own records, kept in `<out_dir>/ray_train`; results go to run folders.
     """
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -46,7 +44,7 @@ def run_on_ranks(fn, args: tuple, *, num_workers: int, use_gpu: bool, ray: RayCo
         _call,
         train_loop_config={"fn": fn, "args": args},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(name=name, storage_path=str(Path(out_dir).resolve() / RECORDS)),
+        run_config=RunConfig(name=name, storage_path=str(OutDir(out_dir).ray_train.resolve())),
     )
     return trainer.fit().return_value
 

@@ -1,4 +1,4 @@
-"""PNG plots of the fits and report.md, which links them and lists the numbers and warnings."""
+"""PNG plots of the fits, report.md, which links them and lists the numbers and warnings, and the law table."""
 
 from pathlib import Path
 
@@ -8,13 +8,13 @@ import pandas as pd
 from pipeline.fit.joint import joint_loss, joint_points
 from pipeline.fit.optima import Optimum
 
-PLOT_FILES = {
-    "loss_vs_tokens": "loss_vs_tokens.png",
-    "isoflop": "isoflop.png",
-    "frontier": "frontier.png",
-    "optima": "optima.png",
-    "dead_features": "dead_features.png",
-    "joint_nk": "joint_nk.png",
+TITLES = {  # plot (file <name>.png) -> its title in report.md
+    "loss_vs_tokens": "Loss vs tokens",
+    "isoflop": "IsoFLOP curves",
+    "frontier": "Loss frontier",
+    "optima": "Optimal N, T, lr",
+    "dead_features": "Dead features",
+    "joint_nk": "Joint L(N, k)",
 }
 
 
@@ -42,8 +42,8 @@ def write_plots(bundle, out: Path) -> list[str]:
         if fig is None:
             continue
         fig.tight_layout()
-        fig.savefig(out / PLOT_FILES[name], dpi=110)
-        drawn.append(PLOT_FILES[name])
+        fig.savefig(out / f"{name}.png", dpi=110)
+        drawn.append(f"{name}.png")
     return drawn
 
 
@@ -192,24 +192,26 @@ def _joint(new_figure, bundle):
     return fig
 
 
-def _law_rows(fit: dict) -> list[str]:
+def law_table(fit: dict, markdown: bool = False) -> str:
+    """The fitted laws in C: quantity, coefficient, exponent and its 95% CI, as plain text or Markdown."""
     frontier = fit.get("loss_frontier") or {}
-    rows = []
-    for name, law in (
-        ("N*(C)", fit.get("n_opt")),
-        ("T*(C)", fit.get("tokens_opt")),
-        ("lr*(C)", fit.get("lr_opt")),
-        ("L*(C)", frontier.get("power_law")),
-        ("L*(C) with floor", frontier.get("with_floor")),
-    ):
+    laws = [("N*(C)", fit.get("n_opt")), ("T*(C)", fit.get("tokens_opt")), ("lr*(C)", fit.get("lr_opt"))]
+    laws.append(("L*(C)", frontier.get("power_law")))
+    floor = frontier.get("with_floor")
+    if floor:
+        laws.append((f"L*(C) - {floor['irreducible']:.4g}", floor))
+    rows = [("quantity", "coefficient", "exponent", "95% CI")]
+    for name, law in laws:
         if law is None:
-            rows.append(f"| {name} | - | - | - | not fitted |")
+            rows.append((name, "-", "-", "(not fitted)"))
             continue
         ci = law.get("ci95")
-        floor = f"floor {law['irreducible']:.4g}" if "irreducible" in law else ""
-        ci_text = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-"
-        rows.append(f"| {name} | {law['coefficient']:.4g} | {law['exponent']:.4f} | {ci_text} | {floor} |")
-    return rows
+        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        rows.append((name, f"{law['coefficient']:.4g}", f"{law['exponent']:.3f}", ci_text))
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join([lines[0], "|---|---|---|---|", *lines[1:]])
+    return "\n".join(f"{name:<20} {coefficient:>12} {exponent:>9}  {ci}" for name, coefficient, exponent, ci in rows)
 
 
 def write_report(fit: dict) -> str:
@@ -238,25 +240,10 @@ def write_report(fit: dict) -> str:
         f"| {o['n_runs']} | {'yes' if o['at_grid_edge'] else 'no'} |"
         for o in fit["optima"]
     ]
-    lines += [
-        "",
-        "## Laws in compute",
-        "",
-        "| quantity | coefficient | exponent | 95% CI of exponent | |",
-        "|---|---|---|---|---|",
-    ]
-    lines += _law_rows(fit) + [""]
+    lines += ["", "## Laws in compute", "", law_table(fit, markdown=True), ""]
     lines += _extrapolation_section(fit.get("extrapolation")) + _dead_section(fit.get("dead_features"))
     lines += _joint_section(fit.get("joint_nk"))
-    titles = {
-        "loss_vs_tokens.png": "Loss vs tokens",
-        "isoflop.png": "IsoFLOP curves",
-        "frontier.png": "Loss frontier",
-        "optima.png": "Optimal N, T, lr",
-        "dead_features.png": "Dead features",
-        "joint_nk.png": "Joint L(N, k)",
-    }
-    lines += ["## Plots", ""] + [f"![{titles.get(p, p)}]({p})" for p in fit.get("plots", [])] + [""]
+    lines += ["## Plots", ""] + [f"![{TITLES.get(Path(p).stem, p)}]({p})" for p in fit.get("plots", [])] + [""]
     return "\n".join(lines)
 
 

@@ -6,14 +6,13 @@ exponent (loss and learning rate fall with compute, so theirs are negative).
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import FitConfig
 from pipeline.errors import ConfigError
 from pipeline.fit.bootstrap import MIN_SAMPLES, LawSamples, bootstrap_laws
@@ -22,7 +21,7 @@ from pipeline.fit.extrapolate import extrapolation_check
 from pipeline.fit.joint import fit_joint_nk
 from pipeline.fit.optima import Optimum, find_optima, split_budgets
 from pipeline.fit.powerlaw import FloorLaw, PowerLaw, fit_power_law, fit_power_law_with_floor
-from pipeline.fit.report import write_plots, write_report
+from pipeline.fit.report import law_table, write_plots, write_report
 from pipeline.fit.runs import analysis_slice, check_columns, finished_runs
 
 SCHEMA_VERSION = 1
@@ -181,18 +180,6 @@ def _json_safe(value):
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_fit(results: pd.DataFrame, out: Path, cfg: FitConfig) -> dict:
     """Fit the results table and write out/fit.json, out/report.md and PNG plots; return the fit dict.
 
@@ -202,31 +189,13 @@ def run_fit(results: pd.DataFrame, out: Path, cfg: FitConfig) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle.fit["plots"] = write_plots(bundle, out)
-    _write_atomic(out / "report.md", write_report(bundle.fit))
-    _write_atomic(out / "fit.json", json.dumps(bundle.fit, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / "report.md", write_report(bundle.fit))
+    write_text_atomic(out / "fit.json", json.dumps(bundle.fit, indent=2, allow_nan=False) + "\n")
     return bundle.fit
 
 
 def summary_table(fit: dict) -> str:
-    """The fitted laws as a short plain-text table: quantity, coefficient, exponent, 95% CI."""
-    frontier = fit.get("loss_frontier") or {}
-    rows = [
-        ("N*(C)", fit.get("n_opt")),
-        ("T*(C)", fit.get("tokens_opt")),
-        ("lr*(C)", fit.get("lr_opt")),
-        ("L*(C)", frontier.get("power_law")),
-    ]
-    floor = frontier.get("with_floor")
-    if floor:
-        rows.append((f"L*(C) - {floor['irreducible']:.4g}", floor))
-    lines = [f"{'quantity':<20} {'coefficient':>12} {'exponent':>9}  95% CI"]
-    for name, law in rows:
-        if law is None:
-            lines.append(f"{name:<20} {'-':>12} {'-':>9}  (not fitted)")
-            continue
-        ci = law.get("ci95")
-        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        lines.append(f"{name:<20} {law['coefficient']:>12.4g} {law['exponent']:>9.3f}  {ci_text}")
+    """The fitted laws as a plain-text table, and how many runs and budgets they rest on."""
     n_warn = len(fit.get("warnings", []))
-    lines.append(f"{fit.get('n_runs', 0)} finished runs, {fit.get('n_budgets', 0)} budgets, {n_warn} warning(s)")
-    return "\n".join(lines)
+    footer = f"{fit.get('n_runs', 0)} finished runs, {fit.get('n_budgets', 0)} budgets, {n_warn} warning(s)"
+    return law_table(fit) + "\n" + footer

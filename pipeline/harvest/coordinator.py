@@ -3,15 +3,11 @@
 Each actor holds `CONCURRENT` leases, so it writes one shard while its model runs the next.
 """
 
-import os
 from collections import deque
 
 from pipeline.config import PipelineConfig
 from pipeline.harvest.worker import CONCURRENT, HarvestWorker
 from pipeline.progress import Progress
-
-# Tests set this to make the first actor exit mid-way through the named shard.
-FAULT_ENV = "PIPELINE_TEST_KILL_ACTOR_AT_SHARD"
 
 
 class HarvestError(RuntimeError):
@@ -36,11 +32,10 @@ class ShardLeases:
         self.actors: list = []
         self.dead: set = set()  # actors known to have died, whose other leases fail too
         self.groups: list = []
-        fault_shard = int(os.environ.get(FAULT_ENV, "-1"))
-        for i in range(min(h.replicas, len(pending))):
-            self.lease(self.new_actor(fault_shard if i == 0 else -1), CONCURRENT)
+        for _ in range(min(h.replicas, len(pending))):
+            self.lease(self.new_actor(), CONCURRENT)
 
-    def new_actor(self, fault_shard: int = -1):
+    def new_actor(self):
         """A replica in a placement group of its own, so its CPUs and GPUs are reserved together on one node."""
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -48,7 +43,7 @@ class ShardLeases:
         group = placement_group([self.bundle], strategy="STRICT_PACK")
         self.groups.append(group)
         strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0)
-        actor = self.remote_worker.options(scheduling_strategy=strategy).remote(*self.worker_args, fault_shard)
+        actor = self.remote_worker.options(scheduling_strategy=strategy).remote(*self.worker_args)
         self.actors.append(actor)
         return actor
 

@@ -9,15 +9,12 @@ from pipeline.text.contexts import build_contexts
 from pipeline.text.corpus import documents
 from pipeline.errors import ConfigError
 from pipeline.harvest.coordinator import run_actors
+from pipeline.layout import OutDir
 from pipeline.models.hooks import parse_hook
 from pipeline.models.loading import ModelInfo, describe, load_tokenizer
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs, check_reusable
-
-
-def store_path(cfg: PipelineConfig) -> Path:
-    return Path(cfg.out_dir) / "store.zarr"
 
 
 def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
@@ -69,7 +66,7 @@ def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
 def validate(cfg: PipelineConfig) -> dict:
     """Checks everything the harvest needs before any work; returns the planned attributes."""
     attrs = planned_attrs(cfg, describe(cfg.model))
-    path = store_path(cfg)
+    path = OutDir(cfg.out_dir).store
     if (path / "zarr.json").exists():
         check_reusable(_existing_attrs(path), attrs, str(path))
     return attrs
@@ -83,7 +80,7 @@ def _existing_attrs(path: Path) -> dict:
 
 def run_harvest(cfg: PipelineConfig) -> ActivationStore:
     attrs = validate(cfg)
-    path = store_path(cfg)
+    path = OutDir(cfg.out_dir).store
     if (path / "zarr.json").exists():
         store = ActivationStore(path)
         if store.complete:

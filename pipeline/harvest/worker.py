@@ -6,7 +6,6 @@ never waits for the disk. On a GPU the activations are copied into pinned host m
 waiting, and only the end of a shard's forward passes waits for the copies.
 """
 
-import os
 import queue
 import threading
 
@@ -23,15 +22,7 @@ CONCURRENT = 2  # shards in flight per replica: one in its forward passes, one b
 class HarvestWorker:
     """Used directly for a single-process harvest, or as a Ray actor (`ray.remote(HarvestWorker)`)."""
 
-    def __init__(
-        self,
-        store_path: str,
-        model_cfg: ModelConfig,
-        n_layers: int,
-        batch_contexts: int,
-        drop_bos: bool,
-        fault_shard: int = -1,
-    ):
+    def __init__(self, store_path: str, model_cfg: ModelConfig, n_layers: int, batch_contexts: int, drop_bos: bool):
         self.store = ActivationStore(store_path)
         # Ray shows an actor only its own GPUs; with several, the model's layers are spread over them.
         split = pick_device(model_cfg.device).type == "cuda" and torch.cuda.device_count() > 1
@@ -41,7 +32,6 @@ class HarvestWorker:
         self.points = [parse_hook(h, n_layers) for h in self.store.hooks]
         self.batch_contexts = batch_contexts
         self.drop_bos = drop_bos
-        self.fault_shard = fault_shard  # tests only: the process exits mid-way through this shard
         self.forward_lock = threading.Lock()
         self.buffers: queue.Queue = queue.Queue()
         for _ in range(CONCURRENT):
@@ -69,8 +59,6 @@ class HarvestWorker:
         tokens = torch.from_numpy(self.store.read_tokens(start, stop)).long()
         row = 0
         for i in range(0, len(tokens), self.batch_contexts):
-            if shard == self.fault_shard and i > 0:
-                os._exit(17)
             captured = run_to_hooks(self.model, tokens[i : i + self.batch_contexts].to(self.device), self.points, self.n_layers)
             for name, batch in captured.items():
                 batch = batch[:, 1:] if self.drop_bos else batch

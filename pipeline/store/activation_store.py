@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.atomic import write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.schema import check_schema
@@ -48,19 +49,6 @@ class Layout:
 
     def rows(self, shard: int) -> tuple[int, int]:
         return shard * self.rows_per_shard, (shard + 1) * self.rows_per_shard
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _BLOCK = 1 << 24  # bytes per separately hashed block: blocks hash in parallel threads

@@ -64,6 +64,15 @@ def check_trainable(attrs: dict, model_name: str, hook: str, where: str) -> None
         raise ConfigError(f"train.hook: the store at {where} has hooks {attrs['hooks']}, not {hook!r}")
 
 
+def training_rows(n_rows: int, eval_tokens: int) -> int:
+    """The rows of a store of `n_rows` left to train on once its last `eval_tokens` are held out, or ConfigError."""
+    if not 0 < eval_tokens < n_rows:
+        raise ConfigError(
+            f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {eval_tokens}"
+        )
+    return n_rows - eval_tokens
+
+
 def base_attrs(model: dict, dataset: dict, hooks: list[str], layout: dict, codec: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,

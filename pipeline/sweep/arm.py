@@ -8,10 +8,11 @@ from pipeline.activations.stream import StreamingActivationData
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.distributed.process_group import process_group
 from pipeline.evaluate.splice import Splicer
+from pipeline.layout import OutDir, SweepDir
 from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
 from pipeline.sweep.plan import Arm
-from pipeline.sweep.results import read_row, run_dir, write_row
+from pipeline.sweep.results import read_row, write_row
 from pipeline.train.arm_run import ArmSpec
 from pipeline.train.trainer import train_grid
 
@@ -42,9 +43,8 @@ def make_splicer(store, train: TrainConfig, device) -> Splicer | None:
 
 def _pack(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str):
     """The pack's ArmSpecs, and its data and splicer (arms of one pack read the same arrays)."""
-    specs = [ArmSpec(c.coder, c.train, run_dir(sweep_dir, a.run_id), a.run_id, group) for a, c in zip(arms, configs)]
-    store_path = Path(configs[0].out_dir) / "store.zarr"
-    return specs, *activation_data(store_path, specs[0].train.hook or hook, specs[0].train)
+    specs = [ArmSpec(c.coder, c.train, SweepDir(sweep_dir).run(a.run_id), a.run_id, group) for a, c in zip(arms, configs)]
+    return specs, *activation_data(OutDir(configs[0].out_dir).store, specs[0].train.hook or hook, specs[0].train)
 
 
 def run_arms(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str) -> list[dict]:

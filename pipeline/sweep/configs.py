@@ -10,13 +10,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pipeline.atomic import write_json_atomic
 from pipeline.coders.registry import SPARSITY_FIELD
 from pipeline.config import PipelineConfig
-from pipeline.store.activation_store import write_json_atomic
+from pipeline.layout import SweepDir
 from pipeline.sweep.plan import Arm
-
-ARMS = "arms.json"  # in the sweep folder: run id -> that arm's configuration
-
 
 def arm_config(cfg: PipelineConfig, arm: Arm) -> PipelineConfig:
     """The sweep's configuration as `arm` trains it: its coder shape, arrays and steps, and an absolute out_dir."""
@@ -36,12 +34,12 @@ def arm_config(cfg: PipelineConfig, arm: Arm) -> PipelineConfig:
 
 
 def write_arm_configs(sweep_dir: Path, cfg: PipelineConfig, arms: list[Arm]) -> None:
-    write_json_atomic(sweep_dir / ARMS, {arm.run_id: asdict(arm_config(cfg, arm)) for arm in arms})
+    write_json_atomic(SweepDir(sweep_dir).arms, {arm.run_id: asdict(arm_config(cfg, arm)) for arm in arms})
 
 
 def read_arm_configs(sweep_dir: Path, run_ids: list[str]) -> list[PipelineConfig]:
     """The configurations of the arms named by `run_ids`, in that order, typed and checked by the schema."""
-    path = sweep_dir / ARMS
+    path = SweepDir(sweep_dir).arms
     saved = json.loads(path.read_text())
     missing = [r for r in run_ids if r not in saved]
     if missing:

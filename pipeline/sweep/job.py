@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.distributed.ray_train import needs_workers, run_on_ranks, worker_count
+from pipeline.layout import OutDir, SweepDir
 from pipeline.sweep.arm import run_arms, run_arms_on_rank
 from pipeline.sweep.configs import read_arm_configs
 from pipeline.sweep.overrides import format_value
@@ -19,11 +20,12 @@ from pipeline.sweep.plan import Arm
 
 def planned_arms(sweep_dir: Path, run_ids: list[str]) -> tuple[dict, list[Arm]]:
     """The plan and the arms of it named by `run_ids`, in that order."""
-    plan = json.loads((sweep_dir / "plan.json").read_text())
+    plan_file = SweepDir(sweep_dir).plan
+    plan = json.loads(plan_file.read_text())
     by_id = {a["run_id"]: Arm(**a) for a in plan["arms"]}
     missing = [r for r in run_ids if r not in by_id]
     if missing:
-        raise KeyError(f"sweep.arms: {missing[0]} is not an arm of the plan in {sweep_dir / 'plan.json'}")
+        raise KeyError(f"sweep.arms: {missing[0]} is not an arm of the plan in {plan_file}")
     return plan, [by_id[r] for r in run_ids]
 
 
@@ -34,7 +36,7 @@ def job_overrides(out_dir: Path, run_ids: list[str]) -> list[str]:
 
 def train_pack(job_cfg: DictConfig) -> list[dict]:
     """Trains the arms of `sweep.arms` fused in this process (or on several workers) and returns their result rows."""
-    sweep_dir = Path(job_cfg.out_dir) / "sweep"
+    sweep_dir = OutDir(job_cfg.out_dir).sweep.path
     plan, arms = planned_arms(sweep_dir, list(job_cfg.sweep.arms))
     configs = read_arm_configs(sweep_dir, [a.run_id for a in arms])
     pack, cfg = (arms, configs, plan["hook"], sweep_dir, plan["sweep"]), configs[0]

@@ -24,6 +24,7 @@ from pipeline.coders.registry import SPARSITY_FIELD, STACKABLE
 from pipeline.config import CONF_DIR, PipelineConfig
 from pipeline.distributed.ray_train import needs_workers
 from pipeline.errors import ConfigError
+from pipeline.layout import SweepDir
 from pipeline.sweep.job import job_overrides, train_pack
 from pipeline.sweep.overrides import format_value, quote
 from pipeline.sweep.plan import Arm
@@ -76,7 +77,7 @@ def launcher_fields(cfg: PipelineConfig, sweep_dir: Path, group: str) -> dict[st
                 "cpus_per_job": launcher.cpus_per_arm, "gpus_per_job": gpus}  # fmt: skip
     if launcher.name == "slurm":
         return {
-            "submitit_folder": launcher.submitit_folder or str(sweep_dir / "submitit" / "%j"),
+            "submitit_folder": launcher.submitit_folder or str(SweepDir(sweep_dir).submitit / "%j"),
             "name": group,
             "nodes": 1,
             "tasks_per_node": 1,
@@ -102,7 +103,7 @@ def hydra_overrides(cfg: PipelineConfig, sweep_dir: Path, group: str) -> list[st
         f"hydra/launcher={HYDRA_LAUNCHERS[cfg.launcher.name]}",
         "hydra/job_logging=none",
         "hydra/hydra_logging=none",
-        f"hydra.sweep.dir={quote(str(sweep_dir / 'jobs'))}",
+        f"hydra.sweep.dir={quote(str(SweepDir(sweep_dir).jobs))}",
         *(f"hydra.launcher.{k}={format_value(v)}" for k, v in fields.items()),
     ]
 

@@ -5,12 +5,12 @@ rebuilt from those files and replaced atomically.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.store.activation_store import write_json_atomic
+from pipeline.atomic import write_atomic, write_json_atomic
+from pipeline.layout import SweepDir
 from pipeline.sweep.plan import Arm
 
 RESULT = "result.json"
@@ -21,18 +21,14 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def run_dir(sweep_dir: Path, run_id: str) -> Path:
-    return sweep_dir / "runs" / run_id
-
-
 def read_row(sweep_dir: Path, run_id: str) -> dict | None:
-    path = run_dir(sweep_dir, run_id) / RESULT
+    path = SweepDir(sweep_dir).run(run_id) / RESULT
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def write_row(sweep_dir: Path, arm: Arm, status: str, attempts: int, metrics: dict | None = None, error: str = "") -> dict:
     metrics = metrics or {}
-    folder = run_dir(sweep_dir, arm.run_id)
+    folder = SweepDir(sweep_dir).run(arm.run_id)
     row = {
         "run_id": arm.run_id,
         "status": status,
@@ -61,9 +57,8 @@ def write_row(sweep_dir: Path, arm: Arm, status: str, attempts: int, metrics: di
 
 def gather(sweep_dir: Path) -> pd.DataFrame:
     """Rebuilds `results.parquet` from every arm's row."""
-    rows = [json.loads(p.read_text()) for p in sorted((sweep_dir / "runs").glob(f"*/{RESULT}"))]
+    folders = SweepDir(sweep_dir)
+    rows = [json.loads(p.read_text()) for p in sorted(folders.runs.glob(f"*/{RESULT}"))]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    tmp = sweep_dir / f".results.{os.getpid()}.parquet"
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, sweep_dir / "results.parquet")
+    write_atomic(folders.results, lambda tmp: table.to_parquet(tmp, index=False))
     return table

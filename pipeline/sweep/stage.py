@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+from pipeline.atomic import write_json_atomic
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
-from pipeline.store.activation_store import open_store, write_json_atomic
-from pipeline.store.schema import check_trainable
-from pipeline.sweep.configs import ARMS, write_arm_configs
+from pipeline.layout import OutDir
+from pipeline.store.activation_store import open_store
+from pipeline.store.schema import check_trainable, training_rows
+from pipeline.sweep.configs import write_arm_configs
 from pipeline.sweep.launch import check_launcher, launch
 from pipeline.sweep.plan import Arm, format_table, plan
 from pipeline.sweep.results import gather, read_row
@@ -14,21 +16,13 @@ from pipeline.sweep.spec import SweepSpec, load_spec
 from pipeline.track.wandb_run import open_tracker
 
 
-def sweep_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.out_dir) / "sweep"
-
-
 def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[str, list[Arm]]:
     """(hook, arms) for a store with these attributes (a real store, or the one a harvest will write)."""
     hook = cfg.train.hook or store_attrs["hooks"][0]
-    check_trainable(store_attrs, cfg.model.name, hook, str(Path(cfg.out_dir) / "store.zarr"))
+    check_trainable(store_attrs, cfg.model.name, hook, str(OutDir(cfg.out_dir).store))
     layout = store_attrs["layout"]
     n_rows = layout["n_contexts"] * layout["rows_per_context"]
-    if not 0 < cfg.train.eval_tokens < n_rows:
-        raise ConfigError(
-            f"train.eval_tokens: expected between 1 and {n_rows - 1} (the store's rows), got {cfg.train.eval_tokens}"
-        )
-    return hook, plan(spec, store_attrs["model"]["d_model"], n_rows - cfg.train.eval_tokens)
+    return hook, plan(spec, store_attrs["model"]["d_model"], training_rows(n_rows, cfg.train.eval_tokens))
 
 
 def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, list[Arm]]:
@@ -57,20 +51,21 @@ def pending_arms(arms: list[Arm], folder: Path, max_retries: int) -> list[Arm]:
 
 def run_sweep(cfg: PipelineConfig):
     check_launcher(cfg)
-    store = open_store(Path(cfg.out_dir) / "store.zarr")
+    out = OutDir(cfg.out_dir)
+    store = open_store(out.store)
     spec, hook, arms = validate(cfg, store.attrs)
-    folder = sweep_dir(cfg)
+    folder = out.sweep.path
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
-        folder / "plan.json",
+        out.sweep.plan,
         {"sweep": spec.name, "hook": hook, "store": str(store.path), "arms": [a.as_dict() for a in arms]},
     )
     write_arm_configs(folder, cfg, arms)
     if cfg.dry_run:
         print(format_table(arms))
         print(
-            f"sweep {spec.name}: {len(arms)} arms planned in {folder / 'plan.json'}, their configurations in "
-            f"{folder / ARMS}; dry run, nothing launched"
+            f"sweep {spec.name}: {len(arms)} arms planned in {out.sweep.plan}, their configurations in "
+            f"{out.sweep.arms}; dry run, nothing launched"
         )
         return None
     picked = chosen(arms, cfg.sweep.arms)
@@ -84,7 +79,7 @@ def run_sweep(cfg: PipelineConfig):
     table = gather(folder)
     failed = table[table.status != "done"]
     print(
-        f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {folder / 'results.parquet'}"
+        f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {out.sweep.results}"
     )
     track_results(cfg, spec.name, table, folder)
     return table

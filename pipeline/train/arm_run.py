@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 
 from pipeline.activations.arrays import Columns, coder_arrays
 from pipeline.activations.loading import ActivationData
+from pipeline.atomic import write_json_atomic
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.store.activation_store import write_json_atomic
+from pipeline.layout import METRICS
 from pipeline.track.wandb_run import open_tracker
 from pipeline.train import checkpoint
 from pipeline.train.parallel import parallel_for
@@ -176,7 +177,7 @@ class ArmRun:
         }
         if whole is not None:
             whole.save(self.spec.run_dir / "coder")
-            write_json_atomic(self.spec.run_dir / "metrics.json", metrics)
+            write_json_atomic(self.spec.run_dir / METRICS, metrics)
             checkpoint.remove(self.spec.run_dir)
         if self.tracker:
             self.tracker.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})

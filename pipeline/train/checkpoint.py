@@ -7,17 +7,16 @@ Nothing is unpickled.
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from pipeline.atomic import write_atomic, write_json_atomic
 from pipeline.coders.registry import build
 from pipeline.config import CoderConfig
 from pipeline.distributed.process_group import barrier
 from pipeline.errors import ConfigError
-from pipeline.store.activation_store import write_json_atomic
 from pipeline.train.sharded import bounds
 
 FILE = "checkpoint.safetensors"
@@ -37,12 +36,8 @@ def _state(step: int, config: dict, coder, optimizer, firing, extra: dict) -> tu
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def save(folder: Path, step: int, config: dict, coder, optimizer, firing, extra: dict) -> Path:
