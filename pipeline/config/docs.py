@@ -1,0 +1,73 @@
+"""The documentation of config fields, read from the schema's source, and the listing `pipeline STAGE --help` prints.
+
+A field's documentation is the one-line comment beside its declaration in its dataclass (a
+declaration wrapped over several lines keeps its comment on one of them): the schema is the only
+place the text lives. The listing adds each field's current value and declared rules (`checks`).
+"""
+
+import ast
+import dataclasses
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
+from typing import Any
+
+from pipeline.config.checks import describe
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: its comment} for a dataclass, from its source; fields without a comment are left out."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    docs = {}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            lines = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+            if lines:
+                docs[node.target.id] = " ".join(lines)
+    return docs
+
+
+def listing(cfg: Any, groups: tuple[str, ...]) -> str:
+    """The fields of `cfg` named in `groups` (a group with all its fields), each as `name: value  # doc [rules]`."""
+    rows = _rows(cfg, [f.name for f in dataclasses.fields(cfg) if f.name in groups], "")
+    width = max(len(left) for left, _ in rows)
+    return "\n".join(f"{left:<{width}}  # {doc}" if doc else left for left, doc in rows)
+
+
+def _rows(cfg: Any, names: list[str], indent: str) -> list[tuple[str, str]]:
+    rows = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name not in names:
+            continue
+        if dataclasses.is_dataclass(value):
+            rows.append((f"{indent}{f.name}:", _doc(type(cfg), f)))
+            rows += _rows(value, [g.name for g in dataclasses.fields(value)], indent + "  ")
+        else:
+            rows.append((f"{indent}{f.name}: {_format(value)}", _doc(type(cfg), f)))
+    return rows
+
+
+def _doc(cls: type, f: dataclasses.Field) -> str:
+    rules = describe(f.metadata)
+    doc = field_docs(cls).get(f.name, "")
+    return f"{doc} [{rules}]" if rules else doc
+
+
+def _format(value: Any) -> str:
+    """The value as an override would spell it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_format(v) for v in value) + "]"
+    if value == "":
+        return "''"
+    return str(value)
