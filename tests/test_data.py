@@ -30,8 +30,6 @@ def test_the_seed_changes_the_order_and_splits_are_disjoint():
     assert train != other_seed
     validation = set(first(DataConfig(split="validation")))
     assert validation and not validation & set(train)
-    with pytest.raises(ConfigError, match="data.split"):
-        documents(DataConfig(split="test"))
 
 
 def test_local_text_jsonl_and_parquet_files_are_read(tmp_path, tokenizer):

@@ -37,9 +37,7 @@ def check(cfg: Any, at: str = "") -> None:
 
 def check_value(name: str, value: Any, rules: dict) -> None:
     items = value if isinstance(value, list | tuple) else [value]
-    if "choices" in rules and any(v not in rules["choices"] for v in items):
-        raise ConfigError(f"{name}: expected {describe(rules)}, got {value!r}")
-    if not all(_within(v, rules) for v in items):
+    if not all(v in rules.get("choices", (v,)) and _within(v, rules) for v in items):
         raise ConfigError(f"{name}: expected {describe(rules)}, got {value!r}")
 
 
