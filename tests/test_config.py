@@ -67,7 +67,7 @@ BAD = [
     ("sweep", ["sweep.max_retries=-1"], "sweep.max_retries: expected at least 0, got -1"),
     ("sweep", ["dry_run=maybe"], "dry_run: Value 'maybe' is not a valid bool"),
     ("fit", ["fit.n_bootstrap=-1"], "fit.n_bootstrap: expected at least 0, got -1"),
-    ("fit", ["tracking.mode=sometimes"], "tracking.mode: expected one of disabled, offline, online, auto, got 'sometimes'"),
+    ("fit", ["tracking.mode=loud"], "tracking.mode: expected one of disabled, offline, online, auto, got 'loud'"),
 ]
 
 
@@ -98,7 +98,9 @@ class Outer:
     low: int = checked(
         0, min=0, max=10
     )  # a field wrapped over lines, its comment at the end
-    high: int = 5  # unchecked
+    # a comment block above a declaration,
+    # over two lines
+    high: int = 5
 
     def validate(self, at: str) -> None:
         if self.low > self.high:
@@ -129,7 +131,10 @@ def test_an_unknown_rule_is_a_programming_error():
 
 
 def test_field_docs_are_the_comments_beside_the_declarations():
-    assert field_docs(Outer) == {"low": "a field wrapped over lines, its comment at the end", "high": "unchecked"}
+    assert field_docs(Outer) == {
+        "low": "a field wrapped over lines, its comment at the end",
+        "high": "a comment block above a declaration, over two lines",
+    }
     assert field_docs(schema.TrainConfig)["lr"] == "peak Adam learning rate"
 
 

@@ -1,8 +1,9 @@
 """The documentation of config fields, read from the schema's source, and the listing `pipeline STAGE --help` prints.
 
-A field's documentation is the one-line comment beside its declaration in its dataclass (a
-declaration wrapped over several lines keeps its comment on one of them): the schema is the only
-place the text lives. The listing adds each field's current value and declared rules (`checks`).
+A field's documentation is the comment beside its declaration in its dataclass (a declaration
+wrapped over several lines keeps it on one of them), or, where that line would grow too long, the
+comment lines right above the declaration: the schema is the only place the text lives. The
+listing adds each field's current value and declared rules (`checks`).
 """
 
 import ast
@@ -21,18 +22,30 @@ from pipeline.config.checks import describe
 def field_docs(cls: type) -> dict[str, str]:
     """{field name: its comment} for a dataclass, from its source; fields without a comment are left out."""
     source = textwrap.dedent(inspect.getsource(cls))
-    comments = {
-        token.start[0]: token.string.lstrip("#").strip()
-        for token in tokenize.generate_tokens(io.StringIO(source).readline)
-        if token.type == tokenize.COMMENT
-    }
+    comments, alone = {}, set()  # line -> comment text; the lines holding only a comment
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+            if token.line.lstrip().startswith("#"):
+                alone.add(token.start[0])
     docs = {}
     for node in ast.parse(source).body[0].body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            lines = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+            lines = _comment_lines(node, comments, alone)
             if lines:
-                docs[node.target.id] = " ".join(lines)
+                docs[node.target.id] = " ".join(comments[n] for n in lines)
     return docs
+
+
+def _comment_lines(node: ast.AST, comments: dict[int, str], alone: set[int]) -> list[int]:
+    """The lines of the comment beside a declaration, else of the comment block right above it."""
+    beside = [n for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+    if beside:
+        return beside
+    above = node.lineno - 1
+    while above in alone:
+        above -= 1
+    return list(range(above + 1, node.lineno))
 
 
 def listing(cfg: Any, groups: tuple[str, ...]) -> str:

@@ -24,7 +24,8 @@ TRACKING_MODES = ("disabled", "offline", "online", "auto")
 
 @dataclass
 class ModelConfig:
-    name: str = "sentence-transformers/all-MiniLM-L6-v2"  # HF model id or local folder with a config and safetensors weights
+    # HF model id or local folder with a config and safetensors weights
+    name: str = "sentence-transformers/all-MiniLM-L6-v2"
     revision: str = "main"  # HF revision (branch, tag or commit) when loading from the hub
     dtype: str = checked("float32", choices=MODEL_DTYPES)  # torch dtype of the forward pass
     device: str = "auto"  # torch device of the forward pass; auto = cuda when present, else cpu
@@ -33,7 +34,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = checked("stdlib", choices=SOURCES)  # stdlib (Python's own docs, embedded), hf (a Hub data set, streamed) or files
+    # stdlib (Python's own docs, embedded), hf (a Hub data set, streamed) or files
+    source: str = checked("stdlib", choices=SOURCES)
     name: str = "python-stdlib-docs"  # HF data set id (source=hf); a label otherwise
     subset: str = ""  # HF data set configuration name, empty for none
     paths: list[str] = field(default_factory=list)  # local .txt, .jsonl/.json or .parquet files (source=files)
@@ -59,7 +61,8 @@ class HarvestConfig:
     contexts_per_shard: int = checked(64, min=1)  # contexts in one store shard, the unit of leasing and completion
     replicas: int = checked(2, min=1)  # Ray actors, each holding one model replica
     cpus_per_replica: float = checked(1.0, min=0)  # CPUs reserved for each replica (its placement-group bundle)
-    gpus_per_replica: float = checked(0.0, min=0)  # GPUs reserved for each replica; above 1 the model is split across them
+    # GPUs reserved for each replica; above 1 the model is split across them
+    gpus_per_replica: float = checked(0.0, min=0)
     max_actor_restarts: int = checked(3, min=0)  # times a dead actor is replaced before the harvest fails
 
     def validate(self, at: str) -> None:
@@ -73,7 +76,8 @@ class HarvestConfig:
 class StoreConfig:
     dtype: str = checked("float16", choices=STORE_DTYPES)  # on-disk activation dtype (bfloat16 kept as uint16 bits)
     codec: str = checked("none", choices=CODECS)  # compressor of the activation chunks
-    contexts_per_chunk: int = checked(16, min=1)  # contexts in one Zarr chunk (the unit of compression and partial reads)
+    # contexts in one Zarr chunk (the unit of compression and partial reads)
+    contexts_per_chunk: int = checked(16, min=1)
 
 
 @dataclass
@@ -98,26 +102,35 @@ class CoderConfig:
 class TrainConfig:
     hook: str = ""  # store array to train on; empty = the store's first hook
     target_hook: str = ""  # store array a transcoder predicts from `hook` (e.g. mlp_out.3); empty for SAEs
-    layers: list[int] = checked(default_factory=list, min=0)  # clt: layers whose mlp_in.L it reads and mlp_out.L it predicts; empty otherwise
+    # clt: layers whose mlp_in.L it reads and mlp_out.L it predicts; empty otherwise
+    layers: list[int] = checked(default_factory=list, min=0)
     tokens: int = checked(100_000, min=1)  # training tokens (a sweep sets this from the budget)
     batch_size: int = checked(1024, min=1)  # activation rows per optimiser step
     lr: float = checked(1e-3, gt=0)  # peak Adam learning rate
-    lambda_warmup_frac: float = checked(0.05, min=0, max=1)  # fraction of steps over which the sparsity coefficient ramps up from 0
-    lr_decay_frac: float = checked(0.2, min=0, max=1)  # final fraction of steps over which the learning rate decays linearly to 0
+    # fraction of steps over which the sparsity coefficient ramps up from 0
+    lambda_warmup_frac: float = checked(0.05, min=0, max=1)
+    # final fraction of steps over which the learning rate decays linearly to 0
+    lr_decay_frac: float = checked(0.2, min=0, max=1)
     grad_clip: float = checked(1.0, gt=0)  # maximum global gradient norm
     eval_tokens: int = checked(8192, min=1)  # rows at the end of the store held out for final metrics, never trained on
-    dead_window_tokens: int = checked(10_000_000, min=1)  # a feature is dead if it never fired in this many most recent tokens
-    splice_contexts: int = checked(32, min=0)  # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
+    # a feature is dead if it never fired in this many most recent tokens
+    dead_window_tokens: int = checked(10_000_000, min=1)
+    # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
+    splice_contexts: int = checked(32, min=0)
     seed: int = 0  # seed of initialisation and data order
     device: str = "auto"  # torch device; auto = cuda when present, else cpu
-    precision: str = checked("auto", choices=PRECISIONS)  # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
-    stack_arms: bool = True  # a fused grid trains arms of one shape, differing only in lr or penalty, as one batched coder
+    # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
+    precision: str = checked("auto", choices=PRECISIONS)
+    # a fused grid trains arms of one shape, differing only in lr or penalty, as one batched coder
+    stack_arms: bool = True
     log_every: int = checked(50, min=1)  # steps between progress lines and tracked metrics
     checkpoint_every: int = checked(1000, min=0)  # steps between checkpoints a killed run resumes from; 0 = none
-    cache: str = checked("auto", choices=CACHE_MODES)  # where the training rows live: device, host, none (streamed from the store) or auto (the first that fits)
+    # where the training rows live: device, host, none (streamed from the store) or auto (the first that fits)
+    cache: str = checked("auto", choices=CACHE_MODES)
     shuffle_chunks: int = checked(64, min=1)  # store chunks mixed in the streaming shuffle buffer (cache=none)
     prefetch_chunks: int = checked(8, min=1)  # store chunks read ahead by the streaming loader's background thread
-    parallel: str = checked("none", choices=PARALLEL_MODES)  # split over the ranks: none (one process), ddp (rows of each batch), features (slices of the dictionary)
+    # split over the launched ranks: none (one process), ddp (rows of each batch) or features (slices of the dictionary)
+    parallel: str = checked("none", choices=PARALLEL_MODES)
 
     def validate(self, at: str) -> None:
         if self.layers and self.target_hook:
@@ -125,13 +138,15 @@ class TrainConfig:
                 f"{at}target_hook: a clt predicts mlp_out.L of {at}layers; expected it empty, got {self.target_hook!r}"
             )
         if list(self.layers) != sorted(set(self.layers)):
-            raise ConfigError(f"{at}layers: expected distinct layer numbers in increasing order, got {list(self.layers)}")
+            raise ConfigError(f"{at}layers: expected distinct layer numbers in increasing order, got {self.layers}")
 
 
 @dataclass
 class LauncherConfig:
-    name: str = checked("local", choices=LAUNCHERS)  # Hydra launcher of the sweep's packs: local (this process), ray (Ray tasks) or slurm (submitit jobs)
-    gpus_per_arm: float = checked(0.0, min=0)  # GPUs each pack of arms reserves (ray: fractions share a GPU; slurm: whole GPUs per job)
+    # Hydra launcher of the sweep's packs: local (this process), ray (Ray tasks) or slurm (submitit jobs)
+    name: str = checked("local", choices=LAUNCHERS)
+    # GPUs each pack of arms reserves (ray: fractions share a GPU; slurm: whole GPUs per job)
+    gpus_per_arm: float = checked(0.0, min=0)
     cpus_per_arm: float = checked(1.0, min=0)  # CPUs each pack of arms reserves (ray: per task; slurm: per job)
     partition: str = ""  # slurm: partition the jobs run in; empty = the site's default
     account: str = ""  # slurm: account the jobs are charged to; empty = the user's default
@@ -141,15 +156,18 @@ class LauncherConfig:
     mem_gb: int = checked(0, min=0)  # slurm: memory of one job, in GB; 0 = the partition's default
     array_parallelism: int = checked(64, min=1)  # slurm: most jobs of the sweep's job array running at once
     setup: list[str] = field(default_factory=list)  # slurm: shell lines each job runs first (e.g. module load cuda)
-    submitit_folder: str = ""  # slurm: where submitit keeps scripts, pickles and logs; empty = <out_dir>/sweep/submitit/%j
+    # slurm: where submitit keeps scripts, pickles and logs; empty = <out_dir>/sweep/submitit/%j
+    submitit_folder: str = ""
 
 
 @dataclass
 class SweepConfig:
     name: str = "quickstart"  # sweep definition: a name in sweeps/ or a path to a YAML file (`sweep=NAME` sets it)
-    pack: int = checked(8, min=1)  # most arms per process, trained fused on one pass over the data (same batch size and seed)
+    # most arms per process, trained fused on one pass over the data (same batch size and seed)
+    pack: int = checked(8, min=1)
     max_retries: int = checked(1, min=0)  # times a failed arm is retried when the sweep runs again
-    arms: list[str] = field(default_factory=list)  # run ids to train, the rest left alone; empty = all (a job gets its pack)
+    # run ids to train, the rest left alone; empty = all (a job gets its pack)
+    arms: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -160,7 +178,8 @@ class RayConfig:
 
 @dataclass
 class TrackingConfig:
-    mode: str = checked("auto", choices=TRACKING_MODES)  # W&B: disabled, offline, online, or auto (online with WANDB_API_KEY set, else offline)
+    # W&B: disabled, offline, online, or auto (online with WANDB_API_KEY set, else offline)
+    mode: str = checked("auto", choices=TRACKING_MODES)
     project: str = "sparse-dictionary-scaling"  # W&B project
     entity: str = ""  # W&B entity (team or user); empty = the account's default
 
@@ -208,7 +227,7 @@ class PipelineConfig:
             return
         # Above one GPU a Ray arm trains on one Ray Train worker per GPU; train.parallel splits the work over them.
         if gpus != int(gpus):
-            raise ConfigError(f"{at}launcher.gpus_per_arm: above 1 an arm trains on whole GPUs, one worker each; got {gpus}")
+            raise ConfigError(f"{at}launcher.gpus_per_arm: above 1 an arm takes whole GPUs, one per worker; got {gpus}")
         if self.train.parallel == "none":
             raise ConfigError(
                 f"{at}train.parallel: launcher.gpus_per_arm={gpus:g} gives an arm several GPUs; "
