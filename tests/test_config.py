@@ -32,6 +32,8 @@ BAD = [
     ("harvest", ["store.contexts_per_chunk=0"], "store.contexts_per_chunk: expected at least 1, got 0"),
     ("harvest", ["store.contexts_per_chunk=24"], "store.contexts_per_chunk: 24 must divide harvest.contexts_per_shard"),
     ("harvest", ["ray.num_cpus=-2"], "ray.num_cpus: expected at least 0, got -2"),
+    ("harvest", ["model.device=gpu"], "model.device: expected a match of auto|cpu|mps|cuda(:\\d+)?, got 'gpu'"),
+    ("train", ["train.device=cuda:x"], "train.device: expected a match of auto|cpu|mps|cuda(:\\d+)?, got 'cuda:x'"),
     ("train", ["train.parallel=x"], "train.parallel: expected one of none, ddp, features, got 'x'"),
     ("train", ["train.cache=disk"], "train.cache: expected one of auto, device, host, none, got 'disk'"),
     ("train", ["train.precision=fp8"], "train.precision: expected one of auto, bfloat16, float32, got 'fp8'"),
@@ -88,6 +90,7 @@ def test_the_defaults_and_the_conf_groups_pass_the_checks():
 @dataclass
 class Inner:
     mode: str = checked("a", choices=("a", "b"))  # a mode
+    name: str = checked("x1", pattern=r"x\d")  # a name
     fraction: float = checked(0.5, gt=0, lt=1)  # a fraction
     widths: list[int] = checked(default_factory=lambda: [1, 2], min=1)  # widths, each at least 1
 
@@ -111,6 +114,7 @@ class Outer:
     ("inner", "outer", "message"),
     [
         ({"mode": "c"}, {}, "x.inner.mode: expected one of a, b, got 'c'"),
+        ({"name": "x12"}, {}, "x.inner.name: expected a match of x\\d, got 'x12'"),
         ({"fraction": 1.0}, {}, "x.inner.fraction: expected more than 0 and less than 1, got 1.0"),
         ({"fraction": 0}, {}, "x.inner.fraction: expected more than 0 and less than 1, got 0"),
         ({"widths": [1, 0]}, {}, "x.inner.widths: expected at least 1, got [1, 0]"),

@@ -1,17 +1,19 @@
 """Declared ranges and choices of config fields, and the one checker that holds every dataclass to them.
 
-A field declares its rules with `checked(default, choices=..., min=..., gt=..., max=..., lt=...)`; on a
-list field they hold for each element. A dataclass adds rules that tie several fields together in a
+A field declares its rules with `checked(default, choices=..., min=..., gt=..., max=..., lt=...,
+pattern=...)` (`pattern`: a regular expression the whole string matches); on a list field they hold
+for each element. A dataclass adds rules that tie several fields together in a
 `validate(self, at)` method (`at` is its dotted prefix, e.g. "train."), raising ConfigError.
-`check(cfg)` walks a config, its nested dataclasses first, and refuses the first value outside its rules.
+`check(cfg)` checks every field (nested dataclasses too), then `validate`, and refuses the first value that fails.
 """
 
 import dataclasses
+import re
 from typing import Any
 
 from pipeline.errors import ConfigError
 
-RULES = ("choices", "min", "gt", "max", "lt")
+RULES = ("choices", "min", "gt", "max", "lt", "pattern")
 _BOUND_WORDS = {"min": "at least", "gt": "more than", "max": "at most", "lt": "less than"}
 
 
@@ -37,14 +39,16 @@ def check(cfg: Any, at: str = "") -> None:
 
 def check_value(name: str, value: Any, rules: dict) -> None:
     items = value if isinstance(value, list | tuple) else [value]
-    if not all(v in rules.get("choices", (v,)) and _within(v, rules) for v in items):
+    if not all(_allowed(v, rules) for v in items):
         raise ConfigError(f"{name}: expected {describe(rules)}, got {value!r}")
 
 
-def _within(v: Any, rules: dict) -> bool:
-    # Written so that NaN breaks every bound.
+def _allowed(v: Any, rules: dict) -> bool:
+    # Each bound is written so that NaN breaks it.
     return (
-        ("min" not in rules or v >= rules["min"])
+        ("choices" not in rules or v in rules["choices"])
+        and ("pattern" not in rules or re.fullmatch(rules["pattern"], str(v)) is not None)
+        and ("min" not in rules or v >= rules["min"])
         and ("gt" not in rules or v > rules["gt"])
         and ("max" not in rules or v <= rules["max"])
         and ("lt" not in rules or v < rules["lt"])
@@ -55,4 +59,6 @@ def describe(rules: dict) -> str:
     """The rules in words: 'one of a, b', 'at least 1 and less than 1', ''."""
     if "choices" in rules:
         return "one of " + ", ".join(map(str, rules["choices"]))
+    if "pattern" in rules:
+        return f"a match of {rules['pattern']}"
     return " and ".join(f"{_BOUND_WORDS[rule]} {rules[rule]}" for rule in _BOUND_WORDS if rule in rules)

@@ -20,6 +20,7 @@ CACHE_MODES = ("auto", "device", "host", "none")
 PARALLEL_MODES = ("none", "ddp", "features")
 LAUNCHERS = ("local", "ray", "slurm")
 TRACKING_MODES = ("disabled", "offline", "online", "auto")
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?"  # the torch devices a run may name
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ModelConfig:
     name: str = "sentence-transformers/all-MiniLM-L6-v2"
     revision: str = "main"  # HF revision (branch, tag or commit) when loading from the hub
     dtype: str = checked("float32", choices=MODEL_DTYPES)  # torch dtype of the forward pass
-    device: str = "auto"  # torch device of the forward pass; auto = cuda when present, else cpu
+    device: str = checked("auto", pattern=DEVICE)  # torch device of the forward pass; auto = cuda when present, else cpu
     trust_remote_code: bool = False  # allow model code shipped with the weights (off unless needed)
 
 
@@ -118,7 +119,7 @@ class TrainConfig:
     # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
     splice_contexts: int = checked(32, min=0)
     seed: int = 0  # seed of initialisation and data order
-    device: str = "auto"  # torch device; auto = cuda when present, else cpu
+    device: str = checked("auto", pattern=DEVICE)  # torch device; auto = cuda when present, else cpu
     # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
     precision: str = checked("auto", choices=PRECISIONS)
     # a fused grid trains arms of one shape, differing only in lr or penalty, as one batched coder
