@@ -16,6 +16,7 @@ BAD = [
     ("harvest", ["data.source=web"], "data.source: expected one of stdlib, hf, files, got 'web'"),
     ("harvest", ["data.split=test"], "data.split: the stdlib corpus has splits train, validation, got 'test'"),
     ("harvest", ["data.source=files"], "data.paths: source=files needs at least one"),
+    ("harvest", ["data=files", "data.paths=[a.txt,b.csv]"], "data.paths: b.csv should end in .txt, .jsonl, .json"),
     ("harvest", ["data.shuffle_buffer=0"], "data.shuffle_buffer: expected at least 1, got 0"),
     ("harvest", ["data.context_len=2"], "data.context_len: expected at least 3, got 2"),
     ("harvest", ["harvest.n_tokens=0"], "harvest.n_tokens: expected at least 1, got 0"),
@@ -154,7 +155,9 @@ def test_the_choices_are_those_the_code_implements():
     from pipeline.models.loading import _DTYPES
     from pipeline.store import codecs
     from pipeline.sweep.launch import HYDRA_LAUNCHERS
+    from pipeline.text.corpus import _FILE_BUILDERS
 
     assert set(schema.MODEL_DTYPES) == set(_DTYPES)
     assert set(schema.STORE_DTYPES) == set(codecs.DTYPES)
     assert set(schema.LAUNCHERS) == set(HYDRA_LAUNCHERS)
+    assert set(schema.FILE_SUFFIXES) == set(_FILE_BUILDERS)

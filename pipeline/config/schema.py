@@ -13,6 +13,7 @@ from pipeline.errors import ConfigError
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
 SOURCES = ("stdlib", "hf", "files")
 STDLIB_SPLITS = ("train", "validation")
+FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")  # of data.paths: plain text, JSON lines, Parquet
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 CODECS = ("none", "zstd", "blosc-zstd")
 PRECISIONS = ("auto", "bfloat16", "float32")
@@ -29,7 +30,8 @@ class ModelConfig:
     name: str = "sentence-transformers/all-MiniLM-L6-v2"
     revision: str = "main"  # HF revision (branch, tag or commit) when loading from the hub
     dtype: str = checked("float32", choices=MODEL_DTYPES)  # torch dtype of the forward pass
-    device: str = checked("auto", pattern=DEVICE)  # torch device of the forward pass; auto = cuda when present, else cpu
+    # torch device of the forward pass; auto = cuda when present, else cpu
+    device: str = checked("auto", pattern=DEVICE)
     trust_remote_code: bool = False  # allow model code shipped with the weights (off unless needed)
 
 
@@ -49,8 +51,13 @@ class DataConfig:
     def validate(self, at: str) -> None:
         if self.source == "stdlib" and self.split not in STDLIB_SPLITS:
             raise ConfigError(f"{at}split: the stdlib corpus has splits {', '.join(STDLIB_SPLITS)}, got {self.split!r}")
-        if self.source == "files" and not self.paths:
+        if self.source != "files":
+            return
+        if not self.paths:
             raise ConfigError(f"{at}paths: source=files needs at least one .txt, .jsonl or .parquet file")
+        for name in self.paths:
+            if not name.endswith(FILE_SUFFIXES):
+                raise ConfigError(f"{at}paths: {name} should end in {', '.join(FILE_SUFFIXES)}")
 
 
 @dataclass

@@ -73,12 +73,9 @@ def _file_documents(cfg: DataConfig) -> list[str]:
     docs: list[str] = []
     for name in cfg.paths:
         path = Path(name)
-        builder = _FILE_BUILDERS.get(path.suffix)
-        if builder is None:
-            raise ConfigError(f"data.paths: {name} should end in .txt, .jsonl, .json or .parquet")
         if not path.is_file():
             raise ConfigError(f"data.paths: {name} does not exist")
-        docs.extend(_load_texts(builder, str(path), cfg.text_field))
+        docs.extend(_load_texts(_FILE_BUILDERS[path.suffix], str(path), cfg.text_field))
     return docs
 
 
