@@ -50,22 +50,19 @@ def _comment_lines(node: ast.AST, comments: dict[int, str], alone: set[int]) -> 
 
 def listing(cfg: Any, groups: tuple[str, ...]) -> str:
     """The fields of `cfg` named in `groups` (a group with all its fields), each as `name: value  # doc [rules]`."""
-    rows = _rows(cfg, [f.name for f in dataclasses.fields(cfg) if f.name in groups], "")
+    rows = [row for f in dataclasses.fields(cfg) if f.name in groups for row in _rows(cfg, f, "")]
     width = max(len(left) for left, _ in rows)
     return "\n".join(f"{left:<{width}}  # {doc}" if doc else left for left, doc in rows)
 
 
-def _rows(cfg: Any, names: list[str], indent: str) -> list[tuple[str, str]]:
-    rows = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name not in names:
-            continue
-        if dataclasses.is_dataclass(value):
-            rows.append((f"{indent}{f.name}:", _doc(type(cfg), f)))
-            rows += _rows(value, [g.name for g in dataclasses.fields(value)], indent + "  ")
-        else:
-            rows.append((f"{indent}{f.name}: {_format(value)}", _doc(type(cfg), f)))
+def _rows(owner: Any, f: dataclasses.Field, indent: str) -> list[tuple[str, str]]:
+    """(`name: value`, its documentation) of field `f` of `owner`; a group's fields follow its own row, indented."""
+    value = getattr(owner, f.name)
+    if not dataclasses.is_dataclass(value):
+        return [(f"{indent}{f.name}: {_format(value)}", _doc(type(owner), f))]
+    rows = [(f"{indent}{f.name}:", _doc(type(owner), f))]
+    for inner in dataclasses.fields(value):
+        rows += _rows(value, inner, indent + "  ")
     return rows
 
 

@@ -1,6 +1,8 @@
 """Every stage's configuration, as dataclasses registered with Hydra's ConfigStore.
 
-The YAML groups in `conf/` only change values; the fields, their types and their meaning live here.
+The YAML groups in `conf/` only change values; the fields live here, each with its type, its meaning
+(the comment beside it, or above it where the line would be too long; `pipeline STAGE --help` shows
+it), its range or choices (`checked`), and the rules tying fields together (each class's `validate`).
 """
 
 from dataclasses import dataclass, field
