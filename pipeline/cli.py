@@ -1,19 +1,42 @@
 """The `pipeline` command: one subcommand per stage, each configured by Hydra overrides (key=value)."""
 
+import dataclasses
 import sys
+from dataclasses import dataclass
 
-from omegaconf import OmegaConf
-
-from pipeline.config import compose
+from pipeline.config import PipelineConfig, compose
+from pipeline.config.docs import listing
 from pipeline.errors import ConfigError
 from pipeline.stages import run_stage
 
+
+@dataclass(frozen=True)
+class Stage:
+    summary: str  # what the stage does and where it writes
+    groups: tuple[str, ...]  # the PipelineConfig fields and groups the stage reads, which its --help lists
+
+
+_TRAIN = ("out_dir", "model", "coder", "train", "launcher", "ray", "tracking")
 STAGES = {
-    "harvest": "tokenize the data set and write the model's activations into <out_dir>/store.zarr",
-    "train": "train one coder on the store into <out_dir>/train/<kind>_N<n_features>_lr<lr>_s<seed>_<config hash>",
-    "sweep": "plan and run the arms of sweeps/<sweep.name>.yaml into <out_dir>/sweep/results.parquet",
-    "fit": "fit the scaling laws of a results table into <out_dir>/fit/ (fit.json, report.md, plots)",
-    "run": "harvest, sweep and fit in order, then print the fitted laws",
+    "harvest": Stage(
+        "tokenize the data set and write the model's activations into <out_dir>/store.zarr",
+        ("out_dir", "model", "data", "harvest", "store", "ray"),
+    ),
+    "train": Stage(
+        "train one coder on the store into <out_dir>/train/<kind>_N<n_features>_lr<lr>_s<seed>_<config hash>", _TRAIN
+    ),
+    "sweep": Stage(
+        "plan and run the arms of sweeps/<sweep.name>.yaml into <out_dir>/sweep/results.parquet",
+        (*_TRAIN, "sweep", "dry_run"),
+    ),
+    "fit": Stage(
+        "fit the scaling laws of a results table into <out_dir>/fit/ (fit.json, report.md, plots)",
+        ("out_dir", "fit", "sweep", "tracking"),
+    ),
+    "run": Stage(
+        "harvest, sweep and fit in order, then print the fitted laws",
+        tuple(f.name for f in dataclasses.fields(PipelineConfig)),
+    ),
 }
 
 USAGE = "usage: pipeline {" + ",".join(STAGES) + "} [--help] [key=value ...]"
@@ -22,12 +45,12 @@ USAGE = "usage: pipeline {" + ",".join(STAGES) + "} [--help] [key=value ...]"
 def print_help(stage: str | None, overrides: list[str]) -> None:
     if stage is None:
         print(USAGE + "\n\nStages:")
-        for name, text in STAGES.items():
-            print(f"  {name:<8} {text}")
-        print("\n`pipeline STAGE --help` shows the configuration that stage would run with.")
+        for name, s in STAGES.items():
+            print(f"  {name:<8} {s.summary}")
+        print("\n`pipeline STAGE --help` shows the configuration that stage reads, with each field's meaning.")
         return
-    print(f"pipeline {stage}: {STAGES[stage]}\n\nConfiguration (override any field with key=value):\n")
-    print(OmegaConf.to_yaml(OmegaConf.structured(compose(overrides))))
+    print(f"pipeline {stage}: {STAGES[stage].summary}\n\nConfiguration (override any field with key=value):\n")
+    print(listing(compose(overrides), STAGES[stage].groups))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,7 +208,6 @@ def test_a_one_rank_checkpoint_resumes_on_two_ranks(two_ranks, one_process):
 @pytest.mark.parametrize(
     ("parallel", "coder", "field"),
     [
-        ("pipes", CoderConfig(), "train.parallel"),
         ("ddp", CoderConfig(kind="batchtopk", n_features=32, k=4), "train.parallel"),
         ("features", CoderConfig(kind="transcoder", n_features=32), "train.parallel"),
         ("features", CoderConfig(n_features=0), "coder.n_features"),
@@ -315,21 +314,3 @@ def test_ray_train_runs_a_sweep_pack_on_two_workers_and_returns_rank_0s_rows(
     run = out_dir / "sweep" / "runs" / "a0"
     _assert_same_coder(run / "coder", alone_dir / "coder")
     assert sorted(p.name for p in run.iterdir()) == ["coder", "metrics.json", "result.json"]  # rank 0's only
-
-
-@pytest.mark.parametrize(
-    ("overrides", "field"),
-    [
-        (["launcher.gpus_per_arm=1.5", "train.parallel=ddp"], "launcher.gpus_per_arm"),
-        (["launcher.gpus_per_arm=2"], "train.parallel"),
-    ],
-)
-def test_several_gpus_per_arm_need_whole_gpus_and_a_parallel_mode(overrides, field):
-    from conftest import compose
-
-    from pipeline.distributed.ray_train import needs_workers, worker_count
-
-    cfg = compose("launcher=ray", *overrides)
-    assert needs_workers(cfg.launcher)
-    with pytest.raises(ConfigError, match=rf"^{field}:"):
-        worker_count(cfg)

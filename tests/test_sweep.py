@@ -113,8 +113,6 @@ def test_packs_group_arms_that_see_the_same_batches():
     groups = packs(arms, 2)
     assert [len(g) for g in groups] == [2, 1, 2, 1]
     assert all(len({(a.seed, a.batch_size) for a in g}) == 1 for g in groups)
-    with pytest.raises(ConfigError, match="sweep.pack"):
-        packs(arms, 0)
 
 
 def test_packs_put_arms_that_stack_side_by_side():

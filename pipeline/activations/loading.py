@@ -69,9 +69,6 @@ class ActivationData:
             yield self.eval[i : i + batch_size].to(self.device)
 
 
-CACHE_MODES = ("auto", "device", "host", "none")
-
-
 def open_activation_data(
     store: ActivationStore, hook: str, cfg: TrainConfig, device: torch.device
 ) -> "ActivationData | StreamingActivationData":
@@ -83,8 +80,6 @@ def open_activation_data(
     `StreamingActivationData`; both have the same interface.
     """
     mode = cfg.cache
-    if mode not in CACHE_MODES:
-        raise ConfigError(f"train.cache: expected one of {', '.join(CACHE_MODES)}, got {mode!r}")
     device = torch.device(device)
     if mode == "auto":
         needed = store.layout.n_rows * store.d_model(hook) * len(data_arrays(hook, cfg).arrays) * 4

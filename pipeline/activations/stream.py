@@ -141,9 +141,6 @@ class StreamingActivationData:
                 f"train.eval_tokens: {cfg.eval_tokens} of the store's {n_rows} rows leave no whole chunk "
                 f"of {self.chunk_rows} rows to train on"
             )
-        for field in ("shuffle_chunks", "prefetch_chunks"):
-            if getattr(cfg, field) < 1:
-                raise ConfigError(f"train.{field}: expected at least 1, got {getattr(cfg, field)}")
         self.column_scales = [self.scales[name] for name in self.arrays]
         eval_rows = side_by_side([store.read_rows(name, n_train, n_rows) for name in self.arrays])
         self.eval = scale_columns(eval_rows.to(device=device, dtype=torch.float32), self.column_scales)

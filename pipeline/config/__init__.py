@@ -1,5 +1,6 @@
-"""The bottom layer: every stage's configuration schema, and composing it from conf/ and overrides."""
+"""The bottom layer: every stage's configuration schema, its checks, and composing it from conf/ and overrides."""
 
+from pipeline.config.checks import check, checked
 from pipeline.config.compose import CONF_DIR, compose
 from pipeline.config.schema import (
     CoderConfig,
@@ -20,5 +21,5 @@ from pipeline.config.schema import (
 __all__ = [
     "CONF_DIR", "CoderConfig", "DataConfig", "FitConfig", "HarvestConfig", "LauncherConfig", "ModelConfig",
     "PipelineConfig", "RayConfig", "StoreConfig", "SweepConfig", "TrackingConfig", "TrainConfig", "compose",
-    "register_configs",
+    "check", "checked", "register_configs",
 ]  # fmt: skip

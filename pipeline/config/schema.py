@@ -1,25 +1,46 @@
 """Every stage's configuration, as dataclasses registered with Hydra's ConfigStore.
 
-The YAML groups in `conf/` only change values; the fields, their types and their meaning live here.
+The YAML groups in `conf/` only change values; the fields live here, each with its type, its meaning
+(the comment beside it, or above it where the line would be too long; `pipeline STAGE --help` shows
+it), its range or choices (`checked`), and the rules tying fields together (each class's `validate`).
 """
 
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from pipeline.config.checks import checked
+from pipeline.errors import ConfigError
+
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+SOURCES = ("stdlib", "hf", "files")
+STDLIB_SPLITS = ("train", "validation")
+FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")  # of data.paths: plain text, JSON lines, Parquet
+STORE_DTYPES = ("float32", "float16", "bfloat16")
+CODECS = ("none", "zstd", "blosc-zstd")
+PRECISIONS = ("auto", "bfloat16", "float32")
+CACHE_MODES = ("auto", "device", "host", "none")
+PARALLEL_MODES = ("none", "ddp", "features")
+LAUNCHERS = ("local", "ray", "slurm")
+TRACKING_MODES = ("disabled", "offline", "online", "auto")
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?"  # the torch devices a run may name
+
 
 @dataclass
 class ModelConfig:
-    name: str = "sentence-transformers/all-MiniLM-L6-v2"  # HF model id or local folder with a config and safetensors weights
+    # HF model id or local folder with a config and safetensors weights
+    name: str = "sentence-transformers/all-MiniLM-L6-v2"
     revision: str = "main"  # HF revision (branch, tag or commit) when loading from the hub
-    dtype: str = "float32"  # torch dtype of the forward pass: float32, float16 or bfloat16
-    device: str = "auto"  # torch device of the forward pass; auto = cuda when present, else cpu
+    dtype: str = checked("float32", choices=MODEL_DTYPES)  # torch dtype of the forward pass
+    # torch device of the forward pass; auto = cuda when present, else cpu
+    device: str = checked("auto", pattern=DEVICE)
     trust_remote_code: bool = False  # allow model code shipped with the weights (off unless needed)
 
 
 @dataclass
 class DataConfig:
-    source: str = "stdlib"  # stdlib (Python's own docs, embedded), hf (a Hub data set, streamed) or files
+    # stdlib (Python's own docs, embedded), hf (a Hub data set, streamed) or files
+    source: str = checked("stdlib", choices=SOURCES)
     name: str = "python-stdlib-docs"  # HF data set id (source=hf); a label otherwise
     subset: str = ""  # HF data set configuration name, empty for none
     paths: list[str] = field(default_factory=list)  # local .txt, .jsonl/.json or .parquet files (source=files)
@@ -27,27 +48,46 @@ class DataConfig:
     split: str = "train"  # data split: train or validation for stdlib; any split name for hf
     seed: int = 0  # seed of the context order: context k is a pure function of (data set, split, seed, k)
     context_len: int = 128  # tokens per context, BOS included
-    shuffle_buffer: int = 10_000  # documents in the streaming shuffle buffer (source=hf)
+    shuffle_buffer: int = checked(10_000, min=1)  # documents in the streaming shuffle buffer (source=hf)
+
+    def validate(self, at: str) -> None:
+        if self.source == "stdlib" and self.split not in STDLIB_SPLITS:
+            raise ConfigError(f"{at}split: the stdlib corpus has splits {', '.join(STDLIB_SPLITS)}, got {self.split!r}")
+        if self.source != "files":
+            return
+        if not self.paths:
+            raise ConfigError(f"{at}paths: source=files needs at least one .txt, .jsonl or .parquet file")
+        for name in self.paths:
+            if not name.endswith(FILE_SUFFIXES):
+                raise ConfigError(f"{at}paths: {name} should end in {', '.join(FILE_SUFFIXES)}")
 
 
 @dataclass
 class HarvestConfig:
-    n_tokens: int = 200_000  # activation rows to harvest per hook (rounded up to whole shards)
+    n_tokens: int = checked(200_000, min=1)  # activation rows to harvest per hook (rounded up to whole shards)
     hooks: list[str] = field(default_factory=lambda: ["resid_post.3"])  # hook points: resid_post.L, mlp_in.L, mlp_out.L
     drop_bos: bool = True  # drop each context's first (BOS) position, whose activations are outliers
-    batch_contexts: int = 16  # contexts per forward pass
-    contexts_per_shard: int = 64  # contexts in one store shard, the unit of leasing and completion
-    replicas: int = 2  # Ray actors, each holding one model replica
-    cpus_per_replica: float = 1.0  # CPUs reserved for each replica (its placement-group bundle)
-    gpus_per_replica: float = 0.0  # GPUs reserved for each replica; above 1 the model is split across them
-    max_actor_restarts: int = 3  # times a dead actor is replaced before the harvest fails
+    batch_contexts: int = checked(16, min=1)  # contexts per forward pass
+    contexts_per_shard: int = checked(64, min=1)  # contexts in one store shard, the unit of leasing and completion
+    replicas: int = checked(2, min=1)  # Ray actors, each holding one model replica
+    cpus_per_replica: float = checked(1.0, min=0)  # CPUs reserved for each replica (its placement-group bundle)
+    # GPUs reserved for each replica; above 1 the model is split across them
+    gpus_per_replica: float = checked(0.0, min=0)
+    max_actor_restarts: int = checked(3, min=0)  # times a dead actor is replaced before the harvest fails
+
+    def validate(self, at: str) -> None:
+        if self.gpus_per_replica > 1 and self.gpus_per_replica != int(self.gpus_per_replica):
+            raise ConfigError(f"{at}gpus_per_replica: above 1 it must be whole GPUs, got {self.gpus_per_replica}")
+        if len(set(self.hooks)) != len(self.hooks) or not self.hooks:
+            raise ConfigError(f"{at}hooks: expected distinct hook names, got {list(self.hooks)}")
 
 
 @dataclass
 class StoreConfig:
-    dtype: str = "float16"  # on-disk activation dtype: float16, float32 or bfloat16 (kept as uint16 bits)
-    codec: str = "none"  # compressor of the activation chunks: none, zstd or blosc-zstd
-    contexts_per_chunk: int = 16  # contexts in one Zarr chunk (the unit of compression and partial reads)
+    dtype: str = checked("float16", choices=STORE_DTYPES)  # on-disk activation dtype (bfloat16 kept as uint16 bits)
+    codec: str = checked("none", choices=CODECS)  # compressor of the activation chunks
+    # contexts in one Zarr chunk (the unit of compression and partial reads)
+    contexts_per_chunk: int = checked(16, min=1)
 
 
 @dataclass
@@ -72,61 +112,84 @@ class CoderConfig:
 class TrainConfig:
     hook: str = ""  # store array to train on; empty = the store's first hook
     target_hook: str = ""  # store array a transcoder predicts from `hook` (e.g. mlp_out.3); empty for SAEs
-    layers: list[int] = field(default_factory=list)  # clt: layers whose mlp_in.L it reads and mlp_out.L it predicts; empty otherwise
-    tokens: int = 100_000  # training tokens (a sweep sets this from the budget)
-    batch_size: int = 1024  # activation rows per optimiser step
-    lr: float = 1e-3  # peak Adam learning rate
-    lambda_warmup_frac: float = 0.05  # fraction of steps over which the sparsity coefficient ramps up from 0
-    lr_decay_frac: float = 0.2  # final fraction of steps over which the learning rate decays linearly to 0
-    grad_clip: float = 1.0  # maximum global gradient norm
-    eval_tokens: int = 8192  # rows at the end of the store held out for final metrics, never trained on
-    dead_window_tokens: int = 10_000_000  # a feature is dead if it never fired in this many most recent tokens
-    splice_contexts: int = 32  # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
+    # clt: layers whose mlp_in.L it reads and mlp_out.L it predicts; empty otherwise
+    layers: list[int] = checked(default_factory=list, min=0)
+    tokens: int = checked(100_000, min=1)  # training tokens (a sweep sets this from the budget)
+    batch_size: int = checked(1024, min=1)  # activation rows per optimiser step
+    lr: float = checked(1e-3, gt=0)  # peak Adam learning rate
+    # fraction of steps over which the sparsity coefficient ramps up from 0
+    lambda_warmup_frac: float = checked(0.05, min=0, max=1)
+    # final fraction of steps over which the learning rate decays linearly to 0
+    lr_decay_frac: float = checked(0.2, min=0, max=1)
+    grad_clip: float = checked(1.0, gt=0)  # maximum global gradient norm
+    eval_tokens: int = checked(8192, min=1)  # rows at the end of the store held out for final metrics, never trained on
+    # a feature is dead if it never fired in this many most recent tokens
+    dead_window_tokens: int = checked(10_000_000, min=1)
+    # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
+    splice_contexts: int = checked(32, min=0)
     seed: int = 0  # seed of initialisation and data order
-    device: str = "auto"  # torch device; auto = cuda when present, else cpu
-    precision: str = "auto"  # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
-    stack_arms: bool = True  # a fused grid trains arms of one shape, differing only in lr or penalty, as one batched coder
-    log_every: int = 50  # steps between progress lines and tracked metrics
-    checkpoint_every: int = 1000  # steps between checkpoints a killed run resumes from; 0 = none
-    cache: str = "auto"  # where the training rows live: device, host, none (streamed from the store) or auto (the first that fits)
-    shuffle_chunks: int = 64  # store chunks mixed in the streaming shuffle buffer (cache=none)
-    prefetch_chunks: int = 8  # store chunks read ahead by the streaming loader's background thread
-    parallel: str = "none"  # split over the launched ranks: none (one process), ddp (rows of each batch) or features (slices of the dictionary)
+    device: str = checked("auto", pattern=DEVICE)  # torch device; auto = cuda when present, else cpu
+    # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
+    precision: str = checked("auto", choices=PRECISIONS)
+    # a fused grid trains arms of one shape, differing only in lr or penalty, as one batched coder
+    stack_arms: bool = True
+    log_every: int = checked(50, min=1)  # steps between progress lines and tracked metrics
+    checkpoint_every: int = checked(1000, min=0)  # steps between checkpoints a killed run resumes from; 0 = none
+    # where the training rows live: device, host, none (streamed from the store) or auto (the first that fits)
+    cache: str = checked("auto", choices=CACHE_MODES)
+    shuffle_chunks: int = checked(64, min=1)  # store chunks mixed in the streaming shuffle buffer (cache=none)
+    prefetch_chunks: int = checked(8, min=1)  # store chunks read ahead by the streaming loader's background thread
+    # split over the launched ranks: none (one process), ddp (rows of each batch) or features (slices of the dictionary)
+    parallel: str = checked("none", choices=PARALLEL_MODES)
+
+    def validate(self, at: str) -> None:
+        if self.layers and self.target_hook:
+            raise ConfigError(
+                f"{at}target_hook: a clt predicts mlp_out.L of {at}layers; expected it empty, got {self.target_hook!r}"
+            )
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ConfigError(f"{at}layers: expected distinct layer numbers in increasing order, got {self.layers}")
 
 
 @dataclass
 class LauncherConfig:
-    name: str = "local"  # Hydra launcher of the sweep's packs: local (this process), ray (Ray tasks) or slurm (submitit jobs)
-    gpus_per_arm: float = 0.0  # GPUs each pack of arms reserves (ray: fractions share a GPU; slurm: whole GPUs per job)
-    cpus_per_arm: float = 1.0  # CPUs each pack of arms reserves (ray: per task; slurm: per job)
+    # Hydra launcher of the sweep's packs: local (this process), ray (Ray tasks) or slurm (submitit jobs)
+    name: str = checked("local", choices=LAUNCHERS)
+    # GPUs each pack of arms reserves (ray: fractions share a GPU; slurm: whole GPUs per job)
+    gpus_per_arm: float = checked(0.0, min=0)
+    cpus_per_arm: float = checked(1.0, min=0)  # CPUs each pack of arms reserves (ray: per task; slurm: per job)
     partition: str = ""  # slurm: partition the jobs run in; empty = the site's default
     account: str = ""  # slurm: account the jobs are charged to; empty = the user's default
     qos: str = ""  # slurm: quality of service; empty = the default
     constraint: str = ""  # slurm: node features the jobs need (e.g. a GPU model); empty = any node
-    time_min: int = 240  # slurm: wall-clock limit of one job (one pack of arms), in minutes
-    mem_gb: int = 0  # slurm: memory of one job, in GB; 0 = the partition's default
-    array_parallelism: int = 64  # slurm: most jobs of the sweep's job array running at once
+    time_min: int = checked(240, min=1)  # slurm: wall-clock limit of one job (one pack of arms), in minutes
+    mem_gb: int = checked(0, min=0)  # slurm: memory of one job, in GB; 0 = the partition's default
+    array_parallelism: int = checked(64, min=1)  # slurm: most jobs of the sweep's job array running at once
     setup: list[str] = field(default_factory=list)  # slurm: shell lines each job runs first (e.g. module load cuda)
-    submitit_folder: str = ""  # slurm: where submitit keeps scripts, pickles and logs; empty = <out_dir>/sweep/submitit/%j
+    # slurm: where submitit keeps scripts, pickles and logs; empty = <out_dir>/sweep/submitit/%j
+    submitit_folder: str = ""
 
 
 @dataclass
 class SweepConfig:
     name: str = "quickstart"  # sweep definition: a name in sweeps/ or a path to a YAML file (`sweep=NAME` sets it)
-    pack: int = 8  # most arms per process, trained fused on one pass over the data (same batch size and seed)
-    max_retries: int = 1  # times a failed arm is retried when the sweep runs again
-    arms: list[str] = field(default_factory=list)  # run ids to train, the rest left alone; empty = all (a job gets its pack)
+    # most arms per process, trained fused on one pass over the data (same batch size and seed)
+    pack: int = checked(8, min=1)
+    max_retries: int = checked(1, min=0)  # times a failed arm is retried when the sweep runs again
+    # run ids to train, the rest left alone; empty = all (a job gets its pack)
+    arms: list[str] = field(default_factory=list)
 
 
 @dataclass
 class RayConfig:
     address: str = ""  # Ray cluster to join ("auto" or host:port); empty = start a local instance
-    num_cpus: int = 0  # CPUs of a local instance; 0 = all of this machine's
+    num_cpus: int = checked(0, min=0)  # CPUs of a local instance; 0 = all of this machine's
 
 
 @dataclass
 class TrackingConfig:
-    mode: str = "auto"  # W&B: disabled, offline, online, or auto (online with WANDB_API_KEY set, else offline)
+    # W&B: disabled, offline, online, or auto (online with WANDB_API_KEY set, else offline)
+    mode: str = checked("auto", choices=TRACKING_MODES)
     project: str = "sparse-dictionary-scaling"  # W&B project
     entity: str = ""  # W&B entity (team or user); empty = the account's default
 
@@ -134,7 +197,7 @@ class TrackingConfig:
 @dataclass
 class FitConfig:
     results: list[str] = field(default_factory=list)  # results tables to fit; empty = <out_dir>/sweep/results.parquet
-    n_bootstrap: int = 1000  # bootstrap resamples behind each confidence interval
+    n_bootstrap: int = checked(1000, min=0)  # bootstrap resamples behind each confidence interval
     seed: int = 0  # seed of the bootstrap
 
 
@@ -153,6 +216,33 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+
+    def validate(self, at: str) -> None:
+        """The rules that tie fields of several groups together."""
+        shortest = 2 + int(self.harvest.drop_bos)
+        if self.data.context_len < shortest:
+            raise ConfigError(f"{at}data.context_len: expected at least {shortest}, got {self.data.context_len}")
+        per_shard, per_chunk = self.harvest.contexts_per_shard, self.store.contexts_per_chunk
+        if per_chunk < per_shard and per_shard % per_chunk:  # a chunk larger than a shard shrinks to the shard
+            raise ConfigError(
+                f"{at}store.contexts_per_chunk: {per_chunk} must divide harvest.contexts_per_shard ({per_shard})"
+            )
+        self._validate_gpus(at)
+
+    def _validate_gpus(self, at: str) -> None:
+        gpus, name = self.launcher.gpus_per_arm, self.launcher.name
+        if name == "slurm" and gpus != int(gpus):
+            raise ConfigError(f"{at}launcher.gpus_per_arm: Slurm jobs take whole GPUs, got {gpus}")
+        if name != "ray" or gpus <= 1:
+            return
+        # Above one GPU a Ray arm trains on one Ray Train worker per GPU; train.parallel splits the work over them.
+        if gpus != int(gpus):
+            raise ConfigError(f"{at}launcher.gpus_per_arm: above 1 an arm takes whole GPUs, one per worker; got {gpus}")
+        if self.train.parallel == "none":
+            raise ConfigError(
+                f"{at}train.parallel: launcher.gpus_per_arm={gpus:g} gives an arm several GPUs; "
+                f"expected ddp or features, got {self.train.parallel!r}"
+            )
 
 
 def register_configs() -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from pipeline.config import LauncherConfig, PipelineConfig, RayConfig
 from pipeline.distributed.cluster import connect
-from pipeline.errors import ConfigError
 from pipeline.layout import OutDir
 
 def needs_workers(launcher: LauncherConfig) -> bool:
@@ -19,16 +18,8 @@ def needs_workers(launcher: LauncherConfig) -> bool:
 
 
 def worker_count(cfg: PipelineConfig) -> int:
-    """The workers of one arm: one per GPU of `launcher.gpus_per_arm`, or ConfigError."""
-    gpus = cfg.launcher.gpus_per_arm
-    if gpus != int(gpus):
-        raise ConfigError(f"launcher.gpus_per_arm: above 1 an arm trains on whole GPUs, one worker each; got {gpus}")
-    if cfg.train.parallel not in ("ddp", "features"):
-        raise ConfigError(
-            f"train.parallel: launcher.gpus_per_arm={gpus:g} gives an arm several GPUs; "
-            f"expected ddp or features, got {cfg.train.parallel!r}"
-        )
-    return int(gpus)
+    """The workers of one arm: one per GPU of `launcher.gpus_per_arm` (whole GPUs: the config checks it)."""
+    return int(cfg.launcher.gpus_per_arm)
 
 
 def run_on_ranks(fn, args: tuple, *, num_workers: int, use_gpu: bool, ray: RayConfig, out_dir: Path | str, name: str):

@@ -66,8 +66,6 @@ class FitBundle:
 
 def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
     """All fits, without writing anything."""
-    if cfg.n_bootstrap < 0:
-        raise ConfigError(f"fit.n_bootstrap: expected a count >= 0, got {cfg.n_bootstrap}")
     source = results.attrs.get("source", "results table")
     finished, warnings = finished_runs(results, source)
     runs, analysis, notes = analysis_slice(finished)

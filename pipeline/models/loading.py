@@ -63,8 +63,6 @@ def load_config(cfg: ModelConfig):
 
 
 def describe(cfg: ModelConfig) -> ModelInfo:
-    if cfg.dtype not in _DTYPES:
-        raise ConfigError(f"model.dtype: expected one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
     hf = load_config(cfg)
     n_layers = getattr(hf, "num_hidden_layers", None) or getattr(hf, "n_layer", None)
     d_model = getattr(hf, "hidden_size", None) or getattr(hf, "n_embd", None)

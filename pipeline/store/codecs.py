@@ -7,7 +7,7 @@ array's attributes; the round trip is exact.
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.config.schema import CODECS  # noqa: F401 - the compressors `compressors` knows, declared with store.codec
 
 # logical dtype -> (Zarr dtype on disk, torch dtype the bits are viewed as)
 DTYPES = {
@@ -15,14 +15,6 @@ DTYPES = {
     "float16": ("float16", torch.float16),
     "bfloat16": ("uint16", torch.bfloat16),
 }
-CODECS = ("none", "zstd", "blosc-zstd")
-
-
-def check(dtype: str, codec: str) -> None:
-    if dtype not in DTYPES:
-        raise ConfigError(f"store.dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    if codec not in CODECS:
-        raise ConfigError(f"store.codec: expected one of {', '.join(CODECS)}, got {codec!r}")
 
 
 def compressors(codec: str):

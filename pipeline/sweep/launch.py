@@ -35,13 +35,8 @@ HYDRA_LAUNCHERS = {"local": "basic", "ray": "pipeline_ray", "slurm": "submitit_s
 
 def check_launcher(cfg: PipelineConfig) -> None:
     """Refuses a launcher that cannot run here, before any work starts."""
-    name = cfg.launcher.name
-    if name not in HYDRA_LAUNCHERS:
-        raise ConfigError(f"launcher.name: expected one of {', '.join(HYDRA_LAUNCHERS)}, got {name!r}")
-    if name != "slurm":
+    if cfg.launcher.name != "slurm":
         return
-    if cfg.launcher.gpus_per_arm != int(cfg.launcher.gpus_per_arm):
-        raise ConfigError(f"launcher.gpus_per_arm: Slurm jobs take whole GPUs, got {cfg.launcher.gpus_per_arm}")
     missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
     if missing and not cfg.dry_run:
         raise ConfigError(
@@ -51,8 +46,6 @@ def check_launcher(cfg: PipelineConfig) -> None:
 
 def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:
     """Arms that see the same batches (same arrays, batch size and seed), in groups of at most `pack`."""
-    if pack < 1:
-        raise ConfigError(f"sweep.pack: expected at least 1 arm per process, got {pack}")
     by_data: dict[tuple, list[Arm]] = {}
     for arm in arms:
         by_data.setdefault((arm.hook, arm.target_hook, arm.layers, arm.batch_size, arm.seed), []).append(arm)

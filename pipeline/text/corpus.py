@@ -23,16 +23,12 @@ _FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet":
 def documents(cfg: DataConfig) -> Iterator[str]:
     """The source's documents in their seeded order."""
     if cfg.source == "stdlib":
-        if cfg.split not in ("train", "validation"):
-            raise ConfigError(f"data.split: the stdlib corpus has splits train and validation, got {cfg.split!r}")
         return _stdlib_documents(cfg.split == "validation", cfg.seed)
     if cfg.source == "files":
         docs = _file_documents(cfg)
         random.Random(cfg.seed).shuffle(docs)
         return iter(docs)
-    if cfg.source == "hf":
-        return _hf_documents(cfg)
-    raise ConfigError(f"data.source: expected stdlib, files or hf, got {cfg.source!r}")
+    return _hf_documents(cfg)
 
 
 def _stdlib_documents(want_validation: bool, seed: int) -> Iterator[str]:
@@ -74,17 +70,12 @@ def _docstrings(path: Path) -> list[str]:
 
 
 def _file_documents(cfg: DataConfig) -> list[str]:
-    if not cfg.paths:
-        raise ConfigError("data.paths: source=files needs at least one .txt, .jsonl or .parquet file")
     docs: list[str] = []
     for name in cfg.paths:
         path = Path(name)
-        builder = _FILE_BUILDERS.get(path.suffix)
-        if builder is None:
-            raise ConfigError(f"data.paths: {name} should end in .txt, .jsonl, .json or .parquet")
         if not path.is_file():
             raise ConfigError(f"data.paths: {name} does not exist")
-        docs.extend(_load_texts(builder, str(path), cfg.text_field))
+        docs.extend(_load_texts(_FILE_BUILDERS[path.suffix], str(path), cfg.text_field))
     return docs
 
 
