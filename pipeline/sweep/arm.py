@@ -3,7 +3,7 @@
 import traceback
 from pathlib import Path
 
-from pipeline.coders.registry import SPARSITY_FIELD
+from pipeline.coders.registry import AnyCoderConfig, sparsity_setting
 from pipeline.config import CoderConfig, PipelineConfig, TrainConfig
 from pipeline.models.loading import pick_device
 from pipeline.store.activation_store import open_store
@@ -18,10 +18,8 @@ _DATA_CACHE: dict[tuple, tuple] = {}  # per process: arms that share a store rea
 
 
 def arm_configs(cfg: PipelineConfig, arm: Arm) -> tuple[CoderConfig, TrainConfig]:
-    sparsity_field = SPARSITY_FIELD[arm.kind]
-    sparsity = int(arm.sparsity) if sparsity_field == "k" else arm.sparsity
-    shape = {"kind": arm.kind, "n_features": arm.n_features, sparsity_field: sparsity, "skip_connection": arm.skip_connection}
-    coder = CoderConfig(**{**_fields(cfg.coder), **shape})
+    shape = {"kind": arm.kind, "n_features": arm.n_features, "skip_connection": arm.skip_connection}
+    coder = AnyCoderConfig(**{**_fields(cfg.coder), **shape, **sparsity_setting(arm.kind, arm.sparsity)})
     # The sweep file names the arrays a transcoder or CLT reads; an SAE's hook falls back to train.hook.
     arrays = {"hook": arm.hook or cfg.train.hook, "target_hook": arm.target_hook, "layers": list(arm.layers)}
     steps = {"tokens": arm.tokens, "batch_size": arm.batch_size, "lr": arm.lr, "seed": arm.seed}

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.coders.registry import SPARSITY_FIELD, STACKABLE
+from pipeline.coders.registry import coder_class
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.sweep.overrides import differing_overrides, format_value, quote
@@ -54,7 +54,8 @@ def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:
 
 def _stack_order(arm: Arm) -> tuple:
     """Equal for arms that differ only in what a stack lets differ per arm (`train.stack_arms`): lr, and a per-arm penalty."""
-    per_arm_sparsity = SPARSITY_FIELD[arm.kind] in STACKABLE.get(arm.kind, ())
+    kind = coder_class(arm.kind)
+    per_arm_sparsity = kind.stackable and kind.sparsity_field in kind.per_arm_fields
     return arm.kind, arm.n_features, arm.steps, arm.skip_connection, 0.0 if per_arm_sparsity else arm.sparsity
 
 

@@ -182,8 +182,7 @@ def load_sharded(folder: Path, config: dict, coder, optimizer, firing) -> dict |
 
 def load_coder(folder: Path):
     """The coder of a run folder's latest sharded checkpoint, whole, as one ordinary coder on the CPU."""
-    from pipeline.coders.registry import build
-    from pipeline.config import CoderConfig
+    from pipeline.coders.registry import AnyCoderConfig, build
 
     step_dir = _latest(Path(folder))
     if step_dir is None:
@@ -191,6 +190,6 @@ def load_coder(folder: Path):
     index = json.loads((step_dir / INDEX).read_text())
     tensors, _ = _read_features(step_dir, 0, index["n_features"])
     with torch.random.fork_rng():
-        coder = build(CoderConfig(**index["meta"]["config"]["coder"]), index["d_in"])
+        coder = build(AnyCoderConfig(**index["meta"]["config"]["coder"]), index["d_in"])
     coder.load_state_dict({k.removeprefix("coder."): v for k, v in tensors.items() if k.startswith("coder.")})
     return coder
