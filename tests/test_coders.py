@@ -49,3 +49,51 @@ def test_unknown_kind_and_bad_width_are_refused():
         build(AnyCoderConfig(kind="gated"), 8)
     with pytest.raises(ConfigError, match="coder.n_features"):
         build(AnyCoderConfig(n_features=0), 8)
+
+
+def test_the_coder_node_holds_every_kinds_own_fields_and_each_kind_reads_only_its_own():
+    from dataclasses import fields
+
+    from pipeline.coders.registry import KINDS
+
+    union = {f.name for f in fields(AnyCoderConfig)}
+    for cls in KINDS.values():
+        own = {f.name for f in fields(cls.config_class)}
+        assert own <= union and cls.sparsity_field in own and set(cls.per_arm_fields) <= own
+    coder = build(AnyCoderConfig(kind="batchtopk", n_features=16, k=2, threshold_momentum=0.5), 4)
+    assert coder.threshold_momentum == 0.5 and coder.hparams["threshold_momentum"] == 0.5
+
+
+def test_a_kind_is_chosen_by_its_group_or_by_coder_kind_alike():
+    from conftest import compose
+
+    assert compose("coder=topk") == compose("coder.kind=topk")
+    assert compose().coder.kind == "relu"
+    cfg = compose("coder=batchtopk", "coder.threshold_momentum=0.5", "coder.k=4")
+    assert (cfg.coder.kind, cfg.coder.threshold_momentum, cfg.coder.k) == ("batchtopk", 0.5, 4)
+
+
+@pytest.mark.parametrize(
+    ("kind", "override", "field"),
+    [
+        ("relu", "coder.n_features=0", "coder.n_features"),
+        ("relu", "coder.l1_coefficient=-1", "coder.l1_coefficient"),
+        ("topk", "coder.k=0", "coder.k"),
+        ("topk", "coder.aux_k=-1", "coder.aux_k"),
+        ("batchtopk", "coder.threshold_momentum=1.0", "coder.threshold_momentum"),
+        ("jumprelu", "coder.jumprelu_penalty=l1", "coder.jumprelu_penalty"),
+        ("clt", "coder.init_threshold=0", "coder.init_threshold"),
+        ("gated", "coder.n_features=8", "coder.kind"),
+    ],
+)
+def test_bad_coder_values_are_refused_when_composing_with_the_field_named(kind, override, field):
+    from conftest import compose
+
+    with pytest.raises(ConfigError, match=rf"^{field}: expected"):
+        compose(f"coder.kind={kind}", override)
+
+
+def test_values_a_kind_does_not_read_are_not_checked_for_it():
+    from conftest import compose
+
+    assert compose("coder.kind=relu", "coder.n_features=8", "coder.k=9").coder.k == 9  # k matters to topk only

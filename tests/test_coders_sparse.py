@@ -412,3 +412,32 @@ def test_short_training_learns_the_synthetic_dictionary(arm, synthetic_store, tm
         coder.eval()
         held_out = evaluate(coder, data.eval_batches(256))
         assert held_out["fvu"] < 0.3 and 4 < held_out["l0"] < 16
+
+
+@pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "batchtopk"])
+def test_a_kinds_sharded_forward_on_one_rank_is_its_own_loss(kind):
+    import copy
+
+    from pipeline.distributed.process_group import World
+    from pipeline.train.sharded import ShardedCoder
+
+    coder = _coder(kind, k=4, jumprelu_penalty="l0", preact_coefficient=0.1)
+    whole = copy.deepcopy(coder)
+    sharded = ShardedCoder(coder, World(0, 1))
+    x = torch.randn(32, 16)
+    parts, f = sharded.loss(x, 0.5)
+    expected, f_whole = whole.loss(x, 0.5)
+    assert parts.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(parts[name], value, rtol=1e-5, atol=1e-6)
+    dense = f_whole.dense() if isinstance(f_whole, SparseActs) else f_whole
+    torch.testing.assert_close(f, dense)
+    torch.testing.assert_close(sharded.decode(f), whole.decode(f_whole), rtol=1e-5, atol=1e-6)
+
+
+def test_a_kind_without_a_sharded_forward_is_refused_for_feature_sharding():
+    from pipeline.distributed.process_group import World
+    from pipeline.train.sharded import ShardedCoder
+
+    with pytest.raises(ConfigError, match="train.parallel: features sharding supports coder.kind relu, topk"):
+        ShardedCoder(_coder("transcoder"), World(0, 1))

@@ -211,7 +211,6 @@ def test_a_one_rank_checkpoint_resumes_on_two_ranks(two_ranks, one_process):
         ("pipes", AnyCoderConfig(), "train.parallel"),
         ("ddp", AnyCoderConfig(kind="batchtopk", n_features=32, k=4), "train.parallel"),
         ("features", AnyCoderConfig(kind="transcoder", n_features=32), "train.parallel"),
-        ("features", AnyCoderConfig(n_features=0), "coder.n_features"),
     ],
 )
 def test_a_mode_that_cannot_train_the_coder_is_refused_naming_the_field(parallel, coder, field):

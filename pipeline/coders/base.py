@@ -117,6 +117,7 @@ class Coder(nn.Module):
     layered: ClassVar[bool] = False  # spans several layers: built with the number of layers train.layers lists
     rows_independent: ClassVar[bool] = True  # a row's loss ignores the other rows, so ddp may split a batch
     feature_sharding: ClassVar[bool] = False  # implements `sharded_loss`, for train.parallel=features
+    renamed: ClassVar[dict[str, str]] = {}  # config field -> constructor keyword, where the two names differ
 
     def __init__(self, d_in: int, n_features: int, **hparams):
         super().__init__()
@@ -143,8 +144,9 @@ class Coder(nn.Module):
 
     @classmethod
     def hparams_of(cls, cfg: CoderConfig) -> dict:
-        """The constructor keywords beyond d_in and n_features, read from `cfg`: its config's own fields by default."""
-        return {f.name: getattr(cfg, f.name) for f in fields(cls.config_class) if f.name not in ("kind", "n_features")}
+        """The constructor keywords beyond d_in and n_features: the values of its config's own fields in `cfg`."""
+        own = [f.name for f in fields(cls.config_class) if f.name not in ("kind", "n_features")]
+        return {cls.renamed.get(name, name): getattr(cfg, name) for name in own}
 
     def flops_per_token(self) -> float:
         """Training FLOPs per input row: forward plus backward (twice the forward), matrix products only."""

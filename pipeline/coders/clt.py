@@ -43,7 +43,6 @@ from torch import nn
 
 from pipeline.coders.base import Coder
 from pipeline.coders.jumprelu import RENAMED, JumpReluConfig, JumpReLUFunction, StepFunction
-from pipeline.config import CoderConfig
 from pipeline.errors import ConfigError
 
 
@@ -61,6 +60,7 @@ def _random_directions(*shape: int, norm: float, dims: tuple[int, ...]) -> torch
 class CrossLayerTranscoder(Coder):
     kind = "clt"
     config_class = CLTConfig
+    renamed = RENAMED
     stackable, per_arm_fields = True, ("l1_coefficient",)
     target_field = "layers"  # reads mlp_in.L and predicts mlp_out.L of each layer L of train.layers
     layered = True
@@ -105,10 +105,6 @@ class CrossLayerTranscoder(Coder):
         self.b_dec = nn.Parameter(torch.zeros(L, d))
         if skip_connection:
             self.w_skip = nn.Parameter(torch.zeros(L, d, d))
-
-    @classmethod
-    def hparams_of(cls, cfg: CoderConfig) -> dict:
-        return {RENAMED.get(name, name): value for name, value in super().hparams_of(cfg).items()}
 
     # A CLT takes [rows, layer, d]; the one-layer transcoder overrides these to take [rows, d].
     @staticmethod

@@ -108,6 +108,7 @@ class StepFunction(torch.autograd.Function):
 class JumpReluSAE(Coder):
     kind = "jumprelu"
     config_class = JumpReluConfig
+    renamed = RENAMED
     stackable, per_arm_fields = True, ("l1_coefficient",)
     feature_sharding = True
 
@@ -143,10 +144,6 @@ class JumpReluSAE(Coder):
     @property
     def threshold(self) -> torch.Tensor:
         return self.log_threshold.exp()
-
-    @classmethod
-    def hparams_of(cls, cfg: JumpReluConfig) -> dict:
-        return {RENAMED.get(name, name): value for name, value in super().hparams_of(cfg).items()}
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.w_enc, self.b_enc)

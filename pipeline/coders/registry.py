@@ -12,6 +12,7 @@ from dataclasses import Field, field, fields, make_dataclass
 from pathlib import Path
 
 import torch
+from hydra.core.config_store import ConfigStore
 
 from pipeline.coders.base import CONFIG, WEIGHTS, Coder
 from pipeline.coders.batchtopk import BatchTopKSAE
@@ -34,6 +35,7 @@ KINDS: dict[str, type[Coder]] = {
         CrossLayerTranscoder,
     )
 }
+
 
 def coder_class(kind: str) -> type[Coder]:
     if kind not in KINDS:
@@ -76,8 +78,6 @@ def own_config(cfg: CoderConfig) -> CoderConfig:
 
 def register_schema() -> None:
     """Stores `AnyCoderConfig` as `coder/schema`, which every conf/coder/<kind>.yaml extends; call it before compose."""
-    from hydra.core.config_store import ConfigStore
-
     ConfigStore.instance().store(group="coder", name="schema", node=AnyCoderConfig)
 
 

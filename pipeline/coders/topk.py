@@ -43,7 +43,7 @@ from pipeline.coders.base import (
     expect,
     fired_in_batch,
     with_rows_axis,
-)  # fmt: skip
+)
 from pipeline.config import CoderConfig
 
 # While dead latents may exist, how many steps pass between reads of the true idle maximum.
@@ -254,11 +254,14 @@ class TopKFamily(Coder):
     def sharded_activate(self, pre: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
         return shard.top(pre, self.k, shard.widest)
 
+    def sharded_pre_activation(self, x: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        return nn.functional.linear(shard.shared(x - self.b_dec), self.w_enc, self.b_enc)
+
     def sharded_encode(self, x: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
-        return self.sharded_activate(nn.functional.linear(shard.shared(x - self.b_dec), self.w_enc, self.b_enc), shard)
+        return self.sharded_activate(self.sharded_pre_activation(x, shard), shard)
 
     def sharded_loss(self, x: torch.Tensor, sparsity_scale: float, shard: FeatureShard):
-        pre = nn.functional.linear(shard.shared(x - self.b_dec), self.w_enc, self.b_enc)
+        pre = self.sharded_pre_activation(x, shard)
         f = self.sharded_activate(pre, shard)
         x_hat = self.sharded_decode(f, shard)
         reconstruction = (x - x_hat).pow(2).sum(-1).mean()
