@@ -4,6 +4,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
+from pipeline.coders.registry import register_schema
 from pipeline.config import PipelineConfig, compose
 from pipeline.config.docs import listing
 from pipeline.errors import ConfigError
@@ -55,6 +56,7 @@ def print_help(stage: str | None, overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    register_schema()  # the `coder` node's fields come from the kinds, above the configuration layer
     if not argv or argv[0] in ("-h", "--help"):
         print_help(None, [])
         return 0 if argv else 2

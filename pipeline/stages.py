@@ -4,6 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.activations.loading import open_activation_data
+from pipeline.coders.registry import own_config
 from pipeline.config import PipelineConfig
 from pipeline.distributed.process_group import process_group
 from pipeline.distributed.ray_train import needs_workers, run_on_ranks, worker_count
@@ -31,7 +32,7 @@ def train(cfg: PipelineConfig) -> None:
     store = open_store(out.store)
     hook = cfg.train.hook or store.hooks[0]
     check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
-    run = out.train_run(cfg.coder, replace(cfg.train, hook=hook))
+    run = out.train_run(own_config(cfg.coder), replace(cfg.train, hook=hook))
     if run.finished():
         print(f"train {run.id}: finished in {run.folder}; nothing to do")
         return
@@ -60,7 +61,7 @@ def train_on_rank(cfg: PipelineConfig) -> None:
     out = OutDir(cfg.out_dir)
     store = open_store(out.store)
     hook = cfg.train.hook or store.hooks[0]
-    run = out.train_run(cfg.coder, replace(cfg.train, hook=hook))
+    run = out.train_run(own_config(cfg.coder), replace(cfg.train, hook=hook))
     run_id, run_dir = run.id, run.folder
     device = pick_device(cfg.train.device)
     with process_group(device) as world:

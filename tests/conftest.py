@@ -63,8 +63,10 @@ def ray_session():
 
 
 def compose(*overrides: str):
+    from pipeline.coders.registry import register_schema
     from pipeline.config import compose as cli_compose
 
+    register_schema()
     return cli_compose(list(overrides))
 
 

@@ -5,8 +5,8 @@ import torch
 
 from pipeline.coders.base import SparseActs
 from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction
-from pipeline.coders.registry import build, coder_class, load
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.coders.registry import AnyCoderConfig, build, load, training_flops
+from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.activations.loading import ActivationData
 from pipeline.evaluate.metrics import evaluate
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _coder(kind: str, n: int = 64, d: int = 16, seed: int = 0, **fields):
     torch.manual_seed(seed)
-    return build(CoderConfig(kind=kind, n_features=n, **fields), d)
+    return build(AnyCoderConfig(kind=kind, n_features=n, **fields), d)
 
 
 # --- registry and config ---------------------------------------------------------------------
@@ -351,11 +351,11 @@ def test_flops_per_token_are_the_hand_counts():
     d, n, k = 384, 1536, 32
     # topk and batchtopk: dense encoder 2dN, sparse decoder 2dk forward; backward twice the forward.
     for kind in ("topk", "batchtopk"):
-        assert coder_class(kind).training_flops(d, n, k=k) == 3 * (2 * d * n + 2 * d * k)
+        assert training_flops(AnyCoderConfig(kind=kind, n_features=n, k=k), d) == 3 * (2 * d * n + 2 * d * k)
         assert _coder(kind, n=n, d=d, k=k).flops_per_token() == 3 * (2 * d * n + 2 * d * k)
         assert _coder(kind, n=n, d=d, k=8).flops_per_token() == 3 * (2 * d * n + 2 * d * 8)
     # jumprelu: dense encoder and decoder, as relu.
-    assert coder_class("jumprelu").training_flops(d, n) == 12 * d * n
+    assert training_flops(AnyCoderConfig(kind="jumprelu", n_features=n), d) == 12 * d * n
     assert _coder("jumprelu", n=n, d=d).flops_per_token() == 12 * d * n
 
 
@@ -403,7 +403,7 @@ TRAINING_ARMS = {
 def test_short_training_learns_the_synthetic_dictionary(arm, synthetic_store, tmp_path):
     data = ActivationData(synthetic_store, "resid_post.0", TrainConfig(eval_tokens=512), torch.device("cpu"))
     train_cfg = TrainConfig(tokens=40_960, batch_size=256, lr=3e-3, eval_tokens=512)
-    coder_cfg = CoderConfig(n_features=128, **TRAINING_ARMS[arm])
+    coder_cfg = AnyCoderConfig(n_features=128, **TRAINING_ARMS[arm])
     metrics = train_run(coder_cfg, train_cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
     assert metrics["fvu"] < 0.3 and metrics["l0"] < (64 if arm == "jumprelu-l0" else 20)
     coder = load(tmp_path / "run" / "coder")
@@ -412,3 +412,32 @@ def test_short_training_learns_the_synthetic_dictionary(arm, synthetic_store, tm
         coder.eval()
         held_out = evaluate(coder, data.eval_batches(256))
         assert held_out["fvu"] < 0.3 and 4 < held_out["l0"] < 16
+
+
+@pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "batchtopk"])
+def test_a_kinds_sharded_forward_on_one_rank_is_its_own_loss(kind):
+    import copy
+
+    from pipeline.distributed.process_group import World
+    from pipeline.train.sharded import ShardedCoder
+
+    coder = _coder(kind, k=4, jumprelu_penalty="l0", preact_coefficient=0.1)
+    whole = copy.deepcopy(coder)
+    sharded = ShardedCoder(coder, World(0, 1))
+    x = torch.randn(32, 16)
+    parts, f = sharded.loss(x, 0.5)
+    expected, f_whole = whole.loss(x, 0.5)
+    assert parts.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(parts[name], value, rtol=1e-5, atol=1e-6)
+    dense = f_whole.dense() if isinstance(f_whole, SparseActs) else f_whole
+    torch.testing.assert_close(f, dense)
+    torch.testing.assert_close(sharded.decode(f), whole.decode(f_whole), rtol=1e-5, atol=1e-6)
+
+
+def test_a_kind_without_a_sharded_forward_is_refused_for_feature_sharding():
+    from pipeline.distributed.process_group import World
+    from pipeline.train.sharded import ShardedCoder
+
+    with pytest.raises(ConfigError, match="train.parallel: features sharding supports coder.kind relu, topk"):
+        ShardedCoder(_coder("transcoder"), World(0, 1))

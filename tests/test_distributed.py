@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.coders.registry import load
+from pipeline.coders.registry import AnyCoderConfig, load
 from pipeline.coders.topk import TopKSAE
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.train import checkpoint
@@ -35,19 +35,19 @@ def _train(parallel: str, **fields) -> TrainConfig:
 
 # name -> (coder, train fields shared by the parallel run and the one-process run it must equal)
 RUNS = {
-    "ddp-relu": (CoderConfig(n_features=32, l1_coefficient=1.0), "ddp", {"grad_clip": 0.5}),
-    "ddp-topk": (CoderConfig(kind="topk", n_features=32, k=4), "ddp", {}),
-    "features-relu": (CoderConfig(n_features=32, l1_coefficient=1.0), "features", {"grad_clip": 0.5}),
+    "ddp-relu": (AnyCoderConfig(n_features=32, l1_coefficient=1.0), "ddp", {"grad_clip": 0.5}),
+    "ddp-topk": (AnyCoderConfig(kind="topk", n_features=32, k=4), "ddp", {}),
+    "features-relu": (AnyCoderConfig(n_features=32, l1_coefficient=1.0), "features", {"grad_clip": 0.5}),
     "features-topk": (
-        CoderConfig(kind="topk", n_features=48, k=2, aux_k=8, dead_tokens_threshold=256),
+        AnyCoderConfig(kind="topk", n_features=48, k=2, aux_k=8, dead_tokens_threshold=256),
         "features",
         {},
     ),  # AuxK on
-    "features-jumprelu": (CoderConfig(kind="jumprelu", n_features=32, preact_coefficient=0.1), "features", {}),
-    "features-jumprelu-l0": (CoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0"), "features", {}),
-    "features-batchtopk": (CoderConfig(kind="batchtopk", n_features=32, k=4), "features", {}),
+    "features-jumprelu": (AnyCoderConfig(kind="jumprelu", n_features=32, preact_coefficient=0.1), "features", {}),
+    "features-jumprelu-l0": (AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0"), "features", {}),
+    "features-batchtopk": (AnyCoderConfig(kind="batchtopk", n_features=32, k=4), "features", {}),
 }
-RESUMED = (CoderConfig(kind="topk", n_features=30, k=4), {"checkpoint_every": 5})  # 30 features: 15 a rank, then 30
+RESUMED = (AnyCoderConfig(kind="topk", n_features=30, k=4), {"checkpoint_every": 5})  # 30 features: 15 a rank, then 30
 
 
 def _data(store_path: Path) -> ActivationData:
@@ -78,7 +78,7 @@ def _killed_after(steps: int):
         TopKSAE.after_step = original
 
 
-def _resumable(parallel: str) -> tuple[CoderConfig, TrainConfig]:
+def _resumable(parallel: str) -> tuple[AnyCoderConfig, TrainConfig]:
     coder, fields = RESUMED
     return coder, _train(parallel, **fields)
 
@@ -128,7 +128,7 @@ def one_process(synthetic_store, tmp_path_factory):
     """The same runs in one process, each trained once when a test first asks for it."""
     root, done = tmp_path_factory.mktemp("one_process"), {}
 
-    def run(coder: CoderConfig, cfg: TrainConfig, name: str) -> tuple[dict, Path]:
+    def run(coder: AnyCoderConfig, cfg: TrainConfig, name: str) -> tuple[dict, Path]:
         if name not in done:
             done[name] = train_run(coder, cfg, _data(synthetic_store.path), root / name, DISABLED, name, "g")
         return done[name], root / name
@@ -208,9 +208,8 @@ def test_a_one_rank_checkpoint_resumes_on_two_ranks(two_ranks, one_process):
 @pytest.mark.parametrize(
     ("parallel", "coder", "field"),
     [
-        ("ddp", CoderConfig(kind="batchtopk", n_features=32, k=4), "train.parallel"),
-        ("features", CoderConfig(kind="transcoder", n_features=32), "train.parallel"),
-        ("features", CoderConfig(n_features=0), "coder.n_features"),
+        ("ddp", AnyCoderConfig(kind="batchtopk", n_features=32, k=4), "train.parallel"),
+        ("features", AnyCoderConfig(kind="transcoder", n_features=32), "train.parallel"),
     ],
 )
 def test_a_mode_that_cannot_train_the_coder_is_refused_naming_the_field(parallel, coder, field):
@@ -265,7 +264,7 @@ def test_torchrun_trains_the_stage_on_two_ranks_as_one_process(synthetic_store, 
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(f"train {_stage_run(out_dir).name}: loss") == 1  # only rank 0 reports
     alone, alone_dir = one_process(
-        CoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
+        AnyCoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
     )
     metrics = json.loads((_stage_run(out_dir) / "metrics.json").read_text())
     assert metrics["loss"] == pytest.approx(alone["loss"], rel=1e-4)
@@ -282,7 +281,7 @@ def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_sto
     cfg = compose(*_overrides(out_dir, "ddp"))
     run_on_ranks(train_on_rank, (cfg,), num_workers=2, use_gpu=False, ray=cfg.ray, out_dir=cfg.out_dir, name="t")
     alone, alone_dir = one_process(
-        CoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
+        AnyCoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
     )
     metrics = json.loads((_stage_run(out_dir) / "metrics.json").read_text())
     assert metrics["loss"] == pytest.approx(alone["loss"], rel=1e-4)
@@ -308,7 +307,7 @@ def test_ray_train_runs_a_sweep_pack_on_two_workers_and_returns_rank_0s_rows(
     rows = run_on_ranks(run_arms_on_rank, pack, num_workers=2, use_gpu=False, ray=cfg.ray, out_dir=out_dir, name="p")
     assert [(r["run_id"], r["status"]) for r in rows] == [("a0", "done"), ("a1", "done")], rows[0]["error"]
     alone, alone_dir = one_process(
-        CoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
+        AnyCoderConfig(n_features=32, l1_coefficient=1.0), _train("none", log_every=50), "stage"
     )
     assert rows[0]["loss"] == pytest.approx(alone["loss"], rel=1e-4)
     run = out_dir / "sweep" / "runs" / "a0"

@@ -439,7 +439,7 @@ def entrypoint_stages(entrypoint: str) -> list[list[str]]:
 
 
 def test_kuberay_manifests_define_a_gpu_cluster_and_a_job_that_harvests_then_sweeps():
-    from pipeline.config import compose
+    from conftest import compose
 
     pvc = load_yaml("k8s/pvc.yaml")
     assert pvc["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in pvc["spec"]["accessModes"]
@@ -462,11 +462,11 @@ def test_kuberay_manifests_define_a_gpu_cluster_and_a_job_that_harvests_then_swe
     assert [s[:2] for s in stages] == [["pipeline", "harvest"], ["pipeline", "sweep"]]
     out_dirs = set()
     for words in stages:
-        cfg = compose(words[2:])  # every override is valid for the pipeline's configuration
+        cfg = compose(*words[2:])  # every override is valid for the pipeline's configuration
         assert cfg.ray.address == "auto"
         out_dirs.add(cfg.out_dir)
     assert len(out_dirs) == 1 and out_dirs.pop().startswith(mount + "/")
-    assert compose(stages[1][2:]).launcher.name == "ray"
+    assert compose(*stages[1][2:]).launcher.name == "ray"
 
 
 def test_slurm_script_starts_ray_over_the_allocation_then_harvests_and_sweeps():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.coders.registry import build
-from pipeline.config import CoderConfig, TrainConfig
+from pipeline.coders.registry import AnyCoderConfig, build
+from pipeline.config import TrainConfig
 from pipeline.store.activation_store import ActivationStore
 from pipeline.activations.arrays import CoderArrays
 from pipeline.activations.loading import ActivationData
@@ -21,7 +21,7 @@ def gpt2_store(tiny_models, tmp_path_factory) -> ActivationStore:
 
 def _identity(d: int):
     """A ReLU coder that reconstructs exactly: features relu(x) and relu(-x)."""
-    coder = build(CoderConfig(n_features=2 * d, l1_coefficient=0.0), d)
+    coder = build(AnyCoderConfig(n_features=2 * d, l1_coefficient=0.0), d)
     eye = torch.eye(d)
     with torch.no_grad():
         coder.w_enc.copy_(torch.cat([eye, -eye]))
@@ -38,5 +38,5 @@ def test_an_exact_reconstruction_changes_nothing_and_a_poor_one_does(gpt2_store,
     assert exact["delta_loss"] == pytest.approx(0.0, abs=1e-5) and exact["kl"] == pytest.approx(0.0, abs=1e-6)
     assert exact["spliced_loss"] == pytest.approx(exact["clean_loss"], abs=1e-5) and exact["clean_loss"] > 1.0
     torch.manual_seed(0)
-    poor = splicer(build(CoderConfig(n_features=8), 32), arrays, data.scales)
+    poor = splicer(build(AnyCoderConfig(n_features=8), 32), arrays, data.scales)
     assert poor["kl"] > 1e-4 and poor["delta_loss"] == pytest.approx(poor["spliced_loss"] - poor["clean_loss"])

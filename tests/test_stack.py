@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.coders.registry import load
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.coders.registry import AnyCoderConfig, load
+from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.activations.loading import ActivationData
 from pipeline.train.stack import build_stacks, group_arms
 from pipeline.train.arm_run import ArmRun, ArmSpec, TrainingDiverged
@@ -39,21 +39,21 @@ def _assert_close_runs(a: dict, b: dict, folder_a, folder_b):
 
 def test_arms_differing_only_in_rate_or_penalty_are_stacked(data, tmp_path):
     train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3)
-    relu = CoderConfig(n_features=32)
+    relu = AnyCoderConfig(n_features=32)
     arms = [
         (relu, train),
         (replace(relu, l1_coefficient=1.0), replace(train, lr=3e-3)),  # stacks with 0
         (replace(relu, n_features=64), train),  # another shape
         (relu, replace(train, tokens=30 * 256)),  # stops at another step
-        (CoderConfig(kind="topk", n_features=32, k=4), train),
-        (CoderConfig(kind="topk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 4
-        (CoderConfig(kind="topk", n_features=32, k=8), train),  # another k
-        (CoderConfig(kind="jumprelu", n_features=32), train),
-        (CoderConfig(kind="jumprelu", n_features=32, jumprelu_bandwidth=0.01), replace(train, lr=3e-3)),  # another bandwidth
+        (AnyCoderConfig(kind="topk", n_features=32, k=4), train),
+        (AnyCoderConfig(kind="topk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 4
+        (AnyCoderConfig(kind="topk", n_features=32, k=8), train),  # another k
+        (AnyCoderConfig(kind="jumprelu", n_features=32), train),
+        (AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_bandwidth=0.01), replace(train, lr=3e-3)),  # another bandwidth
         (relu, replace(train, lr=3e-3, stack_arms=False)),  # stacking turned off
-        (CoderConfig(kind="batchtopk", n_features=32, k=4), train),
-        (CoderConfig(kind="batchtopk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 10
-        (CoderConfig(kind="batchtopk", n_features=32, k=4, aux_k=64), train),  # another aux_k
+        (AnyCoderConfig(kind="batchtopk", n_features=32, k=4), train),
+        (AnyCoderConfig(kind="batchtopk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 10
+        (AnyCoderConfig(kind="batchtopk", n_features=32, k=4, aux_k=64), train),  # another aux_k
     ]
     runs = {i: ArmRun(spec, data, DISABLED) for i, spec in enumerate(_specs(arms, tmp_path))}
     groups = sorted(group_arms(runs))
@@ -95,9 +95,9 @@ def test_stacked_clipping_and_adam_equal_each_arms_own(fused):
 
 def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
     train = TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3, log_every=4, lambda_warmup_frac=0.2)
-    relu, topk = CoderConfig(n_features=32), CoderConfig(kind="topk", n_features=1024, k=3, dead_tokens_threshold=1024)
-    jumprelu = CoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0", preact_coefficient=0.1, init_threshold=0.1)
-    batchtopk = CoderConfig(kind="batchtopk", n_features=1024, k=3, dead_tokens_threshold=1024)
+    relu, topk = AnyCoderConfig(n_features=32), AnyCoderConfig(kind="topk", n_features=1024, k=3, dead_tokens_threshold=1024)
+    jumprelu = AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0", preact_coefficient=0.1, init_threshold=0.1)
+    batchtopk = AnyCoderConfig(kind="batchtopk", n_features=1024, k=3, dead_tokens_threshold=1024)
     arms = [
         (relu, train),
         (replace(relu, l1_coefficient=1.0), replace(train, lr=3e-3)),
@@ -123,7 +123,7 @@ def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
 
 def test_a_diverging_arm_leaves_its_stack_and_the_others_train_on(data, tmp_path):
     train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
-    arms = [(CoderConfig(n_features=32), replace(train, lr=1e30)), (CoderConfig(n_features=32), train), (CoderConfig(n_features=32), replace(train, lr=3e-3))]
+    arms = [(AnyCoderConfig(n_features=32), replace(train, lr=1e30)), (AnyCoderConfig(n_features=32), train), (AnyCoderConfig(n_features=32), replace(train, lr=3e-3))]
     fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
     assert isinstance(fused[0], TrainingDiverged) and not (tmp_path / "grid0" / "metrics.json").exists()
     for i in (1, 2):
@@ -144,7 +144,7 @@ def test_without_memory_for_a_smaller_stack_the_remaining_arms_train_on_their_ow
 
     monkeypatch.setattr(ArmStack, "_stacked", stacked)
     train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
-    arms = [(CoderConfig(n_features=32), replace(train, lr=1e30)), (CoderConfig(n_features=32), train), (CoderConfig(n_features=32), replace(train, lr=3e-3))]
+    arms = [(AnyCoderConfig(n_features=32), replace(train, lr=1e30)), (AnyCoderConfig(n_features=32), train), (AnyCoderConfig(n_features=32), replace(train, lr=3e-3))]
     fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
     monkeypatch.undo()
     assert calls["n"] == 2 and isinstance(fused[0], TrainingDiverged)
@@ -168,14 +168,14 @@ def test_a_grid_whose_arms_all_stopped_reads_no_more_batches(data, tmp_path):
 
     counted = Counted(data)
     train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e30, grad_clip=1e30, log_every=1)
-    fused = train_grid(_specs([(CoderConfig(n_features=32), train)] * 2, tmp_path), counted, DISABLED)
+    fused = train_grid(_specs([(AnyCoderConfig(n_features=32), train)] * 2, tmp_path), counted, DISABLED)
     assert all(isinstance(outcome, TrainingDiverged) for outcome in fused)
     assert counted.drawn < 20
 
 
 def test_the_last_arm_of_a_stack_trains_on_alone_in_memory_of_its_own(data, tmp_path):
     train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
-    arms = [(CoderConfig(n_features=32), replace(train, lr=1e30)), (CoderConfig(n_features=32), train)]
+    arms = [(AnyCoderConfig(n_features=32), replace(train, lr=1e30)), (AnyCoderConfig(n_features=32), train)]
     runs = {i: ArmRun(spec, data, DISABLED) for i, spec in enumerate(_specs(arms, tmp_path))}
     [stack] = build_stacks(runs)
     steps = iter(range(20))
@@ -200,7 +200,7 @@ def test_a_failure_of_a_stacks_shared_step_stops_its_arms_and_not_the_grid(data,
 
     monkeypatch.setattr(ReluSAE, "loss", loss)
     train = TrainConfig(tokens=10 * 256, batch_size=256, lr=1e-3)
-    arms = [(CoderConfig(n_features=32), train), (CoderConfig(n_features=32), replace(train, lr=3e-3)), (CoderConfig(n_features=64), train)]
+    arms = [(AnyCoderConfig(n_features=32), train), (AnyCoderConfig(n_features=32), replace(train, lr=3e-3)), (AnyCoderConfig(n_features=64), train)]
     outcomes = train_grid(_specs(arms, tmp_path), data, DISABLED)
     assert [type(o).__name__ for o in outcomes[:2]] == ["RuntimeError", "RuntimeError"]
     assert outcomes[2]["steps"] == 10
@@ -214,7 +214,7 @@ def test_a_killed_stack_resumes_from_its_arms_checkpoints_to_the_same_weights(da
     from pipeline.coders.topk import TopKSAE
 
     train = TrainConfig(tokens=40 * 256, batch_size=256, checkpoint_every=15, log_every=7)
-    arms = [(CoderConfig(kind="topk", n_features=32, k=4), replace(train, lr=lr)) for lr in (1e-3, 4e-3)]
+    arms = [(AnyCoderConfig(kind="topk", n_features=32, k=4), replace(train, lr=lr)) for lr in (1e-3, 4e-3)]
     whole = train_grid(_specs(arms, tmp_path, "whole"), data, DISABLED)
 
     original, calls = TopKSAE.after_step, {"n": 0}

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.coders.registry import AnyCoderConfig
+from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs
@@ -94,7 +95,7 @@ def test_training_on_streamed_data_learns_the_synthetic_dictionary(store, tmp_pa
     cfg = TrainConfig(tokens=120_000, batch_size=256, lr=3e-3, eval_tokens=512, cache="none")
     data = open_activation_data(store, HOOK, cfg, CPU)
     assert isinstance(data, StreamingActivationData)
-    coder = CoderConfig(n_features=128, l1_coefficient=0.5)
+    coder = AnyCoderConfig(n_features=128, l1_coefficient=0.5)
     metrics = train_run(coder, cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
     assert metrics["fvu"] < 0.3 and metrics["steps"] == 468
     assert not _prefetch_threads()
@@ -179,7 +180,7 @@ def test_a_transcoder_learns_from_streamed_pairs_and_a_missing_target_is_refused
     cfg = TrainConfig(**{**PAIRED, "hook": "mlp_in.0", "tokens": 200 * 128, "batch_size": 128, "lr": 1e-2, "cache": "none"})
     data = open_activation_data(paired_store, cfg.hook, cfg, CPU)
     assert isinstance(data, StreamingActivationData)
-    coder = CoderConfig(kind="transcoder", n_features=64, l1_coefficient=0.05)
+    coder = AnyCoderConfig(kind="transcoder", n_features=64, l1_coefficient=0.05)
     metrics = train_run(coder, cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
     assert metrics["fvu"] < 0.3 and metrics["steps"] == 200
     assert not _prefetch_threads()

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.coders.registry import AnyCoderConfig
+from pipeline.config import TrackingConfig, TrainConfig
+from pipeline.errors import ConfigError
 from pipeline.track.wandb_run import resolve_mode
 from pipeline.activations.loading import ActivationData
 from pipeline.train.trainer import train_run
@@ -23,7 +25,7 @@ def test_an_offline_run_records_the_arm_and_its_curve(synthetic_store, tmp_path,
     monkeypatch.setenv("WANDB_MODE", "offline")
     data = ActivationData(synthetic_store, "resid_post.0", TrainConfig(eval_tokens=512), torch.device("cpu"))
     cfg = TrainConfig(tokens=2560, batch_size=256, log_every=2)
-    metrics = train_run(CoderConfig(n_features=32), cfg, data, tmp_path, TrackingConfig(mode="offline"), "arm-1", "grp")
+    metrics = train_run(AnyCoderConfig(n_features=32), cfg, data, tmp_path, TrackingConfig(mode="offline"), "arm-1", "grp")
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and metrics["wandb_run_id"] and runs[0].name.endswith(metrics["wandb_run_id"])
     assert list(runs[0].glob("*.wandb"))  # the run's log of metrics and config
@@ -32,13 +34,14 @@ def test_an_offline_run_records_the_arm_and_its_curve(synthetic_store, tmp_path,
 def test_disabled_tracking_never_imports_wandb(synthetic_store, tmp_path):
     script = (
         "import sys, torch\n"
-        "from pipeline.config import CoderConfig, TrackingConfig, TrainConfig\n"
+        "from pipeline.coders.registry import AnyCoderConfig\n"
+        "from pipeline.config import TrackingConfig, TrainConfig\n"
         "from pipeline.store.activation_store import ActivationStore\n"
         "from pipeline.activations.loading import ActivationData\n"
         "from pipeline.train.trainer import train_run\n"
         f"store = ActivationStore({str(synthetic_store.path)!r})\n"
         "data = ActivationData(store, 'resid_post.0', TrainConfig(eval_tokens=512), torch.device('cpu'))\n"
-        f"train_run(CoderConfig(n_features=8), TrainConfig(tokens=512, batch_size=256), data, __import__('pathlib').Path({str(tmp_path)!r}), TrackingConfig(mode='disabled'), 'a', 'g')\n"
+        f"train_run(AnyCoderConfig(n_features=8), TrainConfig(tokens=512, batch_size=256), data, __import__('pathlib').Path({str(tmp_path)!r}), TrackingConfig(mode='disabled'), 'a', 'g')\n"
         "print('wandb' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -5,8 +5,8 @@ import torch
 from conftest import SYNTHETIC_D as D
 
 from pipeline.activations.loading import ActivationData
-from pipeline.coders.registry import build, load
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.coders.registry import AnyCoderConfig, build, load
+from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.evaluate.metrics import FiringTracker, evaluate
 from pipeline.store.activation_store import ActivationStore
@@ -61,7 +61,7 @@ def test_dead_features_are_counted_over_the_trailing_window():
 
 
 def test_a_perfect_reconstruction_has_zero_fvu_and_mse():
-    coder = build(CoderConfig(n_features=4, l1_coefficient=0.0), d_in=4)
+    coder = build(AnyCoderConfig(n_features=4, l1_coefficient=0.0), d_in=4)
     with torch.no_grad():
         coder.w_enc.copy_(torch.eye(4))
         coder.w_dec.copy_(torch.eye(4))
@@ -74,7 +74,7 @@ def test_a_perfect_reconstruction_has_zero_fvu_and_mse():
 
 def test_training_learns_the_synthetic_dictionary_and_writes_its_run(store, tmp_path):
     data = _data(store)
-    coder_cfg = CoderConfig(n_features=128, l1_coefficient=0.5)
+    coder_cfg = AnyCoderConfig(n_features=128, l1_coefficient=0.5)
     train_cfg = TrainConfig(tokens=120_000, batch_size=256, lr=3e-3)
     metrics = train_run(coder_cfg, train_cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
     assert metrics["fvu"] < 0.25 and metrics["l0"] < 40
@@ -90,7 +90,7 @@ def test_training_learns_the_synthetic_dictionary_and_writes_its_run(store, tmp_
 def test_same_seed_gives_the_same_weights(store, tmp_path):
     data = _data(store)
     cfg = TrainConfig(tokens=5120, batch_size=256, seed=4)
-    runs = [train_run(CoderConfig(n_features=32), cfg, data, tmp_path / f"r{i}", TrackingConfig(mode="disabled"), "r", "g") for i in range(2)]
+    runs = [train_run(AnyCoderConfig(n_features=32), cfg, data, tmp_path / f"r{i}", TrackingConfig(mode="disabled"), "r", "g") for i in range(2)]
     assert runs[0]["loss"] == runs[1]["loss"]
     a, b = load(tmp_path / "r0" / "coder"), load(tmp_path / "r1" / "coder")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -100,13 +100,13 @@ def test_a_diverging_run_stops_with_the_step_named(store, tmp_path):
     data = _data(store)
     cfg = TrainConfig(tokens=25600, batch_size=256, lr=1e30, grad_clip=1e30, log_every=1)
     with pytest.raises(TrainingDiverged, match=r"step \d+: the loss is (nan|inf)"):
-        train_run(CoderConfig(n_features=32), cfg, data, tmp_path / "r", TrackingConfig(mode="disabled"), "r", "g")
+        train_run(AnyCoderConfig(n_features=32), cfg, data, tmp_path / "r", TrackingConfig(mode="disabled"), "r", "g")
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
 def test_too_few_tokens_for_one_batch_is_refused(store, tmp_path):
     with pytest.raises(ConfigError, match="train.tokens"):
-        train_run(CoderConfig(), TrainConfig(tokens=10, batch_size=256), _data(store), tmp_path, TrackingConfig(mode="disabled"), "r", "g")
+        train_run(AnyCoderConfig(), TrainConfig(tokens=10, batch_size=256), _data(store), tmp_path, TrackingConfig(mode="disabled"), "r", "g")
 
 
 class Killed(Exception):
@@ -130,7 +130,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(store, tmp
     from pipeline.coders.topk import TopKSAE
 
     data = _data(store)
-    coder_cfg = CoderConfig(kind="topk", n_features=32, k=4)
+    coder_cfg = AnyCoderConfig(kind="topk", n_features=32, k=4)
     cfg = TrainConfig(tokens=40 * 256, batch_size=256, checkpoint_every=15, log_every=7)
     disabled = TrackingConfig(mode="disabled")
     whole = train_run(coder_cfg, cfg, data, tmp_path / "whole", disabled, "w", "g")
@@ -156,21 +156,21 @@ def test_a_checkpoint_of_another_configuration_is_refused(store, tmp_path, monke
     disabled = TrackingConfig(mode="disabled")
     _kill_after(monkeypatch, ReluSAE, 7)
     with pytest.raises(Killed):
-        train_run(CoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5), data, tmp_path, disabled, "r", "g")
+        train_run(AnyCoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5), data, tmp_path, disabled, "r", "g")
     monkeypatch.undo()
     other = TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5, lr=0.5)
     with pytest.raises(ConfigError, match="checkpoint of another configuration"):
-        train_run(CoderConfig(n_features=32), other, data, tmp_path, disabled, "r", "g")
+        train_run(AnyCoderConfig(n_features=32), other, data, tmp_path, disabled, "r", "g")
 
 
 def test_each_arm_of_a_fused_grid_equals_the_arm_trained_alone(store, tmp_path):
     data = _data(store)
     disabled = TrackingConfig(mode="disabled")
     arms = [
-        (CoderConfig(n_features=32), TrainConfig(tokens=30 * 256, batch_size=256, lr=1e-3)),
-        (CoderConfig(n_features=64, l1_coefficient=1.0), TrainConfig(tokens=12 * 256, batch_size=256, lr=3e-3)),
-        (CoderConfig(kind="topk", n_features=48, k=4), TrainConfig(tokens=20 * 256, batch_size=256, lr=2e-3)),
-        (CoderConfig(kind="jumprelu", n_features=32), TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3)),
+        (AnyCoderConfig(n_features=32), TrainConfig(tokens=30 * 256, batch_size=256, lr=1e-3)),
+        (AnyCoderConfig(n_features=64, l1_coefficient=1.0), TrainConfig(tokens=12 * 256, batch_size=256, lr=3e-3)),
+        (AnyCoderConfig(kind="topk", n_features=48, k=4), TrainConfig(tokens=20 * 256, batch_size=256, lr=2e-3)),
+        (AnyCoderConfig(kind="jumprelu", n_features=32), TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3)),
     ]
     specs = [ArmSpec(c, t, tmp_path / f"grid{i}", f"a{i}", "g") for i, (c, t) in enumerate(arms)]
     fused = train_grid(specs, data, disabled)
@@ -183,24 +183,27 @@ def test_each_arm_of_a_fused_grid_equals_the_arm_trained_alone(store, tmp_path):
 
 def test_a_diverging_arm_stops_alone_in_its_grid(store, tmp_path):
     data = _data(store)
-    good = ArmSpec(CoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256), tmp_path / "good", "good", "g")
+    good = ArmSpec(AnyCoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256), tmp_path / "good", "good", "g")
     bad_cfg = TrainConfig(tokens=5120, batch_size=256, lr=1e30, grad_clip=1e30, log_every=1)
-    bad = ArmSpec(CoderConfig(n_features=32), bad_cfg, tmp_path / "bad", "bad", "g")
+    bad = ArmSpec(AnyCoderConfig(n_features=32), bad_cfg, tmp_path / "bad", "bad", "g")
     outcomes = train_grid([bad, good], data, TrackingConfig(mode="disabled"))
     assert isinstance(outcomes[0], TrainingDiverged) and outcomes[1]["steps"] == 20
 
 
 def test_a_train_run_id_names_every_setting_that_changes_the_result_and_only_those():
+    from pipeline.coders.registry import own_config
     from pipeline.layout import OutDir
 
     def run_id(coder=None, **train):
-        return OutDir("d").train_run(coder or CoderConfig(n_features=32), TrainConfig(**train)).id
+        coder = own_config(coder or AnyCoderConfig(n_features=32))
+        return OutDir("d").train_run(coder, TrainConfig(**train)).id
 
     base = run_id()
     assert base.startswith("relu_N32_lr0.001_s0_")
     how = [{"device": "cuda"}, {"log_every": 1}, {"checkpoint_every": 7}, {"parallel": "ddp"}, {"stack_arms": False}]
     assert all(run_id(**fields) == base for fields in how)
-    others = [run_id(CoderConfig(n_features=32, l1_coefficient=1.0)), run_id(CoderConfig(n_features=32, k=4)),
+    assert run_id(AnyCoderConfig(n_features=32, k=4)) == base  # a relu coder reads no k
+    others = [run_id(AnyCoderConfig(n_features=32, l1_coefficient=1.0)), run_id(AnyCoderConfig(n_features=32, kind="topk")),
               run_id(tokens=5), run_id(eval_tokens=7), run_id(cache="none"), run_id(lr=0.01)]  # fmt: skip
     assert len({base, *others}) == 7
 

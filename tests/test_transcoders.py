@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from pipeline.coders.registry import build, coder_class, load, training_flops
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.coders.registry import AnyCoderConfig, build, load, training_flops
+from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.sweep.arm import run_arms
@@ -34,12 +34,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _clt(n_layers=3, per_layer=4, d=8, seed=0, **fields):
     torch.manual_seed(seed)
-    return build(CoderConfig(kind="clt", n_features=n_layers * per_layer, **fields), d, n_layers)
+    return build(AnyCoderConfig(kind="clt", n_features=n_layers * per_layer, **fields), d, n_layers)
 
 
 def _transcoder(n=16, d=8, seed=0, **fields):
     torch.manual_seed(seed)
-    return build(CoderConfig(kind="transcoder", n_features=n, **fields), d)
+    return build(AnyCoderConfig(kind="transcoder", n_features=n, **fields), d)
 
 
 # --- the coders -------------------------------------------------------------------------------
@@ -58,8 +58,9 @@ def test_flops_per_token_is_the_hand_count():
     coder = _clt(n_layers=4, per_layer=5, d=6, skip_connection=True)
     weights = coder.w_enc.numel() + sum(w.numel() for w in coder.w_dec) + coder.w_skip.numel()
     assert coder.flops_per_token() == 3 * 2 * weights
-    assert training_flops(CoderConfig(kind="clt", n_features=20, skip_connection=True), 6, n_layers=4) == coder.flops_per_token()
-    assert coder_class("clt").training_flops(d, n, n_layers=1) == coder_class("jumprelu").training_flops(d, n)
+    assert training_flops(AnyCoderConfig(kind="clt", n_features=20, skip_connection=True), 6, n_layers=4) == coder.flops_per_token()
+    clt, jumprelu = (AnyCoderConfig(kind=kind, n_features=n) for kind in ("clt", "jumprelu"))
+    assert training_flops(clt, d, n_layers=1) == training_flops(jumprelu, d)
 
 
 @pytest.mark.parametrize("kind", ["transcoder", "clt"])
@@ -195,9 +196,9 @@ def test_kinds_and_the_arrays_they_read_must_agree():
     with pytest.raises(ConfigError, match=r"train.target_hook: the training data holds \['mlp_in.1'\], not 'mlp_out.1'"):
         Columns(coder_arrays("transcoder", "mlp_in.1", TrainConfig(**TRANSCODER)), ("mlp_in.1",), 32)
     with pytest.raises(ConfigError, match="coder.n_features: a clt over 3 layers .* multiple of 3, got 10"):
-        build(CoderConfig(kind="clt", n_features=10), 8, n_layers=3)
+        build(AnyCoderConfig(kind="clt", n_features=10), 8, n_layers=3)
     with pytest.raises(ConfigError, match="train.layers: only a clt spans several layers"):
-        build(CoderConfig(kind="transcoder", n_features=10), 8, n_layers=3)
+        build(AnyCoderConfig(kind="transcoder", n_features=10), 8, n_layers=3)
 
 
 def test_sweep_files_name_what_a_transcoder_or_clt_reads(tmp_path):
@@ -253,7 +254,7 @@ def test_each_kind_trains_end_to_end_from_a_harvested_store(relu_store, tmp_path
     cfg = _train_cfg(arrays)
     data = _data(relu_store, cfg)
     splicer = Splicer(relu_store, n_contexts=4, device=CPU)
-    coder_cfg = CoderConfig(kind=kind, n_features=n, l1_coefficient=0.1)
+    coder_cfg = AnyCoderConfig(kind=kind, n_features=n, l1_coefficient=0.1)
     metrics = train_run(coder_cfg, cfg, data, tmp_path / "run", DISABLED, "r", "g", splicer)
     assert metrics["fvu"] < 0.4 and 0 < metrics["l0"] < n
     n_layers = len(arrays.get("layers", [1]))
@@ -301,7 +302,7 @@ def test_exact_transcoders_and_clts_splice_in_with_no_change_and_inexact_ones_do
     for kind, arrays_cfg, layers in (("transcoder", TRANSCODER, [1]), ("clt", CLT, LAYERS)):
         cfg = _train_cfg(arrays_cfg)
         data, arrays = _data(relu_store, cfg), coder_arrays(kind, cfg.hook, cfg)
-        coder = build(CoderConfig(kind=kind, n_features=128 * len(layers)), 32, len(arrays.inputs)).eval()
+        coder = build(AnyCoderConfig(kind=kind, n_features=128 * len(layers)), 32, len(arrays.inputs)).eval()
         _exact(coder, splicer, data.scales, layers)
         # Against the store's float16 rows: only their rounding (relative 2^-11) remains.
         assert evaluate(coder, data.eval_batches(64), split=Columns(arrays, data.arrays, data.d))["fvu"] < 1e-6
@@ -314,9 +315,9 @@ def test_exact_transcoders_and_clts_splice_in_with_no_change_and_inexact_ones_do
 
 def test_a_fused_grid_mixing_kinds_equals_each_arm_trained_alone(relu_store, tmp_path):
     arms = [
-        (CoderConfig(kind="transcoder", n_features=64, skip_connection=True), _train_cfg(TRANSCODER, tokens=30 * 64)),
-        (CoderConfig(n_features=48), _train_cfg({"hook": "mlp_in.1"}, tokens=20 * 64, lr=3e-3)),
-        (CoderConfig(kind="clt", n_features=48), _train_cfg(CLT, tokens=25 * 64)),
+        (AnyCoderConfig(kind="transcoder", n_features=64, skip_connection=True), _train_cfg(TRANSCODER, tokens=30 * 64)),
+        (AnyCoderConfig(n_features=48), _train_cfg({"hook": "mlp_in.1"}, tokens=20 * 64, lr=3e-3)),
+        (AnyCoderConfig(kind="clt", n_features=48), _train_cfg(CLT, tokens=25 * 64)),
     ]
     grid_data = _data(relu_store, _train_cfg(CLT))  # holds every layer's MLP input and output
     specs = [ArmSpec(c, t, tmp_path / f"grid{i}", f"a{i}", "g") for i, (c, t) in enumerate(arms)]
@@ -331,8 +332,11 @@ def test_a_fused_grid_mixing_kinds_equals_each_arm_trained_alone(relu_store, tmp
 def test_stacked_transcoder_and_clt_arms_each_equal_the_arm_trained_alone(relu_store, tmp_path):
     from dataclasses import replace
 
-    transcoder = CoderConfig(kind="transcoder", n_features=64, skip_connection=True, l1_coefficient=0.1)
-    clt = CoderConfig(kind="clt", n_features=48, jumprelu_penalty="l0", preact_coefficient=0.1, l1_coefficient=0.1)
+    from pipeline.train.stack import build_stacks
+    from pipeline.train.arm_run import ArmRun
+
+    transcoder = AnyCoderConfig(kind="transcoder", n_features=64, skip_connection=True, l1_coefficient=0.1)
+    clt = AnyCoderConfig(kind="clt", n_features=48, jumprelu_penalty="l0", preact_coefficient=0.1, l1_coefficient=0.1)
     train = _train_cfg(CLT, tokens=25 * 64, lambda_warmup_frac=0.2, log_every=4)
     arms = [
         (transcoder, replace(train, **TRANSCODER, layers=[])),

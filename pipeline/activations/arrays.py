@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.coders.registry import TARGET_FIELD
+from pipeline.coders.registry import coder_class
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
@@ -46,7 +46,7 @@ _NEEDS = {"target_hook": "the array it predicts (e.g. mlp_out.3)", "layers": "th
 
 def coder_arrays(kind: str, hook: str, cfg: TrainConfig) -> CoderArrays:
     """The arrays a `kind` coder trained with `cfg` reads; ConfigError when the kind and the arrays disagree."""
-    needs = TARGET_FIELD.get(kind)
+    needs = coder_class(kind).target_field
     for field in ("target_hook", "layers"):
         if field == needs and not getattr(cfg, field):
             raise ConfigError(f"train.{field}: a {kind} needs {_NEEDS[field]}, got none")

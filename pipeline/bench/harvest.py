@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.coders.registry import register_schema
 from pipeline.config import compose
 from pipeline.harvest.stage import planned_attrs
 from pipeline.harvest.worker import CONCURRENT, HarvestWorker
@@ -35,6 +36,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv: list[str]) -> None:
+    register_schema()
     cfg = compose(argv)
     info = describe(cfg.model)
     attrs = planned_attrs(cfg, info)

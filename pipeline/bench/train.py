@@ -2,19 +2,16 @@
 
     python -m pipeline.bench.train [--steps 30] [--peers] [--skip-grid] [--skip-steps] [--profile]
 
-A step is what the trainer does per batch: the loss under the training precision (bfloat16
-autocast on CUDA), backward, global-norm clipping, Adam and the coder's after-step. Steps run on
-random rows already on the device (no data loading); each figure is the median of `--steps` timed
-steps after warm-up. FLOPs are each kind's analytic count (the README's table), so "TFLOP/s" is
-comparable across kinds and tools. `--peers` times the same shapes through EleutherAI's sparsify
-and SAELens, where installed. The grid part writes a store of random rows, then trains 8 arms from
-it: fused in one pass over the data with the arms stacked into one batched coder (the default),
-fused without stacking, and one after another; with the rows streamed from the store
-(`train.cache=none`) and with the default cache (`auto`: read once into device memory). Before
-it, 8 tiny arms time the host's work per arm and step, stacked and one by one.
-`--profile` adds, per case, the operators that take most of the step's device time (CPU time
-without a GPU), to show where a kind's step goes. Without a GPU every shape is scaled down so the
-run takes a minute.
+A step is what the trainer does per batch: the loss under the training precision (bfloat16 autocast on CUDA), backward,
+global-norm clipping, Adam and the coder's after-step. Steps run on random rows already on the device (no data
+loading); each figure is the median of `--steps` timed steps after warm-up. FLOPs are each kind's analytic count (the
+README's table), so "TFLOP/s" is comparable across kinds and tools. `--peers` times the same shapes through
+EleutherAI's sparsify and SAELens, where installed. The grid part writes a store of random rows, then trains 8 arms
+from it: fused in one pass over the data with the arms stacked into one batched coder (the default), fused without
+stacking, and one after another; with the rows streamed from the store (`train.cache=none`) and with the default cache
+(`auto`: read once into device memory). Before it, 8 tiny arms time the host's work per arm and step, stacked and one
+by one. `--profile` adds, per case, the operators that take most of the step's device time (CPU time without a GPU), to
+show where a kind's step goes. Without a GPU every shape is scaled down so the run takes a minute.
 """
 
 import argparse
@@ -27,8 +24,8 @@ from pathlib import Path
 import torch
 
 from pipeline.activations.loading import open_activation_data
-from pipeline.coders.registry import build
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.coders.registry import AnyCoderConfig, build
+from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs
 from pipeline.train.arm_run import ArmRun, ArmSpec, autocast
@@ -75,7 +72,7 @@ def matrix_peak(steps: int) -> float:
 
 def own_step(kind: str, n_features: int, batch: int):
     """A closure running one trainer step of a fresh coder; its FLOPs per token."""
-    coder = build(CoderConfig(kind=kind, n_features=n_features, k=K), D).to(DEVICE).train()
+    coder = build(AnyCoderConfig(kind=kind, n_features=n_features, k=K), D).to(DEVICE).train()
     optimizer = torch.optim.Adam(coder.parameters(), lr=1e-4, fused=CUDA)
     x = torch.randn(batch, D, device=DEVICE)
 
@@ -129,13 +126,13 @@ def saelens_step(kind: str, n_features: int, batch: int):
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
     x = torch.randn(batch, D, device=DEVICE)
 
+    step_input = TrainStepInput(
+        sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+    )
+
     def step():
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=CUDA):
-            out = sae.training_forward_pass(
-                step_input=TrainStepInput(
-                    sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
-                )
-            )
+            out = sae.training_forward_pass(step_input=step_input)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         optimizer.step()
@@ -199,7 +196,7 @@ def grid_comparison(cache: str, arms: int = 8) -> None:
         cfg = TrainConfig(tokens=rows - 8192, batch_size=batch, eval_tokens=8192, splice_contexts=0, log_every=10**9,
                           checkpoint_every=0, cache=cache, device=str(DEVICE))  # fmt: skip
         specs = [
-            ArmSpec(CoderConfig(kind="relu", n_features=n_features, l1_coefficient=l1), replace(cfg, lr=lr), Path(tmp) / f"arm{i}", f"arm{i}", "bench")
+            ArmSpec(AnyCoderConfig(kind="relu", n_features=n_features, l1_coefficient=l1), replace(cfg, lr=lr), Path(tmp) / f"arm{i}", f"arm{i}", "bench")
             for i, (lr, l1) in enumerate((lr, l1) for lr in (1e-4, 3e-4, 1e-3, 3e-3) for l1 in (1.0, 5.0))
         ][:arms]  # fmt: skip
         tracking = TrackingConfig(mode="disabled")
@@ -233,7 +230,7 @@ def step_overhead(steps: int, arms: int = 8) -> None:
                                   stack_arms=stack, device=str(DEVICE))  # fmt: skip
                 data = open_activation_data(store, "resid_post.0", cfg, DEVICE)
                 runs = {
-                    i: ArmRun(ArmSpec(CoderConfig(kind=kind, n_features=64, k=4), replace(cfg, lr=1e-4 * (i + 1)), Path(tmp) / f"{kind}{stack}{i}", "a", "g"),
+                    i: ArmRun(ArmSpec(AnyCoderConfig(kind=kind, n_features=64, k=4), replace(cfg, lr=1e-4 * (i + 1)), Path(tmp) / f"{kind}{stack}{i}", "a", "g"),
                               data, TrackingConfig(mode="disabled"))
                     for i in range(arms)
                 }  # fmt: skip

@@ -1,11 +1,16 @@
-"""What every sparse coder is: encode, decode, a loss of named parts, an analytic FLOP count, safetensors I/O."""
+"""What every sparse coder is: encode, decode, a loss of named parts, an analytic FLOP count, safetensors I/O,
+and the declarations the rest of the pipeline reads instead of asking a kind's name."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
+
+from pipeline.config import CoderConfig
+from pipeline.errors import ConfigError
 
 WEIGHTS = "coder.safetensors"
 CONFIG = "config.json"
@@ -72,10 +77,47 @@ def affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.baddbmm(b.unsqueeze(-2), x.expand(len(w), *x.shape[-2:]), w.mT)
 
 
-class Coder(nn.Module):
-    """A sparse dictionary over `d_in`-dimensional inputs with `n_features` latents."""
+def expect(ok: bool, field: str, expected: str, got: object) -> None:
+    """ConfigError naming the coder field `field` unless `ok`, for a kind config's checks of its own values."""
+    if not ok:
+        raise ConfigError(f"coder.{field}: expected {expected}, got {got!r}")
 
-    kind = ""
+
+class FeatureShard(Protocol):
+    """Collectives over ranks that each hold a slice of one coder's features (`pipeline.train.sharded`)."""
+
+    widest: int  # features in the largest slice
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of every rank's partial `tensor`, differentiable, for a loss every rank computes identically."""
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` unchanged, read by every rank's features: its gradient sums over ranks."""
+
+    def top(self, values: torch.Tensor, k: int, widest: int) -> torch.Tensor:
+        """ReLU of the k largest entries of the last dimension over all ranks' slices (the largest `widest` wide)."""
+
+    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """`tensor` reduced over ranks (sum, min or max), in place and without gradient."""
+
+
+class Coder(nn.Module):
+    """A sparse dictionary over `d_in`-dimensional inputs with `n_features` latents.
+
+    A kind declares itself here, in its class: the rest of the pipeline reads these and never a kind's name.
+    """
+
+    kind: ClassVar[str] = ""  # the name `coder.kind` and a sweep file's `kind:` give
+    config_class: ClassVar[type[CoderConfig]] = CoderConfig  # its configuration: the fields it reads from `coder`
+    sparsity_field: ClassVar[str] = "l1_coefficient"  # the field a sweep's `sparsity` list sets
+    sparsity_tag: ClassVar[str] = "l1-{:g}"  # how a run id spells that setting (format string of its value)
+    stackable: ClassVar[bool] = False  # its loss takes weights stacked along a leading arm dimension (train.stack)
+    per_arm_fields: ClassVar[tuple[str, ...]] = ()  # fields (and attributes) that may differ between stacked arms
+    target_field: ClassVar[str] = ""  # train field naming the arrays it predicts; empty: it reconstructs train.hook
+    layered: ClassVar[bool] = False  # spans several layers: built with the number of layers train.layers lists
+    rows_independent: ClassVar[bool] = True  # a row's loss ignores the other rows, so ddp may split a batch
+    feature_sharding: ClassVar[bool] = False  # implements `sharded_loss`, for train.parallel=features
+    renamed: ClassVar[dict[str, str]] = {}  # config field -> constructor keyword, where the two names differ
 
     def __init__(self, d_in: int, n_features: int, **hparams):
         super().__init__()
@@ -101,15 +143,47 @@ class Coder(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def training_flops(cls, d_in: int, n_features: int) -> float:
+    def hparams_of(cls, cfg: CoderConfig) -> dict:
+        """The constructor keywords beyond d_in and n_features: the values of its config's own fields in `cfg`."""
+        own = [f.name for f in fields(cls.config_class) if f.name not in ("kind", "n_features")]
+        return {cls.renamed.get(name, name): getattr(cfg, name) for name in own}
+
+    def flops_per_token(self) -> float:
         """Training FLOPs per input row: forward plus backward (twice the forward), matrix products only."""
         raise NotImplementedError
 
     def after_step(self) -> None:
         """Called by the trainer after each optimiser step (e.g. to renormalise decoder columns); no-op by default."""
 
-    def flops_per_token(self) -> float:
-        return self.training_flops(self.d_in, self.n_features)
+    def encode_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The features of `layer` from its input alone, so splicing can run the coder inside the model layer by layer.
+
+        A coder of one layer (every kind but a CLT) has only layer 0, and encodes as usual.
+        """
+        return self.encode(x)
+
+    def decode_layer(self, layer: int, features: dict[int, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """`layer`'s predicted array from the features of layers 0..layer (`features[s]`) and its input `x`.
+
+        An SAE's prediction is its reconstruction, which needs only its own features.
+        """
+        return self.decode(features[layer])
+
+    def sharded_loss(
+        self, x: torch.Tensor, sparsity_scale: float, shard: FeatureShard
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """As `loss`, when this coder holds one rank's slice of the features: the whole coder's loss parts (equal on
+        every rank) and this rank's activations. A kind with `feature_sharding` implements it from its formula,
+        since its own `loss` sees only its own features."""
+        raise NotImplementedError(f"a {self.kind} coder cannot be trained with its features split over ranks")
+
+    def sharded_encode(self, x: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        """This rank's feature activations when the features are split over ranks (see `sharded_loss`)."""
+        raise NotImplementedError(f"a {self.kind} coder cannot be trained with its features split over ranks")
+
+    def sharded_decode(self, f: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        """The whole reconstruction from each rank's activations of its own decoder columns."""
+        return shard.sum(nn.functional.linear(f, self.w_dec)) + self.b_dec
 
     def config(self) -> dict:
         return {"kind": self.kind, "d_in": self.d_in, "n_features": self.n_features, **self.hparams}

@@ -16,14 +16,29 @@ Initialisation, the decoder renormalisation in `after_step`, the dead-latent cou
 loss are those of `pipeline.coders.topk`.
 """
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-from pipeline.coders.topk import TopKFamily
-from pipeline.errors import ConfigError
+from pipeline.coders.base import FeatureShard, expect
+from pipeline.coders.topk import TopKConfig, TopKFamily
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    kind: str = "batchtopk"  # this kind
+    threshold_momentum: float = 0.9  # weight of the running threshold against each step's batch minimum, in [0, 1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        expect(0 <= self.threshold_momentum < 1, "threshold_momentum", "a momentum in [0, 1)", self.threshold_momentum)
 
 
 class BatchTopKSAE(TopKFamily):
     kind = "batchtopk"
+    config_class = BatchTopKConfig
+    rows_independent = False  # the selection spans the whole batch
 
     def __init__(
         self,
@@ -35,8 +50,6 @@ class BatchTopKSAE(TopKFamily):
         dead_tokens_threshold: int = 10_000_000,
         threshold_momentum: float = 0.9,
     ):
-        if not 0 <= threshold_momentum < 1:
-            raise ConfigError(f"coder.threshold_momentum: expected in [0, 1), got {threshold_momentum}")
         super().__init__(
             d_in, n_features, k, aux_k, aux_k_coefficient, dead_tokens_threshold, threshold_momentum=threshold_momentum
         )
@@ -67,3 +80,15 @@ class BatchTopKSAE(TopKFamily):
         running = torch.where(self.threshold_updates > 0, m * self.threshold + (1 - m) * batch_min, batch_min)
         self.threshold.copy_(torch.where(seen, running, self.threshold))
         self.threshold_updates += seen.long()
+
+    def sharded_activate(self, pre: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        if not self.training:
+            return self.activate(pre)  # at evaluation the learned threshold, feature by feature
+        rows = pre.shape[0]
+        return shard.top(torch.relu(pre).flatten(), self.k * rows, shard.widest * rows).view_as(pre)
+
+    def sharded_after_activation(self, f: torch.Tensor, shard: FeatureShard) -> None:
+        # The running threshold follows the smallest positive activation kept in the whole batch; handing
+        # it the minimum over all ranks makes every rank take the same step.
+        positive = torch.where(f > 0, f, torch.full_like(f, math.inf))
+        self.after_activation(shard.reduce(positive.min().reshape(1), "min"))

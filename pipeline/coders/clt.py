@@ -35,14 +35,21 @@ With L = 1 and no skip this is jumprelu's 12 d N.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.coders.base import Coder
-from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction, check_settings
+from pipeline.coders.jumprelu import RENAMED, JumpReluConfig, JumpReLUFunction, StepFunction
 from pipeline.errors import ConfigError
+
+
+@dataclass
+class CLTConfig(JumpReluConfig):
+    kind: str = "clt"  # this kind
+    skip_connection: bool = False  # add a learned linear map from each layer's input to its predicted output
 
 
 def _random_directions(*shape: int, norm: float, dims: tuple[int, ...]) -> torch.Tensor:
@@ -52,6 +59,11 @@ def _random_directions(*shape: int, norm: float, dims: tuple[int, ...]) -> torch
 
 class CrossLayerTranscoder(Coder):
     kind = "clt"
+    config_class = CLTConfig
+    renamed = RENAMED
+    stackable, per_arm_fields = True, ("l1_coefficient",)
+    target_field = "layers"  # reads mlp_in.L and predicts mlp_out.L of each layer L of train.layers
+    layered = True
 
     def __init__(
         self,
@@ -74,7 +86,6 @@ class CrossLayerTranscoder(Coder):
                 f"coder.n_features: a {self.kind} over {n_layers} layers splits its features evenly; "
                 f"expected a multiple of {n_layers}, got {n_features}"
             )
-        check_settings(penalty, bandwidth, init_threshold)
         super().__init__(
             d_in, n_features, n_layers=n_layers, l1_coefficient=l1_coefficient, penalty=penalty, bandwidth=bandwidth,
             init_threshold=init_threshold, tanh_scale=tanh_scale, preact_coefficient=preact_coefficient,
@@ -181,11 +192,7 @@ class CrossLayerTranscoder(Coder):
             for w, norm in zip(self.w_dec, self.decoder_norms().unbind(-2)):
                 w *= self.init_decoder_norm / norm.clamp_min(1e-12)[..., None, None, :]
 
-    @classmethod
-    def training_flops(cls, d_in: int, n_features: int, n_layers: int = 1, skip_connection: bool = False) -> float:
-        # See the module docstring: encoders 2dN, decoders (L+1)dN, skip 2Ld^2 forward; backward twice the forward.
-        forward = 2 * d_in * n_features + (n_layers + 1) * d_in * n_features + 2 * n_layers * d_in**2 * skip_connection
-        return 3 * forward
-
     def flops_per_token(self) -> float:
-        return self.training_flops(self.d_in, self.n_features, self.n_layers, self.skip_connection)
+        # See the module docstring: encoders 2dN, decoders (L+1)dN, skip 2Ld^2 forward; backward twice the forward.
+        d, n, L = self.d_in, self.n_features, self.n_layers
+        return 3 * (2 * d * n + (L + 1) * d * n + 2 * L * d**2 * self.skip_connection)

@@ -29,29 +29,41 @@ penalty weights by the decoder norm, so there `after_step` does nothing.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder, compute_dtype
+from pipeline.coders.base import Coder, FeatureShard, compute_dtype, expect
 from pipeline.coders.jumprelu_kernel import JumpReluSAELoss
-from pipeline.errors import ConfigError
+from pipeline.coders.relu import ReluConfig
 
 PENALTIES = ("l0", "tanh")
+# The config fields whose constructor keyword drops the `jumprelu_` prefix the shared `coder` node needs.
+RENAMED = {"jumprelu_penalty": "penalty", "jumprelu_bandwidth": "bandwidth"}
+
+
+@dataclass
+class JumpReluConfig(ReluConfig):
+    kind: str = "jumprelu"  # this kind
+    jumprelu_penalty: str = "tanh"  # sparsity penalty: l0 (Gemma Scope) or tanh (Circuit Tracing)
+    jumprelu_bandwidth: float = 0.001  # width of the threshold gradient's rectangle kernel (pre-activation units)
+    init_threshold: float = 0.001  # threshold theta of every feature at initialisation (pre-activation units)
+    tanh_scale: float = 4.0  # c of the tanh penalty sum_i tanh(c * f_i * ||W_dec,i||) (per pre-activation unit)
+    preact_coefficient: float = 0.0  # lambda_p of the loss sum_i ReLU(theta_i - pre_i) ||W_dec,i|| (0 = off)
+
+    def __post_init__(self):
+        super().__post_init__()
+        penalty = self.jumprelu_penalty
+        expect(penalty in PENALTIES, "jumprelu_penalty", f"one of {', '.join(PENALTIES)}", penalty)
+        expect(self.jumprelu_bandwidth > 0, "jumprelu_bandwidth", "a positive width", self.jumprelu_bandwidth)
+        expect(self.init_threshold > 0, "init_threshold", "a positive threshold", self.init_threshold)
+        expect(self.tanh_scale > 0, "tanh_scale", "a positive scale", self.tanh_scale)
+        expect(self.preact_coefficient >= 0, "preact_coefficient", "a coefficient >= 0", self.preact_coefficient)
 
 
 def _rectangle(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
     return ((pre - theta).abs() < bandwidth / 2).to(pre.dtype)
-
-
-def check_settings(penalty: str, bandwidth: float, init_threshold: float) -> None:
-    """ConfigError naming the field for a JumpReLU penalty, bandwidth or threshold out of range."""
-    if penalty not in PENALTIES:
-        raise ConfigError(f"coder.jumprelu_penalty: expected one of {', '.join(PENALTIES)}, got {penalty!r}")
-    if bandwidth <= 0:
-        raise ConfigError(f"coder.jumprelu_bandwidth: expected a positive width, got {bandwidth}")
-    if init_threshold <= 0:
-        raise ConfigError(f"coder.init_threshold: expected a positive threshold, got {init_threshold}")
 
 
 class JumpReLUFunction(torch.autograd.Function):
@@ -95,6 +107,10 @@ class StepFunction(torch.autograd.Function):
 
 class JumpReluSAE(Coder):
     kind = "jumprelu"
+    config_class = JumpReluConfig
+    renamed = RENAMED
+    stackable, per_arm_fields = True, ("l1_coefficient",)
+    feature_sharding = True
 
     def __init__(
         self,
@@ -108,7 +124,6 @@ class JumpReluSAE(Coder):
         preact_coefficient: float = 0.0,
         init_decoder_norm: float = 0.1,
     ):
-        check_settings(penalty, bandwidth, init_threshold)
         super().__init__(
             d_in,
             n_features,
@@ -153,8 +168,26 @@ class JumpReluSAE(Coder):
         if self.penalty == "l0":
             self.w_dec *= self.init_decoder_norm / self.w_dec.norm(dim=-2, keepdim=True).clamp_min(1e-12)
 
-    @classmethod
-    def training_flops(cls, d_in: int, n_features: int) -> float:
+    def flops_per_token(self) -> float:
         # Dense encoder and dense decoder, 2*d*N FLOPs each forward; backward twice the forward (as relu).
         # Thresholds, penalties and decoder norms are O(N) or O(d*N) elementwise work and are not counted.
-        return 3 * 2 * (2 * d_in * n_features)
+        return 3 * 2 * (2 * self.d_in * self.n_features)
+
+    def sharded_encode(self, x: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        return self.encode(x)
+
+    def sharded_loss(self, x: torch.Tensor, sparsity_scale: float, shard: FeatureShard):
+        pre = self.pre_activation(x)
+        f = JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
+        reconstruction = (x - self.sharded_decode(f, shard)).pow(2).sum(-1).mean()
+        decoder_norm, theta = self.w_dec.norm(dim=0), self.threshold
+        if self.penalty == "l0":
+            sparsity = shard.sum(StepFunction.apply(pre, theta, self.bandwidth).sum(-1).mean())
+        else:
+            sparsity = shard.sum(torch.tanh(self.tanh_scale * f * decoder_norm).sum(-1).mean())
+        total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.preact_coefficient)):
+            preact = shard.sum((torch.relu(theta - pre) * decoder_norm).sum(-1).mean())
+        if self.preact_coefficient:
+            total = total + self.preact_coefficient * preact
+        return {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity, "preact": preact}, f

@@ -7,15 +7,33 @@ Inputs are expected scaled to E||x||^2 = d_in. Decoder columns start as random d
 norm `init_decoder_norm`, the encoder as the decoder's transpose, biases at zero.
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder, compute_dtype
+from pipeline.coders.base import Coder, FeatureShard, compute_dtype, expect
 from pipeline.coders.relu_kernel import ReluSAELoss
+from pipeline.config import CoderConfig
+
+
+@dataclass
+class ReluConfig(CoderConfig):
+    kind: str = "relu"  # this kind
+    l1_coefficient: float = 5.0  # lambda of the sparsity penalty (this weighted L1, or jumprelu's); inputs at E||x||^2=d
+    init_decoder_norm: float = 0.1  # norm of each decoder column at initialisation
+
+    def __post_init__(self):
+        super().__post_init__()
+        expect(self.l1_coefficient >= 0, "l1_coefficient", "a penalty coefficient >= 0", self.l1_coefficient)
+        expect(self.init_decoder_norm > 0, "init_decoder_norm", "a positive norm", self.init_decoder_norm)
 
 
 class ReluSAE(Coder):
     kind = "relu"
+    config_class = ReluConfig
+    stackable, per_arm_fields = True, ("l1_coefficient",)
+    feature_sharding = True
 
     def __init__(self, d_in: int, n_features: int, l1_coefficient: float = 5.0, init_decoder_norm: float = 0.1):
         super().__init__(d_in, n_features, l1_coefficient=l1_coefficient, init_decoder_norm=init_decoder_norm)
@@ -34,7 +52,16 @@ class ReluSAE(Coder):
         total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
         return {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity}, f
 
-    @classmethod
-    def training_flops(cls, d_in: int, n_features: int) -> float:
+    def flops_per_token(self) -> float:
         # Encoder and decoder products are 2*d*N FLOPs each forward; backward costs twice the forward.
-        return 3 * 2 * (2 * d_in * n_features)
+        return 3 * 2 * (2 * self.d_in * self.n_features)
+
+    def sharded_encode(self, x: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        return torch.relu(nn.functional.linear(x, self.w_enc, self.b_enc))
+
+    def sharded_loss(self, x: torch.Tensor, sparsity_scale: float, shard: FeatureShard):
+        f = self.sharded_encode(x, shard)
+        reconstruction = (x - self.sharded_decode(f, shard)).pow(2).sum(-1).mean()
+        sparsity = shard.sum((f * self.w_dec.norm(dim=0)).sum(-1).mean())
+        total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
+        return {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity}, f

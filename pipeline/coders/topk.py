@@ -27,11 +27,24 @@ with an embedding-bag sum, so the decoder costs O(rows * k * d) both ways and ac
 back as `SparseActs`, never as a [rows x N] tensor. The AuxK term works the same way for both kinds.
 """
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder, SparseActs, affine, arm_offsets, compute_dtype, fired_in_batch, with_rows_axis
-from pipeline.errors import ConfigError
+from pipeline.coders.base import (
+    Coder,
+    FeatureShard,
+    SparseActs,
+    affine,
+    arm_offsets,
+    compute_dtype,
+    expect,
+    fired_in_batch,
+    with_rows_axis,
+)
+from pipeline.config import CoderConfig
 
 # While dead latents may exist, how many steps pass between reads of the true idle maximum.
 RECHECK_STEPS = 50
@@ -69,8 +82,27 @@ class SelectedPreActivations(torch.autograd.Function):
         return None, g_w_enc, g_b_enc, g_b_dec, None, None
 
 
+@dataclass
+class TopKConfig(CoderConfig):
+    kind: str = "topk"  # this kind
+    k: int = 32  # active latents per row: exactly (topk) or on average over the batch (batchtopk)
+    aux_k: int = 512  # dead latents AuxK reconstructs the residual with (capped at n_features)
+    aux_k_coefficient: float = 0.03125  # weight of the AuxK loss against the reconstruction, 1/32 as in OpenAI's paper
+    dead_tokens_threshold: int = 10_000_000  # tokens without firing after which a latent counts as dead for AuxK
+
+    def __post_init__(self):
+        super().__post_init__()
+        expect(1 <= self.k <= self.n_features, "k", f"between 1 and n_features={self.n_features}", self.k)
+        expect(self.aux_k >= 0, "aux_k", "a count >= 0", self.aux_k)
+        expect(self.aux_k_coefficient >= 0, "aux_k_coefficient", "a weight >= 0", self.aux_k_coefficient)
+        expect(self.dead_tokens_threshold > 0, "dead_tokens_threshold", "a positive count", self.dead_tokens_threshold)
+
+
 class TopKFamily(Coder):
     """What topk and batchtopk share: initialisation, pre-bias encoder, decoder, dead-latent count, AuxK."""
+
+    sparsity_field, sparsity_tag = "k", "k{}"
+    stackable = feature_sharding = True
 
     def __init__(
         self,
@@ -82,10 +114,6 @@ class TopKFamily(Coder):
         dead_tokens_threshold: int,
         **extra,
     ):
-        if not 1 <= k <= n_features:
-            raise ConfigError(f"coder.k: expected between 1 and n_features={n_features}, got {k}")
-        if aux_k < 0:
-            raise ConfigError(f"coder.aux_k: expected a count >= 0, got {aux_k}")
         super().__init__(
             d_in,
             n_features,
@@ -214,19 +242,52 @@ class TopKFamily(Coder):
     def after_step(self) -> None:
         self.w_dec /= self.w_dec.norm(dim=-2, keepdim=True).clamp_min(1e-12)
 
-    @classmethod
-    def training_flops(cls, d_in: int, n_features: int, k: int = 32) -> float:
+    def flops_per_token(self) -> float:
         # Dense encoder 2*d*N forward; sparse decoder (k active latents per row) 2*d*k forward;
         # backward twice the forward. The AuxK decoder (at most 2*d*aux_k forward, only while some
         # latents are dead) and the top-k selection are not counted.
-        return 3 * (2 * d_in * n_features + 2 * d_in * k)
+        return 3 * (2 * self.d_in * self.n_features + 2 * self.d_in * self.k)
 
-    def flops_per_token(self) -> float:
-        return self.training_flops(self.d_in, self.n_features, k=self.k)
+    # Split over ranks, a row's k largest pre-activations are chosen among every rank's features: the
+    # rank-local selection, counters and AuxK below take the collectives of `shard`.
+
+    def sharded_activate(self, pre: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        return shard.top(pre, self.k, shard.widest)
+
+    def sharded_pre_activation(self, x: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        return nn.functional.linear(shard.shared(x - self.b_dec), self.w_enc, self.b_enc)
+
+    def sharded_encode(self, x: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        return self.sharded_activate(self.sharded_pre_activation(x, shard), shard)
+
+    def sharded_loss(self, x: torch.Tensor, sparsity_scale: float, shard: FeatureShard):
+        pre = self.sharded_pre_activation(x, shard)
+        f = self.sharded_activate(pre, shard)
+        x_hat = self.sharded_decode(f, shard)
+        reconstruction = (x - x_hat).pow(2).sum(-1).mean()
+        if self.updating():
+            self.count_firing(f)  # the whole batch against this rank's features: its counters are exact
+            self.sharded_after_activation(f.detach(), shard)
+        auxk = self.sharded_auxk(pre, (x - x_hat).detach(), shard)
+        total = reconstruction + sparsity_scale * self.aux_k_coefficient * auxk
+        return {"loss": total, "reconstruction": reconstruction, "auxk": auxk}, f
+
+    def sharded_after_activation(self, f: torch.Tensor, shard: FeatureShard) -> None:
+        """`after_activation` over every rank's activations; topk keeps no statistics of them."""
+
+    def sharded_auxk(self, pre: torch.Tensor, residual: torch.Tensor, shard: FeatureShard) -> torch.Tensor:
+        """The AuxK loss with the `aux_k` largest pre-activations among the dead latents of all ranks."""
+        dead = self.dead()
+        n_aux = min(self.aux_k, int(shard.reduce(dead.sum())))
+        if n_aux == 0:
+            return residual.new_zeros(())
+        f_aux = shard.top(pre.masked_fill(~dead, -math.inf), n_aux, shard.widest)
+        return (residual - shard.sum(nn.functional.linear(f_aux, self.w_dec))).pow(2).sum(-1).mean()
 
 
 class TopKSAE(TopKFamily):
     kind = "topk"
+    config_class = TopKConfig
 
     def __init__(
         self,

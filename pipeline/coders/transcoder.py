@@ -13,13 +13,23 @@ FLOPs per training token: 12 d N, plus 6 d^2 with the skip connection (forward 2
 backward twice the forward).
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from pipeline.coders.clt import CrossLayerTranscoder
+from pipeline.coders.clt import CLTConfig, CrossLayerTranscoder
+
+
+@dataclass
+class TranscoderConfig(CLTConfig):
+    kind: str = "transcoder"  # this kind
 
 
 class Transcoder(CrossLayerTranscoder):
     kind = "transcoder"
+    config_class = TranscoderConfig
+    target_field = "target_hook"  # reads train.hook (e.g. mlp_in.3) and predicts train.target_hook (mlp_out.3)
+    layered = False
 
     def __init__(self, d_in: int, n_features: int, **hparams):
         super().__init__(d_in, n_features, n_layers=1, **hparams)

@@ -66,9 +66,16 @@ def _rows(owner: Any, f: dataclasses.Field, indent: str) -> list[tuple[str, str]
     return rows
 
 
+def field_doc(cls: type, name: str) -> str:
+    """The documentation of field `name` of dataclass `cls`, declared in it or in a base class."""
+    declared = [c for c in cls.__mro__ if name in getattr(c, "__annotations__", {})]
+    return next((doc for c in declared if (doc := field_docs(c).get(name))), "")
+
+
 def _doc(cls: type, f: dataclasses.Field) -> str:
     rules = describe(f.metadata)
-    doc = field_docs(cls).get(f.name, "")
+    # A field of a class assembled at run time (the coder node) carries its text from where it was declared.
+    doc = f.metadata.get("doc") or field_doc(cls, f.name)
     return f"{doc} [{rules}]" if rules else doc
 
 

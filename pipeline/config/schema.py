@@ -92,20 +92,14 @@ class StoreConfig:
 
 @dataclass
 class CoderConfig:
-    kind: str = "relu"  # coder architecture (see pipeline.coders.registry)
-    n_features: int = 1536  # dictionary size N
-    l1_coefficient: float = 5.0  # lambda of the relu (weighted L1) and jumprelu penalties (inputs at E||x||^2 = d)
-    init_decoder_norm: float = 0.1  # norm of each decoder column at init (relu, jumprelu; topk/batchtopk use 1)
-    k: int = 32  # active latents per row: exactly (topk) or on average over the batch (batchtopk)
-    aux_k: int = 512  # dead latents AuxK reconstructs the residual with (topk, batchtopk; capped at n_features)
-    aux_k_coefficient: float = 0.03125  # weight of the AuxK loss against the reconstruction, 1/32 as in OpenAI's paper
-    dead_tokens_threshold: int = 10_000_000  # tokens without firing after which a latent counts as dead for AuxK
-    jumprelu_penalty: str = "tanh"  # jumprelu sparsity penalty: l0 (Gemma Scope) or tanh (Circuit Tracing)
-    jumprelu_bandwidth: float = 0.001  # width of the threshold gradient's rectangle kernel (pre-activation units)
-    init_threshold: float = 0.001  # jumprelu threshold theta of every feature at initialisation (pre-activation units)
-    tanh_scale: float = 4.0  # c of the tanh penalty sum_i tanh(c * f_i * ||W_dec,i||) (per pre-activation unit)
-    preact_coefficient: float = 0.0  # lambda_p of the loss sum_i ReLU(theta_i - pre_i) ||W_dec,i|| (jumprelu; 0 = off)
-    skip_connection: bool = False  # transcoder, clt: add a learned linear map from each layer's input to its predicted output
+    """What every kind's configuration holds; each kind adds its own fields in pipeline/coders/<kind>.py."""
+
+    kind: str = "relu"  # coder architecture: a kind listed in pipeline.coders.registry (`coder=KIND` selects it too)
+    n_features: int = 1536  # dictionary size N (all layers' features together for a clt)
+
+    def __post_init__(self):
+        if self.n_features <= 0:
+            raise ConfigError(f"coder.n_features: expected a positive width, got {self.n_features}")
 
 
 @dataclass

@@ -8,6 +8,8 @@ when the coder's output replaces activations in the forward pass.
   see the earlier layers' replaced outputs), and layer t's output sums the decoders of the
   features of every layer s <= t.
 
+Every kind is spliced the same way, through its `Coder.encode_layer` and `Coder.decode_layer`.
+
 Runs on the store's last contexts, whose activations are the held-out rows. Models without a
 language-model head have no next-token loss, and are skipped. An exact coder changes nothing: both
 the loss change and the KL are 0.
@@ -20,12 +22,12 @@ from contextlib import ExitStack
 import torch
 import torch.nn.functional as F
 
+from pipeline.activations.arrays import CoderArrays
 from pipeline.coders.base import Coder
 from pipeline.config import ModelConfig
 from pipeline.models.hooks import find_blocks, first_input, is_input_site, module_of, parse_hook
 from pipeline.models.loading import load_model
 from pipeline.store.activation_store import ActivationStore
-from pipeline.activations.arrays import CoderArrays
 
 # Sees the activation at a hook point and returns its replacement, or None to leave it as it is.
 Rewrite = Callable[[torch.Tensor], torch.Tensor | None]
@@ -69,19 +71,11 @@ class Splicer:
     def _spliced(self, coder: Coder, arrays: CoderArrays, scales: dict[str, float]) -> ExitStack:
         """The model's hooks that splice `coder` in for one forward pass, removed when the context exits."""
         stack = ExitStack()
-        if not arrays.targets:
-            name = arrays.inputs[0]
-
-            def reconstruct(value: torch.Tensor) -> torch.Tensor:
-                x = value.float() * scales[name]
-                return self._keep_bos(coder.decode(coder.encode(x)) / scales[name], value)
-
-            stack.callback(self._hook(name, reconstruct).remove)
-            return stack
         # Filled layer by layer as the forward pass reaches each input: layer -> its (scaled) input and features.
+        # An SAE is one layer whose target is its input: both hooks sit on that array, reading before replacing.
         inputs: dict[int, torch.Tensor] = {}
         features: dict[int, torch.Tensor] = {}
-        for layer, (source, target) in enumerate(zip(arrays.inputs, arrays.targets)):
+        for layer, (source, target) in enumerate(zip(arrays.inputs, arrays.targets or arrays.inputs)):
 
             def read(value: torch.Tensor, layer=layer, source=source) -> None:
                 inputs[layer] = value.float() * scales[source]

@@ -11,16 +11,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.atomic import write_json_atomic
-from pipeline.coders.registry import SPARSITY_FIELD
+from pipeline.coders.registry import AnyCoderConfig, sparsity_setting
 from pipeline.config import PipelineConfig
 from pipeline.layout import SweepDir
 from pipeline.sweep.plan import Arm
 
 def arm_config(cfg: PipelineConfig, arm: Arm) -> PipelineConfig:
     """The sweep's configuration as `arm` trains it: its coder shape, arrays and steps, and an absolute out_dir."""
-    sparsity_field = SPARSITY_FIELD[arm.kind]
-    sparsity = int(arm.sparsity) if sparsity_field == "k" else arm.sparsity
-    shape = {"kind": arm.kind, "n_features": arm.n_features, sparsity_field: sparsity}
+    shape = {"kind": arm.kind, "n_features": arm.n_features, **sparsity_setting(arm.kind, arm.sparsity)}
     # The sweep file names the arrays a transcoder or CLT reads; an SAE's hook falls back to train.hook.
     arrays = {"hook": arm.hook or cfg.train.hook, "target_hook": arm.target_hook, "layers": list(arm.layers)}
     steps = {"tokens": arm.tokens, "batch_size": arm.batch_size, "lr": arm.lr, "seed": arm.seed}
@@ -45,4 +43,5 @@ def read_arm_configs(sweep_dir: Path, run_ids: list[str]) -> list[PipelineConfig
     if missing:
         raise KeyError(f"sweep.arms: {missing[0]} is not an arm of {path}")
     schema = OmegaConf.structured(PipelineConfig)
+    schema.coder = OmegaConf.structured(AnyCoderConfig)  # every kind's fields, as compose gives them
     return [OmegaConf.to_object(OmegaConf.merge(schema, saved[r])) for r in run_ids]

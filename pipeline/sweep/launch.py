@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
 
-from pipeline.coders.registry import SPARSITY_FIELD, STACKABLE
+from pipeline.coders.registry import coder_class
 from pipeline.config import CONF_DIR, PipelineConfig
 from pipeline.distributed.ray_train import needs_workers
 from pipeline.errors import ConfigError
@@ -56,7 +56,8 @@ def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:
 
 def _stack_order(arm: Arm) -> tuple:
     """Equal for arms that differ only in what a stack lets differ per arm (`train.stack_arms`): lr, and a per-arm penalty."""
-    per_arm_sparsity = SPARSITY_FIELD[arm.kind] in STACKABLE.get(arm.kind, ())
+    kind = coder_class(arm.kind)
+    per_arm_sparsity = kind.stackable and kind.sparsity_field in kind.per_arm_fields
     return arm.kind, arm.n_features, arm.steps, arm.skip_connection, 0.0 if per_arm_sparsity else arm.sparsity
 
 

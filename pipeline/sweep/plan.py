@@ -7,8 +7,7 @@ N counts every feature of an arm; a CLT's are split evenly over its layers, so i
 import itertools
 from dataclasses import asdict, dataclass
 
-from pipeline.coders.registry import SPARSITY_FIELD, coder_class, training_flops
-from pipeline.config import CoderConfig
+from pipeline.coders.registry import AnyCoderConfig, coder_class, sparsity_setting, training_flops
 from pipeline.errors import ConfigError
 from pipeline.sweep.spec import SweepSpec
 
@@ -21,7 +20,7 @@ class Arm:
     n_features: int
     d_in: int
     lr: float
-    sparsity: float  # penalty lambda or k, as SPARSITY_FIELD says for the kind
+    sparsity: float  # the value of the kind's `sparsity_field`: a penalty lambda or k
     seed: int
     batch_size: int
     steps: int
@@ -46,20 +45,22 @@ def widths(spec: SweepSpec, d_in: int) -> list[int]:
 
 def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
     """Every arm, or ConfigError naming the first arm that cannot run on this store."""
-    coder_class(spec.kind)
-    uses_k = SPARSITY_FIELD[spec.kind] == "k"
+    kind = coder_class(spec.kind)
     n_layers = max(1, len(spec.layers))
     shared = {"hook": spec.hook, "target_hook": spec.target_hook, "layers": tuple(spec.layers), "skip_connection": spec.skip_connection}
     arms = []
     for budget, n, lr, sparsity, seed in itertools.product(
         spec.budgets, widths(spec, d_in), spec.lrs, spec.sparsity, spec.seeds
     ):
-        tag = f"k{int(sparsity)}" if uses_k else f"l1-{sparsity:g}"
+        setting = sparsity_setting(spec.kind, sparsity)
+        tag = kind.sparsity_tag.format(setting[kind.sparsity_field])
         run_id = f"{spec.kind}_C{budget:g}_N{n}_lr{lr:g}_{tag}_s{seed}"
         if n % n_layers:
             raise ConfigError(f"sweep: {spec.name}: arm {run_id}: {n} features do not split evenly over {n_layers} layers")
-        sparsity_setting = {SPARSITY_FIELD[spec.kind]: int(sparsity) if uses_k else sparsity}
-        coder = CoderConfig(kind=spec.kind, n_features=n, skip_connection=spec.skip_connection, **sparsity_setting)
+        try:
+            coder = AnyCoderConfig(kind=spec.kind, n_features=n, skip_connection=spec.skip_connection, **setting)
+        except ConfigError as err:
+            raise ConfigError(f"sweep: {spec.name}: arm {run_id}: {err}") from err
         fpt = training_flops(coder, d_in, n_layers)
         steps = int(budget // fpt) // spec.batch_size
         if steps < 1:

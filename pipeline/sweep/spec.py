@@ -1,12 +1,12 @@
 """A sweep file (`sweeps/NAME.yaml`): what to vary across the arms of a scaling-law study."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.coders.registry import HPARAMS, TARGET_FIELD
+from pipeline.coders.registry import KINDS, coder_class
 from pipeline.errors import ConfigError
 
 PACKAGED = Path(__file__).resolve().parents[2] / "sweeps"
@@ -72,7 +72,7 @@ def _validate(spec: SweepSpec, path: Path) -> None:
 
 def _validate_arrays(spec: SweepSpec, fail) -> None:
     """The fields naming what the arms read and predict must fit the kind."""
-    needs = TARGET_FIELD.get(spec.kind)
+    needs = coder_class(spec.kind).target_field
     for name, example in (("target_hook", "mlp_out.3"), ("layers", "[0, 1, 2]")):
         if name == needs and not getattr(spec, name):
             fail(name, f"should say what a {spec.kind} predicts (e.g. {example})")
@@ -82,6 +82,6 @@ def _validate_arrays(spec: SweepSpec, fail) -> None:
         fail("layers", f"should be distinct layer numbers >= 0 in increasing order, got {spec.layers}")
     if spec.layers and spec.hook:
         fail("hook", "is not used by a clt, which reads mlp_in.L of its layers; expected it empty")
-    with_skip = [kind for kind, hparams in HPARAMS.items() if "skip_connection" in hparams]
+    with_skip = [kind for kind, cls in KINDS.items() if "skip_connection" in {f.name for f in fields(cls.config_class)}]
     if spec.skip_connection and spec.kind not in with_skip:
         fail("skip_connection", f"is only for kinds {', '.join(with_skip)}, not {spec.kind}")

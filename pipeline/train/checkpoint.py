@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import write_atomic, write_json_atomic
-from pipeline.coders.registry import build
+from pipeline.coders.registry import AnyCoderConfig, build
 from pipeline.config import CoderConfig
 from pipeline.distributed.process_group import barrier
 from pipeline.errors import ConfigError
@@ -184,6 +184,6 @@ def load_coder(folder: Path):
     index = json.loads((step_dir / INDEX).read_text())
     tensors, _ = _read_features(step_dir, 0, index["n_features"])
     with torch.random.fork_rng():
-        coder = build(CoderConfig(**index["meta"]["config"]["coder"]), index["d_in"])
+        coder = build(AnyCoderConfig(**index["meta"]["config"]["coder"]), index["d_in"])
     coder.load_state_dict({k.removeprefix("coder."): v for k, v in tensors.items() if k.startswith("coder.")})
     return coder

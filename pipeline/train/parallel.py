@@ -14,7 +14,7 @@ finished whole coder from a `Parallel`. `none` is the single-process behaviour; 
 import torch
 
 from pipeline.coders.base import fired_in_batch
-from pipeline.coders.registry import build
+from pipeline.coders.registry import build, coder_class
 from pipeline.config import CoderConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.train import checkpoint
@@ -137,9 +137,9 @@ class RowShardedFiring(FiringTracker):
 
 class DataParallel(Parallel):
     def build(self, cfg: CoderConfig, d_in: int, n_layers: int, device: torch.device) -> ReplicatedCoder:
-        if cfg.kind == "batchtopk":
+        if not coder_class(cfg.kind).rows_independent:
             raise ConfigError(
-                "train.parallel: ddp cannot train batchtopk (its selection spans the whole batch); use features"
+                f"train.parallel: ddp cannot train {cfg.kind} (a row's loss depends on the other rows); use features"
             )
         if self.cfg.batch_size % self.world.size:
             raise ConfigError(

@@ -8,10 +8,10 @@ dimension). Each arm's own coder holds views of its slices, so its optimiser, cl
 history, checkpoints, evaluation and saved coder are its own, unchanged; an arm trained in a stack
 equals the arm trained alone up to the rounding of batched products.
 
-Arms stack when their kind is in `registry.STACKABLE`, they run on one process (`train.parallel` none) with
-`train.stack_arms` on, their configurations differ only in `train.lr` and the kind's per-arm coder
-fields, and they start at the same step (their shared length and batch size make them stop at the
-same step too).
+Arms stack when their kind is `stackable`, they run on one process (`train.parallel` none) with
+`train.stack_arms` on, their configurations differ only in `train.lr` and the kind's `per_arm_fields`,
+and they start at the same step (their shared length and batch size make them stop at the same step
+too).
 """
 
 import json
@@ -19,17 +19,17 @@ import json
 import torch
 
 from pipeline.coders.base import SparseActs, fired_in_batch
-from pipeline.coders.registry import STACKABLE
+from pipeline.coders.registry import coder_class
 from pipeline.train.arm_run import ArmRun, autocast
 
 
 def stack_key(arm: ArmRun) -> str | None:
     """What arms must share to be stacked, or None for an arm that trains on its own."""
-    kind = arm.config["coder"]["kind"]
-    if kind not in STACKABLE or not arm.cfg.stack_arms or arm.cfg.parallel != "none":
+    kind = coder_class(arm.config["coder"]["kind"])
+    if not kind.stackable or not arm.cfg.stack_arms or arm.cfg.parallel != "none":
         return None
     shared = dict(arm.config, start_step=arm.start_step)
-    shared["coder"] = {k: v for k, v in arm.config["coder"].items() if k not in STACKABLE[kind]}
+    shared["coder"] = {k: v for k, v in arm.config["coder"].items() if k not in kind.per_arm_fields}
     shared["train"] = {k: v for k, v in arm.config["train"].items() if k != "lr"}
     return json.dumps(shared, sort_keys=True, default=str)
 
@@ -156,7 +156,7 @@ class ArmStack:
         for name, _ in first.named_buffers():
             _set(stacked, name, torch.stack([c.get_buffer(name) for c in coders]))
         stacked.load_state_dict(stacked.state_dict())  # as for each arm below: host-side knowledge starts afresh
-        for field in STACKABLE[first.kind]:
+        for field in first.per_arm_fields:
             setattr(stacked, field, torch.tensor([getattr(c, field) for c in coders], device=first.b_dec.device))
         for a, coder in enumerate(coders):
             for name, p in coder.named_parameters():
