@@ -108,6 +108,12 @@ def synthetic_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def store(synthetic_store) -> ActivationStore:
+    """The synthetic store, under the name the training and streaming tests give it: 4096 rows of d=16 in chunks of 512."""
+    return synthetic_store
+
+
+@pytest.fixture(scope="session")
 def relu_gpt2(tmp_path_factory) -> Path:
     """A tiny GPT-2 whose MLPs use ReLU, so a JumpReLU transcoder can equal an MLP exactly."""
     import transformers as tf

@@ -16,12 +16,10 @@ import torch
 from pipeline.coders.registry import load
 from pipeline.coders.topk import TopKSAE
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
-from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.train import checkpoint
 from pipeline.activations.loading import ActivationData
 from pipeline.distributed.process_group import process_group
-from pipeline.train.parallel import parallel_for
 from pipeline.train.trainer import train_run
 
 DISABLED = TrackingConfig(mode="disabled")
@@ -143,6 +141,7 @@ def _assert_same_coder(a: Path, b: Path) -> None:
         torch.testing.assert_close(x[name], y[name], rtol=1e-4, atol=2e-5, msg=name)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("name", list(RUNS))
 def test_a_two_rank_run_equals_one_process(name, two_ranks, one_process):
     coder, _, fields = RUNS[name]
@@ -155,10 +154,12 @@ def test_a_two_rank_run_equals_one_process(name, two_ranks, one_process):
     _assert_same_coder(two_ranks / name / "coder", alone_dir / "coder")
 
 
+@pytest.mark.cluster
 def test_only_the_main_rank_writes_the_run_folder(two_ranks):
     assert sorted(p.name for p in (two_ranks / "features-relu").iterdir()) == ["coder", "metrics.json"]
 
 
+@pytest.mark.cluster
 def test_a_sharded_checkpoint_holds_a_slice_per_rank_and_an_index(two_ranks):
     [step] = (two_ranks / "two-to-plain" / checkpoint.SHARDED).iterdir()
     index = json.loads((step / checkpoint.INDEX).read_text())
@@ -169,6 +170,7 @@ def test_a_sharded_checkpoint_holds_a_slice_per_rank_and_an_index(two_ranks):
     assert index["feature_dims"]["optim.0.exp_avg"] is not None and index["feature_dims"]["firing.last_fired"] == 0
 
 
+@pytest.mark.cluster
 def test_a_two_rank_checkpoint_loads_in_one_process_as_an_ordinary_coder(
     two_ranks, one_process, synthetic_store, tmp_path
 ):
@@ -186,6 +188,7 @@ def test_a_two_rank_checkpoint_loads_in_one_process_as_an_ordinary_coder(
         torch.testing.assert_close(tensor, plain[name], rtol=1e-4, atol=2e-5, msg=name)
 
 
+@pytest.mark.cluster
 def test_a_two_rank_checkpoint_resumes_on_one_rank(two_ranks, one_process, synthetic_store):
     resumed = train_run(
         *_resumable("features"), _data(synthetic_store.path), two_ranks / "two-to-one", DISABLED, "r", "g"
@@ -197,26 +200,13 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(two_ranks, one_process, synth
     assert not (two_ranks / "two-to-one" / checkpoint.SHARDED).exists()
 
 
+@pytest.mark.cluster
 def test_a_one_rank_checkpoint_resumes_on_two_ranks(two_ranks, one_process):
     metrics = json.loads((two_ranks / "one-to-two" / "metrics.json").read_text())
     alone, alone_dir = one_process(*_resumable("none"), "resumable")
     assert metrics["resumed_from_step"] == 5
     assert metrics["loss"] == pytest.approx(alone["loss"], rel=1e-4)
     _assert_same_coder(two_ranks / "one-to-two" / "coder", alone_dir / "coder")
-
-
-@pytest.mark.parametrize(
-    ("parallel", "coder", "field"),
-    [
-        ("pipes", CoderConfig(), "train.parallel"),
-        ("ddp", CoderConfig(kind="batchtopk", n_features=32, k=4), "train.parallel"),
-        ("features", CoderConfig(kind="transcoder", n_features=32), "train.parallel"),
-        ("features", CoderConfig(n_features=0), "coder.n_features"),
-    ],
-)
-def test_a_mode_that_cannot_train_the_coder_is_refused_naming_the_field(parallel, coder, field):
-    with pytest.raises(ConfigError, match=rf"^{field}:"):
-        parallel_for(_train(parallel)).build(coder, 16, 1, torch.device("cpu"))
 
 
 STAGE = {"coder.n_features": 32, "coder.l1_coefficient": 1.0, "train.tokens": STEPS * BATCH, "train.batch_size": BATCH,
@@ -236,6 +226,7 @@ def _overrides(out_dir: Path, parallel: str) -> list[str]:
     return [f"{k}={v}" for k, v in (STAGE | {"out_dir": out_dir, "train.parallel": parallel}).items()]
 
 
+@pytest.mark.cluster
 def test_torchrun_trains_the_stage_on_two_ranks_as_one_process(synthetic_store, one_process, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -266,6 +257,8 @@ def test_torchrun_trains_the_stage_on_two_ranks_as_one_process(synthetic_store, 
     _assert_same_coder(out_dir / "train" / STAGE_RUN / "coder", alone_dir / "coder")
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_store, one_process, tmp_path):
     from conftest import compose
 
@@ -279,21 +272,3 @@ def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_sto
     metrics = json.loads((out_dir / "train" / STAGE_RUN / "metrics.json").read_text())
     assert metrics["loss"] == pytest.approx(alone["loss"], rel=1e-4)
     _assert_same_coder(out_dir / "train" / STAGE_RUN / "coder", alone_dir / "coder")
-
-
-@pytest.mark.parametrize(
-    ("overrides", "field"),
-    [
-        (["launcher.gpus_per_arm=1.5", "train.parallel=ddp"], "launcher.gpus_per_arm"),
-        (["launcher.gpus_per_arm=2"], "train.parallel"),
-    ],
-)
-def test_several_gpus_per_arm_need_whole_gpus_and_a_parallel_mode(overrides, field):
-    from conftest import compose
-
-    from pipeline.distributed.ray_train import needs_workers, worker_count
-
-    cfg = compose("launcher=ray", *overrides)
-    assert needs_workers(cfg.launcher)
-    with pytest.raises(ConfigError, match=rf"^{field}:"):
-        worker_count(cfg)

@@ -1,4 +1,3 @@
-import json
 
 import pytest
 import torch
@@ -6,17 +5,11 @@ import torch
 from pipeline.coders.registry import build, load
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.store.activation_store import ActivationStore
 from pipeline.activations.loading import ActivationData
 from pipeline.evaluate.metrics import FiringTracker, evaluate
 from pipeline.train.trainer import TrainingDiverged, schedules, train_run
 
 from conftest import SYNTHETIC_D as D
-
-
-@pytest.fixture(scope="module")
-def store(synthetic_store) -> ActivationStore:
-    return synthetic_store
 
 
 def _data(store, **train):
@@ -70,21 +63,6 @@ def test_a_perfect_reconstruction_has_zero_fvu_and_mse():
     assert metrics["mse"] == pytest.approx(0.0, abs=1e-12) and metrics["fvu"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["l0"] == 4.0
     assert metrics["density_histogram"]["never_fired"] == 0 and sum(metrics["density_histogram"]["counts"]) == 4
-
-
-def test_training_learns_the_synthetic_dictionary_and_writes_its_run(store, tmp_path):
-    data = _data(store)
-    coder_cfg = CoderConfig(n_features=128, l1_coefficient=0.5)
-    train_cfg = TrainConfig(tokens=120_000, batch_size=256, lr=3e-3)
-    metrics = train_run(coder_cfg, train_cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
-    assert metrics["fvu"] < 0.25 and metrics["l0"] < 40
-    assert metrics["steps"] == 468 and metrics["tokens"] == 468 * 256
-    assert metrics["flops"] == metrics["tokens"] * 12 * D * 128
-    assert metrics["dead_window_tokens"] == metrics["tokens"]  # shorter than the 10M default window
-    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert on_disk["fvu"] == metrics["fvu"]
-    coder = load(tmp_path / "run" / "coder")
-    assert coder.n_features == 128
 
 
 def test_same_seed_gives_the_same_weights(store, tmp_path):

@@ -8,19 +8,8 @@ import pytest
 import torch
 
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
-from pipeline.errors import ConfigError
-from pipeline.track.wandb_run import resolve_mode
 from pipeline.activations.loading import ActivationData
 from pipeline.train.trainer import train_run
-
-
-def test_auto_mode_is_offline_without_an_api_key_and_online_with_one(monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert resolve_mode(TrackingConfig(mode="auto")) == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert resolve_mode(TrackingConfig(mode="auto")) == "online"
-    with pytest.raises(ConfigError, match="tracking.mode"):
-        resolve_mode(TrackingConfig(mode="loud"))
 
 
 def test_an_offline_run_records_the_arm_and_its_curve(synthetic_store, tmp_path, monkeypatch):
@@ -33,6 +22,7 @@ def test_an_offline_run_records_the_arm_and_its_curve(synthetic_store, tmp_path,
     assert list(runs[0].glob("*.wandb"))  # the run's log of metrics and config
 
 
+@pytest.mark.cluster
 def test_disabled_tracking_never_imports_wandb(synthetic_store, tmp_path):
     script = (
         "import sys, torch\n"
@@ -52,7 +42,7 @@ def test_disabled_tracking_never_imports_wandb(synthetic_store, tmp_path):
 
 def test_the_fit_is_logged_as_one_offline_run_with_table_and_plots(tmp_path, monkeypatch):
     from pipeline.cli import main
-    from test_fit import synthetic_sweep
+    from unit.test_fit import synthetic_sweep
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     results = tmp_path / "results.parquet"

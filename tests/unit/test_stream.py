@@ -18,11 +18,6 @@ HOOK = "resid_post.0"
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def store(synthetic_store):
-    return synthetic_store  # 4096 rows of d=16 in chunks of 512 rows
-
-
 def _stream(store, **train) -> StreamingActivationData:
     cfg = TrainConfig(**{"eval_tokens": 512, "shuffle_chunks": 2, "prefetch_chunks": 2, **train})
     return StreamingActivationData(store, HOOK, cfg, CPU)
@@ -88,16 +83,6 @@ def test_eval_batches_equal_the_in_memory_ones(store):
     streamed = list(_stream(store).eval_batches(200))
     memory = list(ActivationData(store, HOOK, TrainConfig(eval_tokens=512), CPU).eval_batches(200))
     assert len(streamed) == len(memory) == 3 and all(torch.equal(x, y) for x, y in zip(streamed, memory))
-
-
-def test_training_on_streamed_data_learns_the_synthetic_dictionary(store, tmp_path):
-    cfg = TrainConfig(tokens=120_000, batch_size=256, lr=3e-3, eval_tokens=512, cache="none")
-    data = open_activation_data(store, HOOK, cfg, CPU)
-    assert isinstance(data, StreamingActivationData)
-    coder = CoderConfig(n_features=128, l1_coefficient=0.5)
-    metrics = train_run(coder, cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
-    assert metrics["fvu"] < 0.3 and metrics["steps"] == 468
-    assert not _prefetch_threads()
 
 
 def test_each_cache_mode_is_picked_and_a_bad_one_refused(store, monkeypatch):

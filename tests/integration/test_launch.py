@@ -10,7 +10,6 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.sweep.launch import hydra_launcher, launch
-from pipeline.sweep.overrides import differing_overrides
 from pipeline.sweep.plan import plan
 from pipeline.sweep.spec import SweepSpec
 
@@ -29,6 +28,7 @@ def submitit_sees_a_cluster(monkeypatch):
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))
 
 
+@pytest.mark.cluster
 def test_hydra_discovers_the_projects_ray_launcher_from_the_installed_package(tmp_path):
     script = (
         "from hydra.core.plugins import Plugins\n"
@@ -60,26 +60,6 @@ def test_launcher_name_chooses_the_hydra_plugin_and_its_resources(tmp_path, over
             got = getattr(launcher, name)
             assert (value.items() <= got.items()) if isinstance(value, dict) else got == value
     assert compose(*shared) == cfg  # the jobs' overrides give back the sweep's configuration
-
-
-def test_overrides_give_back_the_configuration_with_awkward_values():
-    cfg = compose(
-        "sweep=smoke", "sweep.pack=3", "harvest.hooks=[resid_post.1,mlp_in.2]", "train.lr=1e-30", "launcher=slurm"
-    )
-    cfg.out_dir = "runs/a b'c,d\\"
-    cfg.data.name = "it's [a], {b}: c\\'d"
-    cfg.launcher.setup = ["module load cuda", "export X='1 2'"]
-    again = compose(*differing_overrides(cfg, compose()))
-    assert again == cfg
-    assert differing_overrides(compose(), compose()) == []
-
-
-def test_sweep_name_pack_and_retries_are_set_on_the_command_line():
-    cfg = compose("sweep=smoke", "sweep.pack=3", "sweep.max_retries=4")
-    assert (cfg.sweep.name, cfg.sweep.pack, cfg.sweep.max_retries, cfg.sweep.arms) == ("smoke", 3, 4, [])
-    assert compose("sweep.name=smoke") == compose("sweep=smoke")
-    with pytest.raises(ConfigError, match="sweep.pack"):
-        compose("sweep.pack=many")
 
 
 @NO_SBATCH

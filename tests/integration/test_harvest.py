@@ -9,6 +9,8 @@ from pipeline.errors import ConfigError
 
 from conftest import compose, tiny_overrides
 
+pytestmark = pytest.mark.ray
+
 
 def _reference(cfg, tmp_path) -> torch.Tensor:
     """The same store written by one worker in this process, without Ray."""
@@ -40,6 +42,7 @@ def test_ray_harvest_equals_a_single_process_reference(ray_session, tiny_models,
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))
 
 
+@pytest.mark.slow
 def test_an_actor_killed_mid_shard_is_replaced_and_the_store_is_still_exact(ray_session, tiny_models, tmp_path, monkeypatch):
     cfg = compose(*tiny_overrides(tiny_models["llama"], tmp_path / "run", **{"harvest.replicas": 1}))
     monkeypatch.setenv(FAULT_ENV, "1")
@@ -47,6 +50,7 @@ def test_an_actor_killed_mid_shard_is_replaced_and_the_store_is_still_exact(ray_
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))
 
 
+@pytest.mark.slow
 def test_rerunning_redoes_only_incomplete_shards(ray_session, tiny_models, tmp_path):
     cfg = compose(*tiny_overrides(tiny_models["neox"], tmp_path / "run"))
     store = run_harvest(cfg)
