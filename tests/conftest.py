@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.activations.loading import ActivationData
+from pipeline.config import TrainConfig
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs
 
@@ -109,8 +111,34 @@ def synthetic_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def store(synthetic_store) -> ActivationStore:
-    """The synthetic store, under the name the training and streaming tests give it: 4096 rows of d=16 in chunks of 512."""
+    """The synthetic store, by the name the training and streaming tests give it: 4096 rows of d=16, chunks of 512."""
     return synthetic_store
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_store) -> ActivationData:
+    """The synthetic store's rows as the stacking tests train on them, in memory, 512 of them held out."""
+    return ActivationData(synthetic_store, "resid_post.0", TrainConfig(eval_tokens=512), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def paired_store(tmp_path_factory) -> ActivationStore:
+    """A synthetic MLP's input and output: 2048 rows of d=16 in chunks of 256, the output a fixed ReLU map of the input."""
+    attrs = base_attrs(
+        model={"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": 16, "has_lm_head": False},
+        dataset={"source": "synthetic", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": 9, "paths": []},
+        hooks=["mlp_in.0", "mlp_out.0"],
+        layout={"n_contexts": 256, "context_len": 9, "rows_per_context": 8, "contexts_per_shard": 128, "drop_bos": True},
+        codec={"dtype": "float32", "codec": "none", "contexts_per_chunk": 32},
+    )
+    store = ActivationStore.create(tmp_path_factory.mktemp("paired") / "s.zarr", attrs, 16)
+    gen = torch.Generator().manual_seed(0)
+    w_in, w_out = torch.randn(64, 16, generator=gen), torch.randn(16, 64, generator=gen)
+    for shard in range(store.layout.n_shards):
+        x = torch.randn(store.layout.rows_per_shard, 16, generator=gen)
+        store.write_shard(shard, {"mlp_in.0": x, "mlp_out.0": 5 * torch.relu(x @ w_in.t()) @ w_out.t()})
+    store.finalize()
+    return store
 
 
 @pytest.fixture(scope="session")

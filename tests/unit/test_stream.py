@@ -5,14 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.store.activation_store import ActivationStore
-from pipeline.store.schema import base_attrs
 from pipeline.activations import loading as data_module
 from pipeline.activations.loading import ActivationData, open_activation_data
 from pipeline.activations.stream import THREAD_NAME, ShufflePlan, StreamingActivationData
-from pipeline.train.trainer import train_run
 
 HOOK = "resid_post.0"
 CPU = torch.device("cpu")
@@ -123,26 +120,6 @@ def test_leaving_the_batches_early_stops_the_reader(store):
     assert not _prefetch_threads()
 
 
-@pytest.fixture(scope="module")
-def paired_store(tmp_path_factory) -> ActivationStore:
-    """A synthetic MLP's input and output: 2048 rows of d=16 in chunks of 256, the output a fixed ReLU map of the input."""
-    attrs = base_attrs(
-        model={"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": 16, "has_lm_head": False},
-        dataset={"source": "synthetic", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": 9, "paths": []},
-        hooks=["mlp_in.0", "mlp_out.0"],
-        layout={"n_contexts": 256, "context_len": 9, "rows_per_context": 8, "contexts_per_shard": 128, "drop_bos": True},
-        codec={"dtype": "float32", "codec": "none", "contexts_per_chunk": 32},
-    )
-    store = ActivationStore.create(tmp_path_factory.mktemp("paired") / "s.zarr", attrs, 16)
-    gen = torch.Generator().manual_seed(0)
-    w_in, w_out = torch.randn(64, 16, generator=gen), torch.randn(16, 64, generator=gen)
-    for shard in range(store.layout.n_shards):
-        x = torch.randn(store.layout.rows_per_shard, 16, generator=gen)
-        store.write_shard(shard, {"mlp_in.0": x, "mlp_out.0": 5 * torch.relu(x @ w_in.t()) @ w_out.t()})
-    store.finalize()
-    return store
-
-
 PAIRED = {"eval_tokens": 256, "shuffle_chunks": 2, "prefetch_chunks": 2, "target_hook": "mlp_out.0"}
 
 
@@ -160,15 +137,3 @@ def test_an_input_and_its_target_stream_side_by_side_in_the_rows_of_the_in_memor
     resumed = list(streamed.batches(100, 40, seed=5, start_step=23))
     assert all(torch.equal(x, y) for x, y in zip(batches[23:], resumed))
     assert all(torch.equal(x, y) for x, y in zip(streamed.eval_batches(100), memory.eval_batches(100)))
-
-
-def test_a_transcoder_learns_from_streamed_pairs_and_a_missing_target_is_refused(paired_store, tmp_path):
-    cfg = TrainConfig(**{**PAIRED, "hook": "mlp_in.0", "tokens": 200 * 128, "batch_size": 128, "lr": 1e-2, "cache": "none"})
-    data = open_activation_data(paired_store, cfg.hook, cfg, CPU)
-    assert isinstance(data, StreamingActivationData)
-    coder = CoderConfig(kind="transcoder", n_features=64, l1_coefficient=0.05)
-    metrics = train_run(coder, cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
-    assert metrics["fvu"] < 0.3 and metrics["steps"] == 200
-    assert not _prefetch_threads()
-    with pytest.raises(ConfigError, match=r"train.target_hook: the store has hooks \['mlp_in.0', 'mlp_out.0'\], not 'mlp_out.3'"):
-        open_activation_data(paired_store, "mlp_in.0", TrainConfig(**{**PAIRED, "target_hook": "mlp_out.3"}), CPU)
