@@ -1,14 +1,14 @@
 """Where every stage keeps its artifacts under one out_dir, and what names a `pipeline train` run.
 
-    <out_dir>/store.zarr               the activation store (harvest)
-    <out_dir>/train/<run id>/          one train run: config.json, coder/, metrics.json, its checkpoint
-    <out_dir>/sweep/plan.json          the sweep's arms, written before any is launched
-    <out_dir>/sweep/arms.json          each arm's resolved configuration, which a launched job reads
-    <out_dir>/sweep/runs/<run id>/     one arm: result.json, coder/, metrics.json, its checkpoint
-    <out_dir>/sweep/results.parquet    every arm's row
-    <out_dir>/sweep/jobs/, submitit/   the launcher's job folders
-    <out_dir>/fit/                     fit.json, report.md, plots
-    <out_dir>/ray_train/               Ray Train's own records of runs on several workers
+<out_dir>/store.zarr               the activation store (harvest)
+<out_dir>/train/<run id>/          one train run: config.json, coder/, metrics.json, its checkpoint
+<out_dir>/sweep/plan.json          the sweep's arms, written before any is launched
+<out_dir>/sweep/arms.json          each arm's resolved configuration, which a launched job reads
+<out_dir>/sweep/runs/<run id>/     one arm: result.json, coder/, metrics.json, its checkpoint
+<out_dir>/sweep/results.parquet    every arm's row
+<out_dir>/sweep/jobs/, submitit/   the launcher's job folders
+<out_dir>/fit/                     fit.json, report.md, plots
+<out_dir>/ray_train/               Ray Train's own records of runs on several workers
 """
 
 import hashlib

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.activations.loading import ActivationData
+from pipeline.config import TrainConfig
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs
 
@@ -92,19 +94,95 @@ def tiny_overrides(model_dir: Path, out_dir: Path, **extra) -> list[str]:
 def synthetic_store(tmp_path_factory):
     """A store of sparse synthetic activations: each row a sum of a few of 64 fixed directions."""
     attrs = base_attrs(
-        model={"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": SYNTHETIC_D, "has_lm_head": False},
-        dataset={"source": "synthetic", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": 9, "paths": []},
+        model={
+            "name": "synthetic",
+            "revision": "",
+            "dtype": "float32",
+            "n_layers": 1,
+            "d_model": SYNTHETIC_D,
+            "has_lm_head": False,
+        },
+        dataset={
+            "source": "synthetic",
+            "name": "",
+            "subset": "",
+            "split": "train",
+            "seed": 0,
+            "context_len": 9,
+            "paths": [],
+        },
         hooks=["resid_post.0"],
-        layout={"n_contexts": 512, "context_len": 9, "rows_per_context": 8, "contexts_per_shard": 128, "drop_bos": True},
+        layout={
+            "n_contexts": 512,
+            "context_len": 9,
+            "rows_per_context": 8,
+            "contexts_per_shard": 128,
+            "drop_bos": True,
+        },
         codec={"dtype": "float32", "codec": "none", "contexts_per_chunk": 64},
     )
     store = ActivationStore.create(tmp_path_factory.mktemp("store") / "s.zarr", attrs, SYNTHETIC_D)
     gen = torch.Generator().manual_seed(0)
     directions = torch.randn(64, SYNTHETIC_D, generator=gen)
     for shard in range(store.layout.n_shards):
-        codes = torch.rand(store.layout.rows_per_shard, 64, generator=gen) * (torch.rand(store.layout.rows_per_shard, 64, generator=gen) < 0.05)
+        codes = torch.rand(store.layout.rows_per_shard, 64, generator=gen) * (
+            torch.rand(store.layout.rows_per_shard, 64, generator=gen) < 0.05
+        )
         noise = 0.01 * torch.randn(store.layout.rows_per_shard, SYNTHETIC_D, generator=gen)
         store.write_shard(shard, {"resid_post.0": 3 * codes @ directions + noise})
+    store.finalize()
+    return store
+
+
+@pytest.fixture(scope="session")
+def store(synthetic_store) -> ActivationStore:
+    """The synthetic store, by the name the training and streaming tests give it: 4096 rows of d=16, chunks of 512."""
+    return synthetic_store
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_store) -> ActivationData:
+    """The synthetic store's rows as the stacking tests train on them, in memory, 512 of them held out."""
+    return ActivationData(synthetic_store, "resid_post.0", TrainConfig(eval_tokens=512), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def paired_store(tmp_path_factory) -> ActivationStore:
+    """A synthetic MLP's input and output: 2048 rows of d=16 in chunks of 256, the output a fixed ReLU map of the input."""
+    attrs = base_attrs(
+        model={
+            "name": "synthetic",
+            "revision": "",
+            "dtype": "float32",
+            "n_layers": 1,
+            "d_model": 16,
+            "has_lm_head": False,
+        },
+        dataset={
+            "source": "synthetic",
+            "name": "",
+            "subset": "",
+            "split": "train",
+            "seed": 0,
+            "context_len": 9,
+            "paths": [],
+        },
+        hooks=["mlp_in.0", "mlp_out.0"],
+        layout={
+            "n_contexts": 256,
+            "context_len": 9,
+            "rows_per_context": 8,
+            "contexts_per_shard": 128,
+            "drop_bos": True,
+        },
+        codec={"dtype": "float32", "codec": "none", "contexts_per_chunk": 32},
+    )
+    store = ActivationStore.create(tmp_path_factory.mktemp("paired") / "s.zarr", attrs, 16)
+    gen = torch.Generator().manual_seed(0)
+    w_in, w_out = torch.randn(64, 16, generator=gen), torch.randn(16, 64, generator=gen)
+    for shard in range(store.layout.n_shards):
+        x = torch.randn(store.layout.rows_per_shard, 16, generator=gen)
+        store.write_shard(shard, {"mlp_in.0": x, "mlp_out.0": 5 * torch.relu(x @ w_in.t()) @ w_out.t()})
     store.finalize()
     return store
 
@@ -116,7 +194,9 @@ def relu_gpt2(tmp_path_factory) -> Path:
 
     tokenizer = _minilm_tokenizer()
     torch.manual_seed(0)
-    config = tf.GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=3, n_head=2, n_positions=64, activation_function="relu")
+    config = tf.GPT2Config(
+        vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=3, n_head=2, n_positions=64, activation_function="relu"
+    )
     folder = tmp_path_factory.mktemp("models") / "gpt2-relu"
     tf.GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -125,18 +205,22 @@ def relu_gpt2(tmp_path_factory) -> Path:
 
 def harvest_in_process(model_dir: Path, out_dir: Path, hooks: list[str], **extra) -> ActivationStore:
     """The model's activations at `hooks` (the shape of `tiny_overrides`), harvested in this process without Ray."""
-    from pipeline.text.contexts import build_contexts
-    from pipeline.text.corpus import documents
     from pipeline.harvest.stage import validate
     from pipeline.harvest.worker import HarvestWorker
     from pipeline.models.loading import load_tokenizer
+    from pipeline.text.contexts import build_contexts
+    from pipeline.text.corpus import documents
 
     cfg = compose(*tiny_overrides(model_dir, out_dir, **{"harvest.hooks": f"[{','.join(hooks)}]", **extra}))
     attrs = validate(cfg)
     store = ActivationStore.create(out_dir / "store.zarr", attrs, attrs["model"]["d_model"])
-    contexts = build_contexts(load_tokenizer(cfg.model), documents(cfg.data), store.layout.n_contexts, cfg.data.context_len, "t")
+    contexts = build_contexts(
+        load_tokenizer(cfg.model), documents(cfg.data), store.layout.n_contexts, cfg.data.context_len, "t"
+    )
     store.write_tokens(contexts)
-    worker = HarvestWorker(str(store.path), cfg.model, attrs["model"]["n_layers"], cfg.harvest.batch_contexts, cfg.harvest.drop_bos)
+    worker = HarvestWorker(
+        str(store.path), cfg.model, attrs["model"]["n_layers"], cfg.harvest.batch_contexts, cfg.harvest.drop_bos
+    )
     for shard in range(store.layout.n_shards):
         worker.harvest(shard)
     store.finalize()

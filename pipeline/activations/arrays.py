@@ -34,7 +34,9 @@ def data_arrays(hook: str, cfg: TrainConfig) -> CoderArrays:
     if not cfg.layers:
         return CoderArrays((hook,), (cfg.target_hook,) if cfg.target_hook else ())
     if cfg.target_hook:
-        raise ConfigError(f"train.target_hook: a clt predicts mlp_out.L of train.layers; expected it empty, got {cfg.target_hook!r}")
+        raise ConfigError(
+            f"train.target_hook: a clt predicts mlp_out.L of train.layers; expected it empty, got {cfg.target_hook!r}"
+        )
     layers = list(cfg.layers)
     if layers != sorted(set(layers)) or layers[0] < 0:
         raise ConfigError(f"train.layers: expected distinct layer numbers >= 0 in increasing order, got {layers}")
@@ -51,7 +53,9 @@ def coder_arrays(kind: str, hook: str, cfg: TrainConfig) -> CoderArrays:
         if field == needs and not getattr(cfg, field):
             raise ConfigError(f"train.{field}: a {kind} needs {_NEEDS[field]}, got none")
         if field != needs and getattr(cfg, field):
-            raise ConfigError(f"train.{field}: a {kind} coder does not use it; expected it empty, got {getattr(cfg, field)!r}")
+            raise ConfigError(
+                f"train.{field}: a {kind} coder does not use it; expected it empty, got {getattr(cfg, field)!r}"
+            )
     return data_arrays(hook, cfg)
 
 
@@ -75,7 +79,9 @@ def open_arrays(store: ActivationStore, hook: str, cfg: TrainConfig) -> tuple[tu
     check_in_store(arrays, store.hooks)
     widths = {store.d_model(name) for name in arrays.arrays}
     if len(widths) > 1:
-        raise ConfigError(f"train.target_hook: the arrays {list(arrays.arrays)} differ in width ({sorted(widths)}); expected one")
+        raise ConfigError(
+            f"train.target_hook: the arrays {list(arrays.arrays)} differ in width ({sorted(widths)}); expected one"
+        )
     d = widths.pop()
     # Anthropic's normalisation: one scalar per array so that its mean squared norm equals d.
     scales = {name: (d / store.attrs["norm_stats"][name]["mean_sq_norm"]) ** 0.5 for name in arrays.arrays}

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 
 import torch
 
+from pipeline.activations.arrays import data_arrays, open_arrays, scale_columns, side_by_side
+from pipeline.activations.stream import StreamingActivationData
+from pipeline.activations.transfer import batch_to_device
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import training_rows
-from pipeline.activations.arrays import data_arrays, open_arrays, scale_columns, side_by_side
-from pipeline.activations.stream import StreamingActivationData
-from pipeline.activations.transfer import batch_to_device
 
 
 class ActivationData:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.activations.arrays import open_arrays, scale_columns, side_by_side
+from pipeline.activations.transfer import batch_to_device
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import training_rows
-from pipeline.activations.arrays import open_arrays, scale_columns, side_by_side
-from pipeline.activations.transfer import batch_to_device
 
 THREAD_NAME = "pipeline-prefetch"
 _DONE = object()  # the reader's last item
@@ -169,7 +169,9 @@ class StreamingActivationData:
             return
         plan.seek(start_step)
         held = plan.held_rows()
-        reader = _Reader(self.store, self.arrays, self.chunk_rows, plan.chunks_to_read(n_steps - 1), self.prefetch_chunks)
+        reader = _Reader(
+            self.store, self.arrays, self.chunk_rows, plan.chunks_to_read(n_steps - 1), self.prefetch_chunks
+        )
         try:
             buffer = None
             if len(held):  # a resumed run: the unused rows of the chunks already begun, from their chunks
@@ -202,7 +204,9 @@ class StreamingActivationData:
 class _Reader:
     """A daemon thread reading chunks (every array's rows side by side) in a given order into a bounded queue."""
 
-    def __init__(self, store: ActivationStore, arrays: tuple[str, ...], chunk_rows: int, chunks: Iterator[int], ahead: int):
+    def __init__(
+        self, store: ActivationStore, arrays: tuple[str, ...], chunk_rows: int, chunks: Iterator[int], ahead: int
+    ):
         self.queue: queue.Queue = queue.Queue(maxsize=ahead)
         self.stop = threading.Event()
         # The thread holds only what it reads with, so a dropped generator can still be collected.

@@ -44,9 +44,13 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = ActivationStore.create(Path(tmp) / "bench.zarr", attrs, info.d_model)
         vocab = load_config(cfg.model).vocab_size
-        tokens = np.random.default_rng(0).integers(0, vocab, (store.layout.n_contexts, cfg.data.context_len), dtype=np.int32)
+        tokens = np.random.default_rng(0).integers(
+            0, vocab, (store.layout.n_contexts, cfg.data.context_len), dtype=np.int32
+        )
         store.write_tokens(tokens)
-        worker = HarvestWorker(str(store.path), cfg.model, info.n_layers, cfg.harvest.batch_contexts, cfg.harvest.drop_bos)
+        worker = HarvestWorker(
+            str(store.path), cfg.model, info.n_layers, cfg.harvest.batch_contexts, cfg.harvest.drop_bos
+        )
         rows = store.layout.rows_per_shard * SHARDS
         forward_s = _time_forward(worker, tokens)
         write_s, n_bytes = _time_writes(store, info.d_model)
@@ -55,11 +59,17 @@ def main(argv: list[str]) -> None:
             start = time.perf_counter()
             list(pool.map(worker.harvest, range(SHARDS)))
             harvest_s = time.perf_counter() - start
-    print(f"model {cfg.model.name} ({cfg.model.dtype}, {worker.device}), hooks {list(cfg.harvest.hooks)}, "
-          f"batch {cfg.harvest.batch_contexts} x {cfg.data.context_len} tokens, store {cfg.store.dtype}/{cfg.store.codec}")
+    print(
+        f"model {cfg.model.name} ({cfg.model.dtype}, {worker.device}), hooks {list(cfg.harvest.hooks)}, "
+        f"batch {cfg.harvest.batch_contexts} x {cfg.data.context_len} tokens, store {cfg.store.dtype}/{cfg.store.codec}"
+    )
     print(f"bare forward   {rows / forward_s:>12,.0f} tokens/s")
-    print(f"store write    {rows / write_s:>12,.0f} tokens/s  ({n_bytes / write_s / 1e9:.2f} GB/s, with read-back check)")
-    print(f"harvest        {rows / harvest_s:>12,.0f} tokens/s  ({rows / harvest_s / min(rows / forward_s, rows / write_s):.2f} x the slower)")
+    print(
+        f"store write    {rows / write_s:>12,.0f} tokens/s  ({n_bytes / write_s / 1e9:.2f} GB/s, with read-back check)"
+    )
+    print(
+        f"harvest        {rows / harvest_s:>12,.0f} tokens/s  ({rows / harvest_s / min(rows / forward_s, rows / write_s):.2f} x the slower)"
+    )
 
 
 def _time_forward(worker: HarvestWorker, tokens: np.ndarray) -> float:

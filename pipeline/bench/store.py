@@ -39,7 +39,11 @@ def _one(source: ActivationStore, rows: torch.Tensor, dtype: str, codec: str, fo
     read_s = time.perf_counter() - start
     logical_bytes = data.numel() * torch.empty(0, dtype=codecs.DTYPES[dtype][1]).element_size()
     on_disk = _folder_bytes(folder / "acts")
-    return {"ratio": logical_bytes / on_disk, "write_gbs": logical_bytes / write_s / 1e9, "read_gbs": logical_bytes / read_s / 1e9}
+    return {
+        "ratio": logical_bytes / on_disk,
+        "write_gbs": logical_bytes / write_s / 1e9,
+        "read_gbs": logical_bytes / read_s / 1e9,
+    }
 
 
 def main() -> None:
@@ -52,8 +56,10 @@ def main() -> None:
     source = open_store(args.store)
     hook = args.hook or source.hooks[0]
     rows = source.read_rows(hook, 0, min(args.rows, source.layout.n_rows)).float()
-    print(f"{len(rows):,} rows x {rows.shape[1]} of {hook} from {args.store}; median of {args.repeats} runs; "
-          "write includes the read-back check and completion record")
+    print(
+        f"{len(rows):,} rows x {rows.shape[1]} of {hook} from {args.store}; median of {args.repeats} runs; "
+        "write includes the read-back check and completion record"
+    )
     print(f"{'dtype':<9} {'codec':<11} {'ratio':>6} {'write GB/s':>11} {'read GB/s':>10}")
     # A wider dtype than the source's would hold zero low bits and flatter its compression.
     widths = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -67,7 +73,9 @@ def main() -> None:
                 finally:
                     shutil.rmtree(folder.parent)
             median = {k: sorted(r[k] for r in results)[len(results) // 2] for k in results[0]}
-            print(f"{dtype:<9} {codec:<11} {median['ratio']:>6.2f} {median['write_gbs']:>11.2f} {median['read_gbs']:>10.2f}")
+            print(
+                f"{dtype:<9} {codec:<11} {median['ratio']:>6.2f} {median['write_gbs']:>11.2f} {median['read_gbs']:>10.2f}"
+            )
 
 
 if __name__ == "__main__":

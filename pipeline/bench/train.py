@@ -147,13 +147,19 @@ def step_table(steps: int, peers: bool, peak: float) -> None:
         step, flops = own_step(kind, n_features, batch)
         runs = [("pipeline", step)]
         if peers:
-            runs += [(name, _peer(make, kind, n_features, batch)) for name, make in (("sparsify", sparsify_step), ("sae-lens", saelens_step))]
+            runs += [
+                (name, _peer(make, kind, n_features, batch))
+                for name, make in (("sparsify", sparsify_step), ("sae-lens", saelens_step))
+            ]
         for tool, run in runs:
             if isinstance(run, str):
                 print(f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {run}")
             elif run is not None:
                 rate = batch / timed(run, steps)
-                print(f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {rate:>11,.0f} {rate * flops / 1e12:>8.3g} {rate * flops / peak:>8.0%}", flush=True)
+                print(
+                    f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {rate:>11,.0f} {rate * flops / 1e12:>8.3g} {rate * flops / peak:>8.0%}",
+                    flush=True,
+                )
         del step, runs
         if CUDA:
             torch.cuda.empty_cache()
@@ -174,7 +180,12 @@ def step_profiles(steps: int, rows: int = 12) -> None:
                 step()
             _sync()
         print(f"{kind} N {n_features} batch {batch}: operators by self time over {steps} steps")
-        print(prof.key_averages().table(sort_by="self_device_time_total" if CUDA else "self_cpu_time_total", row_limit=rows), flush=True)
+        print(
+            prof.key_averages().table(
+                sort_by="self_device_time_total" if CUDA else "self_cpu_time_total", row_limit=rows
+            ),
+            flush=True,
+        )
         del step, prof
         if CUDA:
             torch.cuda.empty_cache()
@@ -235,7 +246,10 @@ def step_overhead(steps: int, arms: int = 8) -> None:
                     for i in range(arms)
                 }  # fmt: skip
                 per_arm = _time_grid_steps(build_stacks(runs), data, steps) / arms
-                print(f"host work per arm and step, {arms} tiny {kind} arms {'stacked' if stack else 'one by one'}: {per_arm * 1e3:.2f} ms", flush=True)
+                print(
+                    f"host work per arm and step, {arms} tiny {kind} arms {'stacked' if stack else 'one by one'}: {per_arm * 1e3:.2f} ms",
+                    flush=True,
+                )
 
 
 def _time_grid_steps(stacks: list, data, steps: int) -> float:

@@ -53,7 +53,9 @@ def _pre_gradient(g_f, pre, theta, norm, g_s, g_p, tanh_scale: float, bandwidth:
         g_norm = g_norm + (g_s * tanh_scale / rows) * (f * slope).sum(-2, keepdim=True)
     kernel = ((pre32 - theta).abs() < bandwidth / 2).float()
     below = (~above).float()
-    g_theta = (-(theta / bandwidth) * kernel * g).sum(-2, keepdim=True) + (g_p / rows) * norm * below.sum(-2, keepdim=True)
+    g_theta = (-(theta / bandwidth) * kernel * g).sum(-2, keepdim=True) + (g_p / rows) * norm * below.sum(
+        -2, keepdim=True
+    )
     if not tanh_penalty:
         g_theta = g_theta - (g_s / (bandwidth * rows)) * kernel.sum(-2, keepdim=True)
     g_norm = g_norm + (g_p / rows) * torch.relu(theta - pre32).sum(-2, keepdim=True)
@@ -91,7 +93,9 @@ class JumpReluSAELoss(torch.autograd.Function):
         rows = x.shape[0]
         theta, norm = log_threshold.exp(), w_dec.norm(dim=-2)
         pre = encode(x.to(dtype), w_enc.to(dtype), b_enc.to(dtype), relu=False)
-        f, sparsity, preact = activate(pre, theta.unsqueeze(-2), norm.unsqueeze(-2), hp["tanh_scale"], hp["penalty"] == "tanh")
+        f, sparsity, preact = activate(
+            pre, theta.unsqueeze(-2), norm.unsqueeze(-2), hp["tanh_scale"], hp["penalty"] == "tanh"
+        )
         w_dec_low = w_dec.to(dtype)
         err = (f @ w_dec_low.mT).float() + b_dec.unsqueeze(-2) - x
         ctx.save_for_backward(x, pre, f, err, w_dec_low, w_dec, theta, norm)
@@ -111,4 +115,13 @@ class JumpReluSAELoss(torch.autograd.Function):
         )  # fmt: skip
         g_enc = g_pre.mT @ with_column(x, 1.0, dtype)
         g_w_dec = torch.addcmul(g_x_hat.to(dtype).mT @ f, w_dec, (g_norm / norm.clamp_min(1e-12)).unsqueeze(-2))
-        return None, weight_grad(g_enc[..., :d]), weight_grad(g_enc[..., d]), g_w_dec, g_x_hat.sum(-2), g_theta * theta, None, None
+        return (
+            None,
+            weight_grad(g_enc[..., :d]),
+            weight_grad(g_enc[..., d]),
+            g_w_dec,
+            g_x_hat.sum(-2),
+            g_theta * theta,
+            None,
+            None,
+        )

@@ -215,7 +215,9 @@ class TopKFamily(Coder):
             return residual.new_zeros(residual.shape[:-2])  # one per arm of a stack
         dead = self.dead()
         with torch.no_grad():
-            top, index = pre.masked_fill(~dead.unsqueeze(-2), float("-inf")).topk(min(self.aux_k, self.n_features), dim=-1)
+            top, index = pre.masked_fill(~dead.unsqueeze(-2), float("-inf")).topk(
+                min(self.aux_k, self.n_features), dim=-1
+            )
         values = torch.relu(self.selected_pre(x, pre, index)).masked_fill(top.isneginf(), 0.0)
         f_aux = SparseActs(index, values, self.n_features)
         return (residual - self.sparse_decode(f_aux)).pow(2).sum(-1).mean(-1) * dead.any(-1)

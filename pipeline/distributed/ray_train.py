@@ -12,6 +12,7 @@ from pipeline.config import LauncherConfig, PipelineConfig, RayConfig
 from pipeline.distributed.cluster import connect
 from pipeline.layout import OutDir
 
+
 def needs_workers(launcher: LauncherConfig) -> bool:
     """Whether `launcher` gives each arm (or pack of arms) more than one GPU, so it trains on several workers."""
     return launcher.name == "ray" and launcher.gpus_per_arm > 1

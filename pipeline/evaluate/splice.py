@@ -42,7 +42,11 @@ class Splicer:
         self.blocks = find_blocks(self.model, self.n_layers)
         self.drop_bos = store.attrs["layout"]["drop_bos"]
         n_contexts = min(n_contexts, store.layout.n_contexts)
-        self.tokens = torch.from_numpy(store.read_tokens(store.layout.n_contexts - n_contexts, store.layout.n_contexts)).long().to(device)
+        self.tokens = (
+            torch.from_numpy(store.read_tokens(store.layout.n_contexts - n_contexts, store.layout.n_contexts))
+            .long()
+            .to(device)
+        )
 
     @torch.no_grad()
     def __call__(self, coder: Coder, arrays: CoderArrays, scales: dict[str, float], batch_contexts: int = 8) -> dict:
@@ -66,7 +70,12 @@ class Splicer:
         if not count:
             return dict.fromkeys(("delta_loss", "kl", "clean_loss", "spliced_loss"), math.nan)
         clean_loss, spliced_loss = sums["clean"] / count, sums["spliced"] / count
-        return {"delta_loss": spliced_loss - clean_loss, "kl": sums["kl"] / count, "clean_loss": clean_loss, "spliced_loss": spliced_loss}
+        return {
+            "delta_loss": spliced_loss - clean_loss,
+            "kl": sums["kl"] / count,
+            "clean_loss": clean_loss,
+            "spliced_loss": spliced_loss,
+        }
 
     def _spliced(self, coder: Coder, arrays: CoderArrays, scales: dict[str, float]) -> ExitStack:
         """The model's hooks that splice `coder` in for one forward pass, removed when the context exits."""

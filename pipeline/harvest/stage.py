@@ -5,14 +5,14 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig
 from pipeline.distributed.cluster import connect
-from pipeline.text.contexts import build_contexts
-from pipeline.text.corpus import documents
 from pipeline.harvest.coordinator import run_actors
 from pipeline.layout import OutDir
 from pipeline.models.hooks import parse_hook
 from pipeline.models.loading import ModelInfo, describe, load_tokenizer
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import base_attrs, check_reusable
+from pipeline.text.contexts import build_contexts
+from pipeline.text.corpus import documents
 
 
 def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
@@ -79,7 +79,9 @@ def run_harvest(cfg: PipelineConfig) -> ActivationStore:
     if not store.tokens_complete():
         label = f"{cfg.data.source}:{cfg.data.name}/{cfg.data.split}"
         tokenizer = load_tokenizer(cfg.model)
-        store.write_tokens(build_contexts(tokenizer, documents(cfg.data), store.layout.n_contexts, cfg.data.context_len, label))
+        store.write_tokens(
+            build_contexts(tokenizer, documents(cfg.data), store.layout.n_contexts, cfg.data.context_len, label)
+        )
     pending = store.incomplete_shards()
     if pending:
         connect(cfg.ray)

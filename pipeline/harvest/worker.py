@@ -59,7 +59,9 @@ class HarvestWorker:
         tokens = torch.from_numpy(self.store.read_tokens(start, stop)).long()
         row = 0
         for i in range(0, len(tokens), self.batch_contexts):
-            captured = run_to_hooks(self.model, tokens[i : i + self.batch_contexts].to(self.device), self.points, self.n_layers)
+            captured = run_to_hooks(
+                self.model, tokens[i : i + self.batch_contexts].to(self.device), self.points, self.n_layers
+            )
             for name, batch in captured.items():
                 batch = batch[:, 1:] if self.drop_bos else batch
                 batch = batch.reshape(-1, batch.shape[-1])

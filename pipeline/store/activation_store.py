@@ -208,7 +208,10 @@ class ActivationStore:
 
 
 def _stamp() -> dict:
-    return {"writer": f"{socket.gethostname()}:{os.getpid()}", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "writer": f"{socket.gethostname()}:{os.getpid()}",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def open_store(path: Path) -> ActivationStore:

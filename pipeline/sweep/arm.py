@@ -43,7 +43,9 @@ def make_splicer(store, train: TrainConfig, device) -> Splicer | None:
 
 def _pack(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str):
     """The pack's ArmSpecs, and its data and splicer (arms of one pack read the same arrays)."""
-    specs = [ArmSpec(c.coder, c.train, SweepDir(sweep_dir).run(a.run_id), a.run_id, group) for a, c in zip(arms, configs)]
+    specs = [
+        ArmSpec(c.coder, c.train, SweepDir(sweep_dir).run(a.run_id), a.run_id, group) for a, c in zip(arms, configs)
+    ]
     return specs, *activation_data(OutDir(configs[0].out_dir).store, specs[0].train.hook or hook, specs[0].train)
 
 

@@ -16,6 +16,7 @@ from pipeline.config import PipelineConfig
 from pipeline.layout import SweepDir
 from pipeline.sweep.plan import Arm
 
+
 def arm_config(cfg: PipelineConfig, arm: Arm) -> PipelineConfig:
     """The sweep's configuration as `arm` trains it: its coder shape, arrays and steps, and an absolute out_dir."""
     shape = {"kind": arm.kind, "n_features": arm.n_features, **sparsity_setting(arm.kind, arm.sparsity)}

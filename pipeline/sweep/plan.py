@@ -47,7 +47,12 @@ def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
     """Every arm, or ConfigError naming the first arm that cannot run on this store."""
     kind = coder_class(spec.kind)
     n_layers = max(1, len(spec.layers))
-    shared = {"hook": spec.hook, "target_hook": spec.target_hook, "layers": tuple(spec.layers), "skip_connection": spec.skip_connection}
+    shared = {
+        "hook": spec.hook,
+        "target_hook": spec.target_hook,
+        "layers": tuple(spec.layers),
+        "skip_connection": spec.skip_connection,
+    }
     arms = []
     for budget, n, lr, sparsity, seed in itertools.product(
         spec.budgets, widths(spec, d_in), spec.lrs, spec.sparsity, spec.seeds
@@ -56,7 +61,9 @@ def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
         tag = kind.sparsity_tag.format(setting[kind.sparsity_field])
         run_id = f"{spec.kind}_C{budget:g}_N{n}_lr{lr:g}_{tag}_s{seed}"
         if n % n_layers:
-            raise ConfigError(f"sweep: {spec.name}: arm {run_id}: {n} features do not split evenly over {n_layers} layers")
+            raise ConfigError(
+                f"sweep: {spec.name}: arm {run_id}: {n} features do not split evenly over {n_layers} layers"
+            )
         try:
             coder = AnyCoderConfig(kind=spec.kind, n_features=n, skip_connection=spec.skip_connection, **setting)
         except ConfigError as err:
@@ -74,7 +81,23 @@ def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
                 f"{train_rows:,} training rows and repeat_data is false"
             )
         tokens = steps * spec.batch_size
-        arms.append(Arm(run_id, spec.kind, budget, n, d_in, lr, sparsity, seed, spec.batch_size, steps, tokens, tokens * fpt, **shared))
+        arms.append(
+            Arm(
+                run_id,
+                spec.kind,
+                budget,
+                n,
+                d_in,
+                lr,
+                sparsity,
+                seed,
+                spec.batch_size,
+                steps,
+                tokens,
+                tokens * fpt,
+                **shared,
+            )
+        )
     return arms
 
 

@@ -14,7 +14,17 @@ from pipeline.layout import SweepDir
 from pipeline.sweep.plan import Arm
 
 RESULT = "result.json"
-METRIC_COLUMNS = ("loss", "mse", "fvu", "l0", "dead_fraction", "dead_window_tokens", "flops_per_token", "delta_loss", "kl")
+METRIC_COLUMNS = (
+    "loss",
+    "mse",
+    "fvu",
+    "l0",
+    "dead_fraction",
+    "dead_window_tokens",
+    "flops_per_token",
+    "delta_loss",
+    "kl",
+)
 COLUMNS = (
     "run_id", "status", "kind", "budget", "n_features", "d_in", "lr", "sparsity", "seed", "batch_size",
     "steps", "tokens", "flops", *METRIC_COLUMNS, "wall_time_s", "attempts", "checkpoint", "wandb_run_id", "error",
@@ -26,7 +36,9 @@ def read_row(sweep_dir: Path, run_id: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_row(sweep_dir: Path, arm: Arm, status: str, attempts: int, metrics: dict | None = None, error: str = "") -> dict:
+def write_row(
+    sweep_dir: Path, arm: Arm, status: str, attempts: int, metrics: dict | None = None, error: str = ""
+) -> dict:
     metrics = metrics or {}
     folder = SweepDir(sweep_dir).run(arm.run_id)
     row = {

@@ -78,9 +78,7 @@ def run_sweep(cfg: PipelineConfig):
     launch(cfg, todo, hook, folder, group=spec.name)
     table = gather(folder)
     failed = table[table.status != "done"]
-    print(
-        f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {out.sweep.results}"
-    )
+    print(f"sweep {spec.name}: {len(table) - len(failed)} done, {len(failed)} failed; table in {out.sweep.results}")
     track_results(cfg, spec.name, table, folder)
     return table
 

@@ -14,7 +14,6 @@ import torch
 
 from pipeline.atomic import write_atomic, write_json_atomic
 from pipeline.coders.registry import AnyCoderConfig, build
-from pipeline.config import CoderConfig
 from pipeline.distributed.process_group import barrier
 from pipeline.errors import ConfigError
 from pipeline.train.sharded import bounds
@@ -29,7 +28,13 @@ def _state(step: int, config: dict, coder, optimizer, firing, extra: dict) -> tu
     for index, state in optim["state"].items():
         tensors |= {f"optim.{index}.{name}": value for name, value in state.items()}
     tensors |= {"firing.last_fired": firing.last_fired, "rng.torch": torch.get_rng_state()}
-    meta = {"step": step, "config": config, "param_groups": optim["param_groups"], "firing_tokens": firing.tokens, **extra}
+    meta = {
+        "step": step,
+        "config": config,
+        "param_groups": optim["param_groups"],
+        "firing_tokens": firing.tokens,
+        **extra,
+    }
     return tensors, meta
 
 

@@ -16,10 +16,10 @@ import torch
 from pipeline.coders.base import fired_in_batch
 from pipeline.coders.registry import build, coder_class
 from pipeline.config import CoderConfig, TrainConfig
-from pipeline.errors import ConfigError
-from pipeline.train import checkpoint
 from pipeline.distributed.process_group import World, all_gather, all_reduce_, world
+from pipeline.errors import ConfigError
 from pipeline.evaluate.metrics import FiringTracker, density_histogram, evaluate
+from pipeline.train import checkpoint
 from pipeline.train.sharded import ShardedCoder, bounds, gather_whole
 
 

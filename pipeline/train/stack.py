@@ -97,7 +97,9 @@ class ArmStack:
         parts["loss"].sum().backward()  # each arm's loss reaches only its own slices
         grads = [p.grad for p in self.coder.parameters()]
         self.coder.zero_grad(set_to_none=True)
-        live = [(a, arm) for a, (i, arm) in enumerate(arms) if i not in failed]  # the failed ones' slices are dropped next
+        live = [
+            (a, arm) for a, (i, arm) in enumerate(arms) if i not in failed
+        ]  # the failed ones' slices are dropped next
         self._update(live, grads, f, step)
         for i, arm in arms:
             if i not in failed:
@@ -121,7 +123,9 @@ class ArmStack:
             arm.firing.last_fired = arm.firing.last_fired.clone()
         self.last_fired = None
 
-    def _update(self, live: list[tuple[int, ArmRun]], grads: list[torch.Tensor], f: torch.Tensor | SparseActs, step: int) -> None:
+    def _update(
+        self, live: list[tuple[int, ArmRun]], grads: list[torch.Tensor], f: torch.Tensor | SparseActs, step: int
+    ) -> None:
         """`ArmRun.update` for the `live` arms (by slice) at once: per-arm clipping, Adam, after-step, firing history."""
         if not live:
             return

@@ -15,7 +15,9 @@ from pipeline.train.arm_run import ArmRun, ArmSpec
 from pipeline.train.stack import build_stacks
 
 
-def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, splicer=None) -> list[dict | Exception]:
+def train_grid(
+    specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, splicer=None
+) -> list[dict | Exception]:
     """Trains every arm on one pass over the data; each arm's metrics, or the exception that stopped it.
 
     Arms must share the batch size and the seed, which fix the batches they see. Arms of one shape
@@ -51,7 +53,9 @@ def train_grid(specs: list[ArmSpec], data: ActivationData, tracking: TrackingCon
     return outcomes
 
 
-def _start_arms(specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, outcomes: list) -> dict[int, ArmRun]:
+def _start_arms(
+    specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, outcomes: list
+) -> dict[int, ArmRun]:
     """Each spec's run by grid position; a spec that cannot start gets its exception in `outcomes` instead."""
     arms = {}
     for i, spec in enumerate(specs):

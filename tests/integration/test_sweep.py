@@ -11,65 +11,39 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.harvest.stage import run_harvest
-from pipeline.sweep.plan import plan
 from pipeline.sweep.results import COLUMNS
-from pipeline.sweep.spec import SweepSpec, load_spec
 from pipeline.sweep.stage import run_sweep
 
 from conftest import compose, tiny_overrides
 
 
 def _write_sweep(folder, **fields) -> str:
-    spec = {"kind": "relu", "budgets": [2e7, 6e7], "n_features": [16, 32], "lrs": [1e-3, 3e-3], "batch_size": 32, **fields}
+    spec = {
+        "kind": "relu",
+        "budgets": [2e7, 6e7],
+        "n_features": [16, 32],
+        "lrs": [1e-3, 3e-3],
+        "batch_size": 32,
+        **fields,
+    }
     path = folder / "tiny.yaml"
     path.write_text(json.dumps(spec))  # JSON is valid YAML
     return str(path)
-
-
-def test_tokens_are_the_budget_over_flops_per_token():
-    arms = plan(SweepSpec(budgets=[1e9], expansion=[1, 2], lrs=[1e-3], batch_size=100), d_in=64, train_rows=10**6)
-    assert [a.n_features for a in arms] == [64, 128]
-    for arm in arms:
-        fpt = 12 * 64 * arm.n_features
-        assert arm.steps == int(1e9 // fpt) // 100 and arm.tokens == arm.steps * 100
-        assert arm.flops == arm.tokens * fpt <= 1e9
-
-
-def test_topk_arms_are_planned_with_their_k():
-    arms = plan(SweepSpec(kind="topk", budgets=[1e9], n_features=[256], lrs=[1e-3], sparsity=[8, 32], batch_size=10), 64, 10**6)
-    assert [a.run_id for a in arms] == ["topk_C1e+09_N256_lr0.001_k8_s0", "topk_C1e+09_N256_lr0.001_k32_s0"]
-    for arm, k in zip(arms, (8, 32)):
-        assert arm.sparsity == k and arm.steps == int(1e9 // (3 * (2 * 64 * 256 + 2 * 64 * k))) // 10
-
-
-def test_arms_that_cannot_run_are_refused_with_the_arm_named():
-    with pytest.raises(ConfigError, match=r"arm relu_C1000_N64_lr0.001_l1-5_s0: .*less than one batch"):
-        plan(SweepSpec(budgets=[1e3], n_features=[64], lrs=[1e-3]), d_in=8, train_rows=10**6)
-    with pytest.raises(ConfigError, match="repeat_data is false"):
-        plan(SweepSpec(budgets=[1e9], n_features=[64], lrs=[1e-3], repeat_data=False), d_in=8, train_rows=1000)
-
-
-def test_sweep_files_are_validated(tmp_path):
-    assert load_spec("quickstart").budgets and load_spec("smoke").lrs
-    with pytest.raises(ConfigError, match="sweep: no sweep file 'nope'"):
-        load_spec("nope")
-    with pytest.raises(ConfigError, match="budgets should be a non-empty list of positive"):
-        load_spec(_write_sweep(tmp_path, budgets=[-1.0]))
-    with pytest.raises(ConfigError, match="exactly one of the two"):
-        load_spec(_write_sweep(tmp_path, expansion=[2]))
-    with pytest.raises(ConfigError, match="tiny.yaml"):
-        load_spec(_write_sweep(tmp_path, widths=[2]))
 
 
 @pytest.fixture(scope="module")
 def harvested(ray_session, tiny_models, tmp_path_factory):
     """A store of the tiny GPT-2 big enough for a few short arms."""
     root = tmp_path_factory.mktemp("sweep")
-    overrides = tiny_overrides(tiny_models["gpt2"], root / "run", **{"harvest.n_tokens": 2400, "harvest.contexts_per_shard": 40})
+    overrides = tiny_overrides(
+        tiny_models["gpt2"], root / "run", **{"harvest.n_tokens": 2400, "harvest.contexts_per_shard": 40}
+    )
     run_harvest(compose(*overrides))
     return root, overrides + ["train.eval_tokens=256"]
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_a_local_sweep_writes_plan_and_one_done_row_per_arm_and_skips_them_next_time(harvested, capsys):
     root, overrides = harvested
     cfg = compose(*overrides, f"sweep={_write_sweep(root)}", f"out_dir={root / 'local'}")
@@ -91,10 +65,13 @@ def test_a_local_sweep_writes_plan_and_one_done_row_per_arm_and_skips_them_next_
     assert len(pd.read_parquet(root / "local" / "sweep" / "results.parquet")) == 8
 
 
+@pytest.mark.ray
 def test_a_failing_arm_is_recorded_and_the_others_finish(harvested):
     root, overrides = harvested
     # lr 1e30 diverges for real; the other learning rate trains normally.
-    cfg = compose(*overrides, f"sweep={_write_sweep(root, lrs=[1e-3, 1e30])}", "train.grad_clip=1e30", "train.log_every=1")
+    cfg = compose(
+        *overrides, f"sweep={_write_sweep(root, lrs=[1e-3, 1e30])}", "train.grad_clip=1e30", "train.log_every=1"
+    )
     cfg.out_dir = str(root / "run")
     table = run_sweep(cfg)
     failed = table[table.status == "failed"]
@@ -106,29 +83,8 @@ def test_a_failing_arm_is_recorded_and_the_others_finish(harvested):
     assert (third[third.status == "failed"].attempts == 2).all()
 
 
-def test_packs_group_arms_that_see_the_same_batches():
-    from pipeline.sweep.launch import packs
-
-    arms = plan(SweepSpec(budgets=[1e9], n_features=[8, 16, 32], lrs=[1e-3], seeds=[0, 1], batch_size=10), 8, 10**6)
-    groups = packs(arms, 2)
-    assert [len(g) for g in groups] == [2, 1, 2, 1]
-    assert all(len({(a.seed, a.batch_size) for a in g}) == 1 for g in groups)
-
-
-def test_packs_put_arms_that_stack_side_by_side():
-    from pipeline.sweep.launch import packs
-
-    # Plan order interleaves widths within each rate; packs of 2 then hold one width each, so each pack stacks.
-    spec = SweepSpec(budgets=[1e9], n_features=[8, 16], lrs=[1e-3, 3e-3], sparsity=[1.0, 5.0], batch_size=10)
-    arms = sorted(plan(spec, 8, 10**6), key=lambda a: (a.lr, a.sparsity))
-    groups = packs(arms, 4)
-    assert [[a.n_features for a in g] for g in groups] == [[8, 8, 8, 8], [16, 16, 16, 16]]
-    # TopK arms stack only with the same k, so each pack holds one k.
-    topk = plan(SweepSpec(kind="topk", budgets=[1e9], n_features=[256], lrs=[1e-3, 3e-3], sparsity=[8, 32], batch_size=10), 64, 10**6)
-    ks = [tuple({a.sparsity for a in g}) for g in packs(sorted(topk, key=lambda a: a.lr), 2)]
-    assert sorted(ks) == [(8,), (32,)]
-
-
+@pytest.mark.slow
+@pytest.mark.ray
 def test_the_ray_launcher_runs_packs_as_tasks(harvested):
     root, overrides = harvested
     sweep = _write_sweep(root, budgets=[2e7], lrs=[1e-3, 3e-3])
@@ -143,6 +99,7 @@ def test_the_ray_launcher_runs_packs_as_tasks(harvested):
     assert len(jobs) == 2 and all(a.startswith("sweep.arms=[") and a.count(",") == 1 for a in arms)
 
 
+@pytest.mark.ray
 def test_a_topk_sweep_trains_each_k(harvested):
     root, overrides = harvested
     sweep = _write_sweep(root, kind="topk", sparsity=[2, 4], budgets=[2e7], n_features=[32], lrs=[1e-3])
@@ -154,6 +111,7 @@ def test_a_topk_sweep_trains_each_k(harvested):
     assert (table.l0 <= table.sparsity + 1e-6).all()
 
 
+@pytest.mark.ray
 def test_a_dry_run_plans_without_launching(harvested, capsys):
     root, overrides = harvested
     cfg = compose(*overrides, f"sweep={_write_sweep(root)}", "dry_run=true", f"out_dir={root / 'dry'}")
@@ -166,6 +124,8 @@ def test_a_dry_run_plans_without_launching(harvested, capsys):
     assert not (root / "dry" / "sweep" / "runs").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_sweep_killed_midway_and_run_again_ends_with_one_done_row_per_arm(synthetic_store, tmp_path):
     out = tmp_path / "killed"
     (out / "sweep").mkdir(parents=True)
@@ -200,7 +160,13 @@ def test_a_sweep_killed_midway_and_run_again_ends_with_one_done_row_per_arm(synt
 def test_sweep_arms_runs_only_the_named_arms(synthetic_store, tmp_path):
     (tmp_path / "store.zarr").symlink_to(synthetic_store.path)
     sweep = _write_sweep(tmp_path, budgets=[2e7], n_features=[16, 32], lrs=[1e-3], batch_size=256)
-    base = [f"out_dir={tmp_path}", f"sweep={sweep}", "model.name=synthetic", "train.eval_tokens=512", "tracking.mode=disabled"]
+    base = [
+        f"out_dir={tmp_path}",
+        f"sweep={sweep}",
+        "model.name=synthetic",
+        "train.eval_tokens=512",
+        "tracking.mode=disabled",
+    ]
     with pytest.raises(ConfigError, match="sweep.arms: nope is not an arm of sweep tiny"):
         run_sweep(compose(*base, "sweep.arms=[nope]"))
     table = run_sweep(compose(*base, "sweep.arms=[relu_C2e+07_N32_lr0.001_l1-5_s0]"))

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, tiny_overrides
 
 from pipeline.errors import ConfigError
-from pipeline.layout import OutDir
 from pipeline.harvest.stage import run_harvest, validate
 from pipeline.harvest.worker import HarvestWorker
+from pipeline.layout import OutDir
 from pipeline.store.activation_store import ActivationStore
+
+from conftest import compose, tiny_overrides
+
+pytestmark = pytest.mark.ray
 
 
 def _reference(cfg, tmp_path) -> torch.Tensor:
@@ -24,7 +27,11 @@ def _reference(cfg, tmp_path) -> torch.Tensor:
 
     attrs = validate(cfg)
     ref = ActivationStore.create(tmp_path / "ref.zarr", attrs, attrs["model"]["d_model"])
-    ref.write_tokens(build_contexts(load_tokenizer(cfg.model), documents(cfg.data), ref.layout.n_contexts, cfg.data.context_len, "ref"))
+    ref.write_tokens(
+        build_contexts(
+            load_tokenizer(cfg.model), documents(cfg.data), ref.layout.n_contexts, cfg.data.context_len, "ref"
+        )
+    )
     worker = HarvestWorker(str(ref.path), cfg.model, 3, cfg.harvest.batch_contexts, cfg.harvest.drop_bos)
     for shard in range(ref.layout.n_shards):
         worker.harvest(shard)
@@ -74,6 +81,7 @@ def test_an_actor_killed_mid_harvest_is_replaced_and_the_store_is_still_exact(ra
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))
 
 
+@pytest.mark.slow
 def test_rerunning_redoes_only_incomplete_shards(ray_session, tiny_models, tmp_path):
     cfg = compose(*tiny_overrides(tiny_models["neox"], tmp_path / "run"))
     store = run_harvest(cfg)

@@ -1,18 +1,15 @@
 """Choosing the sweep's Hydra launcher by config, and what each one is handed (no Slurm here: what it would submit)."""
 
-import json
 import re
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.sweep.configs import ARMS, arm_config, read_arm_configs, write_arm_configs
+from pipeline.sweep.configs import read_arm_configs, write_arm_configs
 from pipeline.sweep.job import job_overrides
 from pipeline.sweep.launch import hydra_launcher, launch
 from pipeline.sweep.plan import plan
@@ -33,6 +30,7 @@ def submitit_sees_a_cluster(monkeypatch):
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))
 
 
+@pytest.mark.cluster
 def test_hydra_discovers_the_projects_ray_launcher_from_the_installed_package(tmp_path):
     script = (
         "from hydra.core.plugins import Plugins\n"
@@ -64,47 +62,6 @@ def test_launcher_name_chooses_the_hydra_plugin_and_its_resources(tmp_path, over
             got = getattr(launcher, name)
             assert (value.items() <= got.items()) if isinstance(value, dict) else got == value
         assert launcher.config.hydra.sweep.dir == str(tmp_path / "sweep" / "jobs")
-
-
-def _awkward():
-    """A sweep's configuration with values that quoting and typing could get wrong."""
-    cfg = compose(
-        "sweep=smoke", "sweep.pack=3", "harvest.hooks=[resid_post.1,mlp_in.2]", "train.lr=1e-30", "launcher=slurm"
-    )
-    cfg.data.name = "it's [a], {b}: c\\'d"
-    cfg.launcher.setup = ["module load cuda", "export X='1 2'"]
-    return cfg
-
-
-def test_every_arms_configuration_is_read_back_as_the_same_dataclasses(tmp_path):
-    cfg = replace(_awkward(), out_dir=str(tmp_path / "out"))
-    arms = plan(SweepSpec(kind="topk", budgets=[1e9], n_features=[8, 16], lrs=[1e-3, 3e-4], sparsity=[4]), 16, 10**6)
-    write_arm_configs(tmp_path, cfg, arms)
-    assert sorted(json.loads((tmp_path / ARMS).read_text())) == sorted(a.run_id for a in arms)
-    picked = [arms[2], arms[0]]
-    again = read_arm_configs(tmp_path, [a.run_id for a in picked])
-    assert again == [arm_config(cfg, a) for a in picked]
-    first = again[1]
-    assert (first.coder.kind, first.coder.n_features, first.coder.k, first.train.lr) == ("topk", 8, 4, 1e-3)
-    assert first.train.tokens == arms[0].tokens and first.sweep.arms == [arms[0].run_id]
-    assert first.data.name == cfg.data.name and first.launcher.setup == cfg.launcher.setup
-    with pytest.raises(KeyError, match="sweep.arms: nope"):
-        read_arm_configs(tmp_path, ["nope"])
-
-
-def test_a_job_is_told_only_its_out_dir_and_its_arms():
-    out_dir = Path("runs/a b'c,d\\")
-    ids = ["relu_C1e+09_N8_lr0.001_l1-5_s0", "it's, odd"]
-    job = compose(*job_overrides(out_dir, ids))
-    assert job == replace(compose(), out_dir=str(out_dir), sweep=replace(compose().sweep, arms=ids))
-
-
-def test_sweep_name_pack_and_retries_are_set_on_the_command_line():
-    cfg = compose("sweep=smoke", "sweep.pack=3", "sweep.max_retries=4")
-    assert (cfg.sweep.name, cfg.sweep.pack, cfg.sweep.max_retries, cfg.sweep.arms) == ("smoke", 3, 4, [])
-    assert compose("sweep.name=smoke") == compose("sweep=smoke")
-    with pytest.raises(ConfigError, match="sweep.pack"):
-        compose("sweep.pack=many")
 
 
 @NO_SBATCH

@@ -7,19 +7,14 @@ import torch
 
 from pipeline.coders.registry import AnyCoderConfig, load
 from pipeline.config import TrackingConfig, TrainConfig
-from pipeline.activations.loading import ActivationData
-from pipeline.train.stack import build_stacks, group_arms
 from pipeline.train.arm_run import ArmRun, ArmSpec, TrainingDiverged
+from pipeline.train.stack import build_stacks, group_arms
 from pipeline.train.trainer import train_grid, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 DISABLED = TrackingConfig(mode="disabled")
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_store) -> ActivationData:
-    return ActivationData(synthetic_store, "resid_post.0", TrainConfig(eval_tokens=512), torch.device("cpu"))
 
 
 def _specs(arms, folder, prefix="grid"):
@@ -49,7 +44,10 @@ def test_arms_differing_only_in_rate_or_penalty_are_stacked(data, tmp_path):
         (AnyCoderConfig(kind="topk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 4
         (AnyCoderConfig(kind="topk", n_features=32, k=8), train),  # another k
         (AnyCoderConfig(kind="jumprelu", n_features=32), train),
-        (AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_bandwidth=0.01), replace(train, lr=3e-3)),  # another bandwidth
+        (
+            AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_bandwidth=0.01),
+            replace(train, lr=3e-3),
+        ),  # another bandwidth
         (relu, replace(train, lr=3e-3, stack_arms=False)),  # stacking turned off
         (AnyCoderConfig(kind="batchtopk", n_features=32, k=4), train),
         (AnyCoderConfig(kind="batchtopk", n_features=32, k=4), replace(train, lr=3e-3)),  # stacks with 10
@@ -76,7 +74,10 @@ def test_stacked_clipping_and_adam_equal_each_arms_own(fused):
     alone = [torch.optim.Adam(params, lr=lr, fused=fused) for params, lr in zip(own, lrs)]
     # Each arm as a stack holds it: parameters that are views of the stacked tensors.
     views = [[torch.nn.Parameter(p[a]) for p in stacked] for a in range(len(lrs))]
-    arms = [(a, SimpleNamespace(optimizer=torch.optim.Adam(params, lr=lr, fused=fused))) for a, (params, lr) in enumerate(zip(views, lrs))]
+    arms = [
+        (a, SimpleNamespace(optimizer=torch.optim.Adam(params, lr=lr, fused=fused)))
+        for a, (params, lr) in enumerate(zip(views, lrs))
+    ]
     for step in range(4):
         grads = [torch.randn_like(p) * 10 ** (step - 1) for p in stacked]  # clipping bites from the second step on
         for a, (params, optimizer) in enumerate(zip(own, alone)):
@@ -93,37 +94,13 @@ def test_stacked_clipping_and_adam_equal_each_arms_own(fused):
     assert state["step"] == 4
 
 
-def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
-    train = TrainConfig(tokens=25 * 256, batch_size=256, lr=1e-3, log_every=4, lambda_warmup_frac=0.2)
-    relu, topk = AnyCoderConfig(n_features=32), AnyCoderConfig(kind="topk", n_features=1024, k=3, dead_tokens_threshold=1024)
-    jumprelu = AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0", preact_coefficient=0.1, init_threshold=0.1)
-    batchtopk = AnyCoderConfig(kind="batchtopk", n_features=1024, k=3, dead_tokens_threshold=1024)
-    arms = [
-        (relu, train),
-        (replace(relu, l1_coefficient=1.0), replace(train, lr=3e-3)),
-        (replace(relu, l1_coefficient=0.2), replace(train, lr=1e-2)),
-        (topk, train),
-        (topk, replace(train, lr=1e-2)),  # AuxK turns on midway: latents go dead after 1024 tokens
-        (jumprelu, train),
-        (replace(jumprelu, l1_coefficient=0.5), replace(train, lr=3e-3)),
-        (batchtopk, train),
-        (batchtopk, replace(train, lr=1e-2)),
-    ]
-    fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
-    for i, (coder_cfg, train_cfg) in enumerate(arms):
-        alone = train_run(coder_cfg, train_cfg, data, tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
-        _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}")
-        assert fused[i]["dead_fraction"] == alone["dead_fraction"] and fused[i]["l0"] == pytest.approx(alone["l0"], rel=1e-4)
-    # The AuxK path was taken: some latents of each stack were dead for steps before the end.
-    for stack in ((3, 4), (7, 8)):
-        assert max(_weights(tmp_path / f"grid{i}")["tokens_since_fired"].max() for i in stack) > 1024 + 256
-    # Each batchtopk arm kept its own running threshold.
-    assert _weights(tmp_path / "grid7")["threshold"] != _weights(tmp_path / "grid8")["threshold"]
-
-
 def test_a_diverging_arm_leaves_its_stack_and_the_others_train_on(data, tmp_path):
     train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
-    arms = [(AnyCoderConfig(n_features=32), replace(train, lr=1e30)), (AnyCoderConfig(n_features=32), train), (AnyCoderConfig(n_features=32), replace(train, lr=3e-3))]
+    arms = [
+        (AnyCoderConfig(n_features=32), replace(train, lr=1e30)),
+        (AnyCoderConfig(n_features=32), train),
+        (AnyCoderConfig(n_features=32), replace(train, lr=3e-3)),
+    ]
     fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
     assert isinstance(fused[0], TrainingDiverged) and not (tmp_path / "grid0" / "metrics.json").exists()
     for i in (1, 2):
@@ -144,7 +121,11 @@ def test_without_memory_for_a_smaller_stack_the_remaining_arms_train_on_their_ow
 
     monkeypatch.setattr(ArmStack, "_stacked", stacked)
     train = TrainConfig(tokens=20 * 256, batch_size=256, lr=1e-3, grad_clip=1e30, log_every=1)
-    arms = [(AnyCoderConfig(n_features=32), replace(train, lr=1e30)), (AnyCoderConfig(n_features=32), train), (AnyCoderConfig(n_features=32), replace(train, lr=3e-3))]
+    arms = [
+        (AnyCoderConfig(n_features=32), replace(train, lr=1e30)),
+        (AnyCoderConfig(n_features=32), train),
+        (AnyCoderConfig(n_features=32), replace(train, lr=3e-3)),
+    ]
     fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
     monkeypatch.undo()
     assert calls["n"] == 2 and isinstance(fused[0], TrainingDiverged)
@@ -200,7 +181,11 @@ def test_a_failure_of_a_stacks_shared_step_stops_its_arms_and_not_the_grid(data,
 
     monkeypatch.setattr(ReluSAE, "loss", loss)
     train = TrainConfig(tokens=10 * 256, batch_size=256, lr=1e-3)
-    arms = [(AnyCoderConfig(n_features=32), train), (AnyCoderConfig(n_features=32), replace(train, lr=3e-3)), (AnyCoderConfig(n_features=64), train)]
+    arms = [
+        (AnyCoderConfig(n_features=32), train),
+        (AnyCoderConfig(n_features=32), replace(train, lr=3e-3)),
+        (AnyCoderConfig(n_features=64), train),
+    ]
     outcomes = train_grid(_specs(arms, tmp_path), data, DISABLED)
     assert [type(o).__name__ for o in outcomes[:2]] == ["RuntimeError", "RuntimeError"]
     assert outcomes[2]["steps"] == 10

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional
 
-from pipeline.coders.jumprelu import JumpReluSAE, JumpReLUFunction, StepFunction
+from pipeline.coders.jumprelu import JumpReLUFunction, JumpReluSAE, StepFunction
 from pipeline.coders.relu import ReluSAE
 
 
@@ -69,7 +69,9 @@ def test_jumprelu_kernel_equals_autograd_over_the_plain_loss(penalty):
         torch.testing.assert_close(fused[name], reference[name], msg=name)
 
 
-@pytest.mark.parametrize("coder", [ReluSAE(32, 256), JumpReluSAE(32, 256, init_threshold=0.01)], ids=["relu", "jumprelu"])
+@pytest.mark.parametrize(
+    "coder", [ReluSAE(32, 256), JumpReluSAE(32, 256, init_threshold=0.01)], ids=["relu", "jumprelu"]
+)
 def test_bfloat16_products_stay_close_to_float32(coder):
     x = torch.randn(64, 32)
     exact, _ = coder.loss(x)

@@ -3,12 +3,29 @@
 import json
 
 import pandas as pd
+import pytest
 import zarr
 
 from pipeline.cli import main
 from pipeline.sweep.spec import load_spec
 
-ROW_COLUMNS = {"run_id", "status", "kind", "budget", "n_features", "lr", "tokens", "flops", "loss", "mse", "fvu", "l0", "dead_fraction"}
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROW_COLUMNS = {
+    "run_id",
+    "status",
+    "kind",
+    "budget",
+    "n_features",
+    "lr",
+    "tokens",
+    "flops",
+    "loss",
+    "mse",
+    "fvu",
+    "l0",
+    "dead_fraction",
+}
 LAW_KEYS = {"coefficient", "exponent", "ci95"}
 
 

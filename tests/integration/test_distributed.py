@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.activations.loading import ActivationData
 from pipeline.coders.registry import AnyCoderConfig, load
 from pipeline.coders.topk import TopKSAE
 from pipeline.config import TrackingConfig, TrainConfig
-from pipeline.errors import ConfigError
+from pipeline.distributed.process_group import process_group
 from pipeline.store.activation_store import ActivationStore
 from pipeline.train import checkpoint
-from pipeline.activations.loading import ActivationData
-from pipeline.distributed.process_group import process_group
-from pipeline.train.parallel import parallel_for
 from pipeline.train.trainer import train_run
 
 DISABLED = TrackingConfig(mode="disabled")
+
+
 STEPS, BATCH = 12, 256
 
 
@@ -33,7 +33,6 @@ def _train(parallel: str, **fields) -> TrainConfig:
     return TrainConfig(**(base | fields | {"parallel": parallel}))
 
 
-# name -> (coder, train fields shared by the parallel run and the one-process run it must equal)
 RUNS = {
     "ddp-relu": (AnyCoderConfig(n_features=32, l1_coefficient=1.0), "ddp", {"grad_clip": 0.5}),
     "ddp-topk": (AnyCoderConfig(kind="topk", n_features=32, k=4), "ddp", {}),
@@ -47,6 +46,8 @@ RUNS = {
     "features-jumprelu-l0": (AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0"), "features", {}),
     "features-batchtopk": (AnyCoderConfig(kind="batchtopk", n_features=32, k=4), "features", {}),
 }
+
+
 RESUMED = (AnyCoderConfig(kind="topk", n_features=30, k=4), {"checkpoint_every": 5})  # 30 features: 15 a rank, then 30
 
 
@@ -143,6 +144,7 @@ def _assert_same_coder(a: Path, b: Path) -> None:
         torch.testing.assert_close(x[name], y[name], rtol=1e-4, atol=2e-5, msg=name)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("name", list(RUNS))
 def test_a_two_rank_run_equals_one_process(name, two_ranks, one_process):
     coder, _, fields = RUNS[name]
@@ -155,10 +157,12 @@ def test_a_two_rank_run_equals_one_process(name, two_ranks, one_process):
     _assert_same_coder(two_ranks / name / "coder", alone_dir / "coder")
 
 
+@pytest.mark.cluster
 def test_only_the_main_rank_writes_the_run_folder(two_ranks):
     assert sorted(p.name for p in (two_ranks / "features-relu").iterdir()) == ["coder", "metrics.json"]
 
 
+@pytest.mark.cluster
 def test_a_sharded_checkpoint_holds_a_slice_per_rank_and_an_index(two_ranks):
     [step] = (two_ranks / "two-to-plain" / checkpoint.SHARDED).iterdir()
     index = json.loads((step / checkpoint.INDEX).read_text())
@@ -169,6 +173,7 @@ def test_a_sharded_checkpoint_holds_a_slice_per_rank_and_an_index(two_ranks):
     assert index["feature_dims"]["optim.0.exp_avg"] is not None and index["feature_dims"]["firing.last_fired"] == 0
 
 
+@pytest.mark.cluster
 def test_a_two_rank_checkpoint_loads_in_one_process_as_an_ordinary_coder(
     two_ranks, one_process, synthetic_store, tmp_path
 ):
@@ -186,6 +191,7 @@ def test_a_two_rank_checkpoint_loads_in_one_process_as_an_ordinary_coder(
         torch.testing.assert_close(tensor, plain[name], rtol=1e-4, atol=2e-5, msg=name)
 
 
+@pytest.mark.cluster
 def test_a_two_rank_checkpoint_resumes_on_one_rank(two_ranks, one_process, synthetic_store):
     resumed = train_run(
         *_resumable("features"), _data(synthetic_store.path), two_ranks / "two-to-one", DISABLED, "r", "g"
@@ -197,6 +203,7 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(two_ranks, one_process, synth
     assert not (two_ranks / "two-to-one" / checkpoint.SHARDED).exists()
 
 
+@pytest.mark.cluster
 def test_a_one_rank_checkpoint_resumes_on_two_ranks(two_ranks, one_process):
     metrics = json.loads((two_ranks / "one-to-two" / "metrics.json").read_text())
     alone, alone_dir = one_process(*_resumable("none"), "resumable")
@@ -205,21 +212,11 @@ def test_a_one_rank_checkpoint_resumes_on_two_ranks(two_ranks, one_process):
     _assert_same_coder(two_ranks / "one-to-two" / "coder", alone_dir / "coder")
 
 
-@pytest.mark.parametrize(
-    ("parallel", "coder", "field"),
-    [
-        ("ddp", AnyCoderConfig(kind="batchtopk", n_features=32, k=4), "train.parallel"),
-        ("features", AnyCoderConfig(kind="transcoder", n_features=32), "train.parallel"),
-    ],
-)
-def test_a_mode_that_cannot_train_the_coder_is_refused_naming_the_field(parallel, coder, field):
-    with pytest.raises(ConfigError, match=rf"^{field}:"):
-        parallel_for(_train(parallel)).build(coder, 16, 1, torch.device("cpu"))
-
-
 STAGE = {"coder.n_features": 32, "coder.l1_coefficient": 1.0, "train.tokens": STEPS * BATCH, "train.batch_size": BATCH,
          "train.lr": 0.003, "train.eval_tokens": 512, "train.splice_contexts": 0, "train.device": "cpu",
          "model.name": "synthetic", "tracking.mode": "disabled"}  # fmt: skip
+
+
 STAGE_RUN = "relu_N32_lr0.003_s0_"  # and the hash of the run's configuration
 
 
@@ -241,6 +238,7 @@ def _overrides(out_dir: Path, parallel: str) -> list[str]:
     return [f"{k}={v}" for k, v in (STAGE | {"out_dir": out_dir, "train.parallel": parallel}).items()]
 
 
+@pytest.mark.cluster
 def test_torchrun_trains_the_stage_on_two_ranks_as_one_process(synthetic_store, one_process, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -271,11 +269,13 @@ def test_torchrun_trains_the_stage_on_two_ranks_as_one_process(synthetic_store, 
     _assert_same_coder(_stage_run(out_dir) / "coder", alone_dir / "coder")
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_store, one_process, tmp_path):
-    from conftest import compose
-
     from pipeline.distributed.ray_train import run_on_ranks
     from pipeline.stages import train_on_rank
+
+    from conftest import compose
 
     out_dir = _stage_dir(synthetic_store, tmp_path / "out")
     cfg = compose(*_overrides(out_dir, "ddp"))
@@ -291,12 +291,12 @@ def test_ray_train_runs_the_same_stage_on_two_workers(ray_session, synthetic_sto
 def test_ray_train_runs_a_sweep_pack_on_two_workers_and_returns_rank_0s_rows(
     ray_session, synthetic_store, one_process, tmp_path
 ):
-    from conftest import compose
-
     from pipeline.distributed.ray_train import run_on_ranks
     from pipeline.sweep.arm import run_arms_on_rank
     from pipeline.sweep.configs import arm_config
     from pipeline.sweep.plan import Arm
+
+    from conftest import compose
 
     out_dir = _stage_dir(synthetic_store, tmp_path / "out")
     cfg = compose(*_overrides(out_dir, "ddp"))

@@ -3,18 +3,18 @@ import json
 import pytest
 import torch
 
+from pipeline.activations.arrays import Columns, coder_arrays
+from pipeline.activations.loading import ActivationData
 from pipeline.coders.registry import AnyCoderConfig, build, load, training_flops
 from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.evaluate.metrics import evaluate
+from pipeline.evaluate.splice import Splicer
 from pipeline.store.activation_store import ActivationStore
 from pipeline.sweep.arm import run_arms
 from pipeline.sweep.configs import arm_config
 from pipeline.sweep.plan import plan
 from pipeline.sweep.spec import SweepSpec, load_spec
-from pipeline.activations.arrays import Columns, coder_arrays
-from pipeline.activations.loading import ActivationData
-from pipeline.evaluate.metrics import evaluate
-from pipeline.evaluate.splice import Splicer
 from pipeline.train.arm_run import ArmRun, ArmSpec
 from pipeline.train.stack import build_stacks
 from pipeline.train.trainer import train_grid, train_run
@@ -58,7 +58,10 @@ def test_flops_per_token_is_the_hand_count():
     coder = _clt(n_layers=4, per_layer=5, d=6, skip_connection=True)
     weights = coder.w_enc.numel() + sum(w.numel() for w in coder.w_dec) + coder.w_skip.numel()
     assert coder.flops_per_token() == 3 * 2 * weights
-    assert training_flops(AnyCoderConfig(kind="clt", n_features=20, skip_connection=True), 6, n_layers=4) == coder.flops_per_token()
+    assert (
+        training_flops(AnyCoderConfig(kind="clt", n_features=20, skip_connection=True), 6, n_layers=4)
+        == coder.flops_per_token()
+    )
     clt, jumprelu = (AnyCoderConfig(kind=kind, n_features=n) for kind in ("clt", "jumprelu"))
     assert training_flops(clt, d, n_layers=1) == training_flops(jumprelu, d)
 
@@ -192,8 +195,14 @@ def test_kinds_and_the_arrays_they_read_must_agree():
     with pytest.raises(ConfigError, match="train.layers: expected distinct layer numbers"):
         coder_arrays("clt", "", TrainConfig(layers=[2, 1]))
     arrays = coder_arrays("clt", "", TrainConfig(layers=[1, 2]))
-    assert (arrays.inputs, arrays.targets, arrays.layered) == (("mlp_in.1", "mlp_in.2"), ("mlp_out.1", "mlp_out.2"), True)
-    with pytest.raises(ConfigError, match=r"train.target_hook: the training data holds \['mlp_in.1'\], not 'mlp_out.1'"):
+    assert (arrays.inputs, arrays.targets, arrays.layered) == (
+        ("mlp_in.1", "mlp_in.2"),
+        ("mlp_out.1", "mlp_out.2"),
+        True,
+    )
+    with pytest.raises(
+        ConfigError, match=r"train.target_hook: the training data holds \['mlp_in.1'\], not 'mlp_out.1'"
+    ):
         Columns(coder_arrays("transcoder", "mlp_in.1", TrainConfig(**TRANSCODER)), ("mlp_in.1",), 32)
     with pytest.raises(ConfigError, match="coder.n_features: a clt over 3 layers .* multiple of 3, got 10"):
         build(AnyCoderConfig(kind="clt", n_features=10), 8, n_layers=3)
@@ -220,7 +229,9 @@ def test_sweep_files_name_what_a_transcoder_or_clt_reads(tmp_path):
 
 
 def test_clt_arms_are_planned_with_their_layers():
-    spec = SweepSpec(kind="clt", budgets=[1e10], expansion=[1, 2], lrs=[1e-3], layers=[0, 1, 2], batch_size=100, skip_connection=True)
+    spec = SweepSpec(
+        kind="clt", budgets=[1e10], expansion=[1, 2], lrs=[1e-3], layers=[0, 1, 2], batch_size=100, skip_connection=True
+    )
     arms = plan(spec, d_in=64, train_rows=10**6)
     assert [a.n_features for a in arms] == [3 * 64, 3 * 128]  # expansion is per layer
     for arm in arms:
@@ -266,7 +277,10 @@ def test_each_kind_trains_end_to_end_from_a_harvested_store(relu_store, tmp_path
         layers = metrics["layers"]
         assert len(layers) == 3 and sum(layer["l0"] for layer in layers) == pytest.approx(metrics["l0"])
         assert all(0 <= layer["fvu"] < 0.6 and 0 <= layer["dead_fraction"] <= 1 for layer in layers)
-        assert sum(layer["density_histogram"]["never_fired"] for layer in layers) == metrics["density_histogram"]["never_fired"]
+        assert (
+            sum(layer["density_histogram"]["never_fired"] for layer in layers)
+            == metrics["density_histogram"]["never_fired"]
+        )
     else:
         assert "layers" not in metrics
     columns = Columns(coder_arrays(kind, cfg.hook, cfg), data.arrays, data.d)
@@ -315,7 +329,10 @@ def test_exact_transcoders_and_clts_splice_in_with_no_change_and_inexact_ones_do
 
 def test_a_fused_grid_mixing_kinds_equals_each_arm_trained_alone(relu_store, tmp_path):
     arms = [
-        (AnyCoderConfig(kind="transcoder", n_features=64, skip_connection=True), _train_cfg(TRANSCODER, tokens=30 * 64)),
+        (
+            AnyCoderConfig(kind="transcoder", n_features=64, skip_connection=True),
+            _train_cfg(TRANSCODER, tokens=30 * 64),
+        ),
         (AnyCoderConfig(n_features=48), _train_cfg({"hook": "mlp_in.1"}, tokens=20 * 64, lr=3e-3)),
         (AnyCoderConfig(kind="clt", n_features=48), _train_cfg(CLT, tokens=25 * 64)),
     ]
@@ -323,17 +340,20 @@ def test_a_fused_grid_mixing_kinds_equals_each_arm_trained_alone(relu_store, tmp
     specs = [ArmSpec(c, t, tmp_path / f"grid{i}", f"a{i}", "g") for i, (c, t) in enumerate(arms)]
     fused = train_grid(specs, grid_data, DISABLED)
     for i, (coder_cfg, train_cfg) in enumerate(arms):
-        alone = train_run(coder_cfg, train_cfg, _data(relu_store, train_cfg), tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
-        assert fused[i]["loss"] == alone["loss"] and fused[i]["fvu"] == alone["fvu"] and fused[i]["steps"] == alone["steps"]
+        alone = train_run(
+            coder_cfg, train_cfg, _data(relu_store, train_cfg), tmp_path / f"alone{i}", DISABLED, f"a{i}", "g"
+        )
+        assert (
+            fused[i]["loss"] == alone["loss"]
+            and fused[i]["fvu"] == alone["fvu"]
+            and fused[i]["steps"] == alone["steps"]
+        )
         a, b = load(tmp_path / f"grid{i}" / "coder"), load(tmp_path / f"alone{i}" / "coder")
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_stacked_transcoder_and_clt_arms_each_equal_the_arm_trained_alone(relu_store, tmp_path):
     from dataclasses import replace
-
-    from pipeline.train.stack import build_stacks
-    from pipeline.train.arm_run import ArmRun
 
     transcoder = AnyCoderConfig(kind="transcoder", n_features=64, skip_connection=True, l1_coefficient=0.1)
     clt = AnyCoderConfig(kind="clt", n_features=48, jumprelu_penalty="l0", preact_coefficient=0.1, l1_coefficient=0.1)
@@ -350,9 +370,13 @@ def test_stacked_transcoder_and_clt_arms_each_equal_the_arm_trained_alone(relu_s
     assert sorted(sorted(s.arms) for s in build_stacks(runs) if s.coder is not None) == [[0, 1], [2, 3]]
     fused = train_grid(specs, grid_data, DISABLED)
     for i, (coder_cfg, train_cfg) in enumerate(arms):
-        alone = train_run(coder_cfg, train_cfg, _data(relu_store, train_cfg), tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
+        alone = train_run(
+            coder_cfg, train_cfg, _data(relu_store, train_cfg), tmp_path / f"alone{i}", DISABLED, f"a{i}", "g"
+        )
         assert fused[i]["steps"] == alone["steps"] == 25
-        assert fused[i]["loss"] == pytest.approx(alone["loss"], rel=1e-4) and fused[i]["fvu"] == pytest.approx(alone["fvu"], rel=1e-4)
+        assert fused[i]["loss"] == pytest.approx(alone["loss"], rel=1e-4) and fused[i]["fvu"] == pytest.approx(
+            alone["fvu"], rel=1e-4
+        )
         a, b = load(tmp_path / f"grid{i}" / "coder").state_dict(), load(tmp_path / f"alone{i}" / "coder").state_dict()
         for name, tensor in a.items():
             torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=1e-5)
@@ -361,10 +385,14 @@ def test_stacked_transcoder_and_clt_arms_each_equal_the_arm_trained_alone(relu_s
 def test_a_transcoder_sweep_pack_trains_and_records_its_arms(relu_store, relu_gpt2):
     out_dir = relu_store.path.parent
     cfg = compose(*tiny_overrides(relu_gpt2, out_dir, **{"train.eval_tokens": 256, "train.splice_contexts": 2}))
-    spec = SweepSpec(kind="transcoder", budgets=[2e8], n_features=[32, 64], lrs=[1e-2], sparsity=[0.1], batch_size=64, **TRANSCODER)
+    spec = SweepSpec(
+        kind="transcoder", budgets=[2e8], n_features=[32, 64], lrs=[1e-2], sparsity=[0.1], batch_size=64, **TRANSCODER
+    )
     arms = plan(spec, d_in=32, train_rows=2400 - 256)
     configs = [arm_config(cfg, a) for a in arms]
-    rows = run_arms(arms, configs, "mlp_in.0", out_dir / "sweep", "g")  # the stage's default hook is overridden by the spec's
+    rows = run_arms(
+        arms, configs, "mlp_in.0", out_dir / "sweep", "g"
+    )  # the stage's default hook is overridden by the spec's
     assert [r["status"] for r in rows] == ["done", "done"], rows[0]["error"]
     assert all(r["fvu"] < 0.6 and r["kl"] > 0 and r["flops"] <= 2e8 for r in rows)
     config = load(out_dir / "sweep" / "runs" / arms[0].run_id / "coder").config()

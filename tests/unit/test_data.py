@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import DataConfig, ModelConfig
-from pipeline.text.contexts import build_contexts, special_tokens
-from pipeline.text.corpus import documents
 from pipeline.errors import ConfigError
 from pipeline.models.loading import load_tokenizer
+from pipeline.text.contexts import build_contexts, special_tokens
+from pipeline.text.corpus import documents
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,9 @@ def test_local_text_jsonl_and_parquet_files_are_read(tmp_path, tokenizer):
     assert sorted(text_docs) == ["the first line of plain text", "the second line"]
     cfg = DataConfig(source="files", paths=[str(tmp_path / "b.jsonl"), str(tmp_path / "c.parquet")], text_field="body")
     docs = list(documents(cfg))
-    assert sorted(docs) == sorted([f"json document {i}" for i in range(3)] + ["parquet document one", "parquet document two"])
+    assert sorted(docs) == sorted(
+        [f"json document {i}" for i in range(3)] + ["parquet document one", "parquet document two"]
+    )
     contexts = build_contexts(tokenizer, documents(cfg), 2, 6, "files")
     assert contexts.shape == (2, 6)
 

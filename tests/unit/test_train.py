@@ -1,22 +1,15 @@
-import json
-
 import pytest
 import torch
-from conftest import SYNTHETIC_D as D
 
 from pipeline.activations.loading import ActivationData
 from pipeline.coders.registry import AnyCoderConfig, build, load
 from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.evaluate.metrics import FiringTracker, evaluate
-from pipeline.store.activation_store import ActivationStore
 from pipeline.train.arm_run import ArmSpec, TrainingDiverged, schedules
 from pipeline.train.trainer import train_grid, train_run
 
-
-@pytest.fixture(scope="module")
-def store(synthetic_store) -> ActivationStore:
-    return synthetic_store
+from conftest import SYNTHETIC_D as D
 
 
 def _data(store, **train):
@@ -72,25 +65,15 @@ def test_a_perfect_reconstruction_has_zero_fvu_and_mse():
     assert metrics["density_histogram"]["never_fired"] == 0 and sum(metrics["density_histogram"]["counts"]) == 4
 
 
-def test_training_learns_the_synthetic_dictionary_and_writes_its_run(store, tmp_path):
-    data = _data(store)
-    coder_cfg = AnyCoderConfig(n_features=128, l1_coefficient=0.5)
-    train_cfg = TrainConfig(tokens=120_000, batch_size=256, lr=3e-3)
-    metrics = train_run(coder_cfg, train_cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
-    assert metrics["fvu"] < 0.25 and metrics["l0"] < 40
-    assert metrics["steps"] == 468 and metrics["tokens"] == 468 * 256
-    assert metrics["flops"] == metrics["tokens"] * 12 * D * 128
-    assert metrics["dead_window_tokens"] == metrics["tokens"]  # shorter than the 10M default window
-    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert on_disk["fvu"] == metrics["fvu"]
-    coder = load(tmp_path / "run" / "coder")
-    assert coder.n_features == 128
-
-
 def test_same_seed_gives_the_same_weights(store, tmp_path):
     data = _data(store)
     cfg = TrainConfig(tokens=5120, batch_size=256, seed=4)
-    runs = [train_run(AnyCoderConfig(n_features=32), cfg, data, tmp_path / f"r{i}", TrackingConfig(mode="disabled"), "r", "g") for i in range(2)]
+    runs = [
+        train_run(
+            AnyCoderConfig(n_features=32), cfg, data, tmp_path / f"r{i}", TrackingConfig(mode="disabled"), "r", "g"
+        )
+        for i in range(2)
+    ]
     assert runs[0]["loss"] == runs[1]["loss"]
     a, b = load(tmp_path / "r0" / "coder"), load(tmp_path / "r1" / "coder")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -106,7 +89,15 @@ def test_a_diverging_run_stops_with_the_step_named(store, tmp_path):
 
 def test_too_few_tokens_for_one_batch_is_refused(store, tmp_path):
     with pytest.raises(ConfigError, match="train.tokens"):
-        train_run(AnyCoderConfig(), TrainConfig(tokens=10, batch_size=256), _data(store), tmp_path, TrackingConfig(mode="disabled"), "r", "g")
+        train_run(
+            AnyCoderConfig(),
+            TrainConfig(tokens=10, batch_size=256),
+            _data(store),
+            tmp_path,
+            TrackingConfig(mode="disabled"),
+            "r",
+            "g",
+        )
 
 
 class Killed(Exception):
@@ -156,7 +147,15 @@ def test_a_checkpoint_of_another_configuration_is_refused(store, tmp_path, monke
     disabled = TrackingConfig(mode="disabled")
     _kill_after(monkeypatch, ReluSAE, 7)
     with pytest.raises(Killed):
-        train_run(AnyCoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5), data, tmp_path, disabled, "r", "g")
+        train_run(
+            AnyCoderConfig(n_features=32),
+            TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5),
+            data,
+            tmp_path,
+            disabled,
+            "r",
+            "g",
+        )
     monkeypatch.undo()
     other = TrainConfig(tokens=5120, batch_size=256, checkpoint_every=5, lr=0.5)
     with pytest.raises(ConfigError, match="checkpoint of another configuration"):
@@ -183,7 +182,9 @@ def test_each_arm_of_a_fused_grid_equals_the_arm_trained_alone(store, tmp_path):
 
 def test_a_diverging_arm_stops_alone_in_its_grid(store, tmp_path):
     data = _data(store)
-    good = ArmSpec(AnyCoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256), tmp_path / "good", "good", "g")
+    good = ArmSpec(
+        AnyCoderConfig(n_features=32), TrainConfig(tokens=5120, batch_size=256), tmp_path / "good", "good", "g"
+    )
     bad_cfg = TrainConfig(tokens=5120, batch_size=256, lr=1e30, grad_clip=1e30, log_every=1)
     bad = ArmSpec(AnyCoderConfig(n_features=32), bad_cfg, tmp_path / "bad", "bad", "g")
     outcomes = train_grid([bad, good], data, TrackingConfig(mode="disabled"))
@@ -206,54 +207,3 @@ def test_a_train_run_id_names_every_setting_that_changes_the_result_and_only_tho
     others = [run_id(AnyCoderConfig(n_features=32, l1_coefficient=1.0)), run_id(AnyCoderConfig(n_features=32, kind="topk")),
               run_id(tokens=5), run_id(eval_tokens=7), run_id(cache="none"), run_id(lr=0.01)]  # fmt: skip
     assert len({base, *others}) == 7
-
-
-TRAIN_STAGE = ["coder.n_features=32", "train.tokens=2560", "train.batch_size=256", "train.eval_tokens=512",
-               "train.splice_contexts=0", "train.device=cpu", "model.name=synthetic",
-               "tracking.mode=disabled"]  # fmt: skip
-
-
-def _train_stage(out_dir, *overrides) -> int:
-    from pipeline.cli import main
-
-    return main(["train", f"out_dir={out_dir}", *TRAIN_STAGE, *overrides])
-
-
-def _files(folder) -> dict:
-    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def test_train_runs_differing_only_in_lambda_or_k_keep_both_and_a_rerun_changes_nothing(store, tmp_path, capsys):
-    (tmp_path / "store.zarr").symlink_to(store.path)
-    settings = [["coder.l1_coefficient=1.0"], ["coder.l1_coefficient=3.0"],
-                ["coder.kind=topk", "coder.k=4"], ["coder.kind=topk", "coder.k=8"]]  # fmt: skip
-    for overrides in settings:
-        assert _train_stage(tmp_path, *overrides) == 0
-    runs = sorted((tmp_path / "train").iterdir())
-    assert len(runs) == 4 and all((run / "metrics.json").exists() and (run / "coder").is_dir() for run in runs)
-    coders = [json.loads((run / "config.json").read_text())["coder"] for run in runs]
-    assert sorted((c["kind"], c["l1_coefficient"] if c["kind"] == "relu" else c["k"]) for c in coders) == [
-        ("relu", 1.0), ("relu", 3.0), ("topk", 4), ("topk", 8)
-    ]
-    assert {load(run / "coder").n_features for run in runs} == {32}
-    before = _files(tmp_path / "train")
-    capsys.readouterr()
-    for overrides in settings:
-        assert _train_stage(tmp_path, *overrides) == 0
-    assert capsys.readouterr().out.count("nothing to do") == 4
-    assert _files(tmp_path / "train") == before
-
-
-def test_a_folder_holding_a_finished_run_of_another_configuration_is_refused_in_one_line(store, tmp_path, capsys):
-    (tmp_path / "store.zarr").symlink_to(store.path)
-    assert _train_stage(tmp_path, "coder.l1_coefficient=1.0") == 0
-    [run] = (tmp_path / "train").iterdir()
-    recorded = json.loads((run / "config.json").read_text())
-    recorded["coder"]["l1_coefficient"] = 2.0  # as if another configuration had finished in this folder
-    (run / "config.json").write_text(json.dumps(recorded))
-    before = _files(run)
-    capsys.readouterr()
-    assert _train_stage(tmp_path, "coder.l1_coefficient=1.0") == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "coder.l1_coefficient=2.0" in err and "coder.l1_coefficient=1.0" in err
-    assert _files(run) == before

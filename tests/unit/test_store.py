@@ -15,9 +15,23 @@ from pipeline.store.schema import base_attrs, check_reusable, check_trainable, t
 def _attrs(dtype="float16", codec="none", n_contexts=8, hooks=("resid_post.1",)):
     return base_attrs(
         model={"name": "m", "revision": "main", "dtype": "float32", "n_layers": 2, "d_model": 8, "has_lm_head": False},
-        dataset={"source": "stdlib", "name": "x", "subset": "", "split": "train", "seed": 0, "context_len": 5, "paths": []},
+        dataset={
+            "source": "stdlib",
+            "name": "x",
+            "subset": "",
+            "split": "train",
+            "seed": 0,
+            "context_len": 5,
+            "paths": [],
+        },
         hooks=list(hooks),
-        layout={"n_contexts": n_contexts, "context_len": 5, "rows_per_context": 4, "contexts_per_shard": 4, "drop_bos": True},
+        layout={
+            "n_contexts": n_contexts,
+            "context_len": 5,
+            "rows_per_context": 4,
+            "contexts_per_shard": 4,
+            "drop_bos": True,
+        },
         codec={"dtype": dtype, "codec": codec, "contexts_per_chunk": 2},
     )
 
@@ -69,7 +83,9 @@ def test_finalize_records_mean_squared_norm_and_verify_catches_corruption(tmp_pa
     written = _fill(store)
     store.finalize()
     expected = torch.cat(list(written.values())).double().pow(2).sum(1).mean().item()
-    assert open_store(tmp_path / "s.zarr").attrs["norm_stats"]["resid_post.1"]["mean_sq_norm"] == pytest.approx(expected)
+    assert open_store(tmp_path / "s.zarr").attrs["norm_stats"]["resid_post.1"]["mean_sq_norm"] == pytest.approx(
+        expected
+    )
     assert store.verify_shard(0) and store.verify_shard(1)
     store.group["acts/resid_post.1"][0:16] = np.zeros((16, 8), dtype=np.float32)
     assert not store.verify_shard(0)
@@ -104,7 +120,7 @@ def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_nothing_else(t
     assert json.loads(path.read_text()) == {"a": 1}
 
     def half_then_fail(tmp):
-        tmp.write_text("{\"a\": ")
+        tmp.write_text('{"a": ')
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space"):

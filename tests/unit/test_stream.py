@@ -5,23 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.coders.registry import AnyCoderConfig
-from pipeline.config import TrackingConfig, TrainConfig
-from pipeline.errors import ConfigError
-from pipeline.store.activation_store import ActivationStore
-from pipeline.store.schema import base_attrs
 from pipeline.activations import loading as data_module
 from pipeline.activations.loading import ActivationData, open_activation_data
 from pipeline.activations.stream import THREAD_NAME, ShufflePlan, StreamingActivationData
-from pipeline.train.trainer import train_run
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
 
 HOOK = "resid_post.0"
+
+
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def store(synthetic_store):
-    return synthetic_store  # 4096 rows of d=16 in chunks of 512 rows
 
 
 def _stream(store, **train) -> StreamingActivationData:
@@ -55,7 +48,9 @@ def test_the_order_is_a_pure_function_of_the_seed_and_each_epoch_uses_a_row_once
 
     rows = list(data.batch_rows(batch_size, n_steps, seed=1))
     memory = ActivationData(store, HOOK, TrainConfig(eval_tokens=512), CPU)
-    assert all(torch.equal(x, memory.train[torch.from_numpy(r)]) for x, r in zip(a, rows))  # the rows named, scaled alike
+    assert all(
+        torch.equal(x, memory.train[torch.from_numpy(r)]) for x, r in zip(a, rows)
+    )  # the rows named, scaled alike
     for epoch in range(2):
         seen = np.concatenate(rows[epoch * per_epoch : (epoch + 1) * per_epoch])
         assert len(np.unique(seen)) == len(seen) == per_epoch * batch_size  # no row twice in an epoch
@@ -63,7 +58,9 @@ def test_the_order_is_a_pure_function_of_the_seed_and_each_epoch_uses_a_row_once
     assert not np.array_equal(rows[0], rows[per_epoch])  # each epoch is a fresh order
 
 
-@pytest.mark.parametrize("batch_size, start_step", [(200, 1), (200, 4), (200, 17), (200, 18), (200, 23), (700, 4), (700, 7)])
+@pytest.mark.parametrize(
+    "batch_size, start_step", [(200, 1), (200, 4), (200, 17), (200, 18), (200, 23), (700, 4), (700, 7)]
+)
 def test_a_resumed_run_sees_the_tail_of_the_whole_sequence(store, batch_size, start_step):
     data = _stream(store)
     whole = list(data.batches(batch_size, 30, seed=3))  # 17 batches of 200 per epoch, or 5 of 700
@@ -89,16 +86,6 @@ def test_eval_batches_equal_the_in_memory_ones(store):
     streamed = list(_stream(store).eval_batches(200))
     memory = list(ActivationData(store, HOOK, TrainConfig(eval_tokens=512), CPU).eval_batches(200))
     assert len(streamed) == len(memory) == 3 and all(torch.equal(x, y) for x, y in zip(streamed, memory))
-
-
-def test_training_on_streamed_data_learns_the_synthetic_dictionary(store, tmp_path):
-    cfg = TrainConfig(tokens=120_000, batch_size=256, lr=3e-3, eval_tokens=512, cache="none")
-    data = open_activation_data(store, HOOK, cfg, CPU)
-    assert isinstance(data, StreamingActivationData)
-    coder = AnyCoderConfig(n_features=128, l1_coefficient=0.5)
-    metrics = train_run(coder, cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
-    assert metrics["fvu"] < 0.3 and metrics["steps"] == 468
-    assert not _prefetch_threads()
 
 
 def test_each_cache_mode_is_picked_and_a_bad_one_refused(store, monkeypatch):
@@ -137,26 +124,6 @@ def test_leaving_the_batches_early_stops_the_reader(store):
     assert not _prefetch_threads()
 
 
-@pytest.fixture(scope="module")
-def paired_store(tmp_path_factory) -> ActivationStore:
-    """A synthetic MLP's input and output: 2048 rows of d=16 in chunks of 256, the output a fixed ReLU map of the input."""
-    attrs = base_attrs(
-        model={"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": 16, "has_lm_head": False},
-        dataset={"source": "synthetic", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": 9, "paths": []},
-        hooks=["mlp_in.0", "mlp_out.0"],
-        layout={"n_contexts": 256, "context_len": 9, "rows_per_context": 8, "contexts_per_shard": 128, "drop_bos": True},
-        codec={"dtype": "float32", "codec": "none", "contexts_per_chunk": 32},
-    )
-    store = ActivationStore.create(tmp_path_factory.mktemp("paired") / "s.zarr", attrs, 16)
-    gen = torch.Generator().manual_seed(0)
-    w_in, w_out = torch.randn(64, 16, generator=gen), torch.randn(16, 64, generator=gen)
-    for shard in range(store.layout.n_shards):
-        x = torch.randn(store.layout.rows_per_shard, 16, generator=gen)
-        store.write_shard(shard, {"mlp_in.0": x, "mlp_out.0": 5 * torch.relu(x @ w_in.t()) @ w_out.t()})
-    store.finalize()
-    return store
-
-
 PAIRED = {"eval_tokens": 256, "shuffle_chunks": 2, "prefetch_chunks": 2, "target_hook": "mlp_out.0"}
 
 
@@ -170,19 +137,9 @@ def test_an_input_and_its_target_stream_side_by_side_in_the_rows_of_the_in_memor
     assert memory.scales["mlp_out.0"] < memory.scales["mlp_in.0"] == memory.scale
     batches = list(streamed.batches(100, 40, seed=5))
     rows = list(streamed.batch_rows(100, 40, seed=5))
-    assert all(x.shape == (100, 32) and torch.equal(x, memory.train[torch.from_numpy(r)]) for x, r in zip(batches, rows))
+    assert all(
+        x.shape == (100, 32) and torch.equal(x, memory.train[torch.from_numpy(r)]) for x, r in zip(batches, rows)
+    )
     resumed = list(streamed.batches(100, 40, seed=5, start_step=23))
     assert all(torch.equal(x, y) for x, y in zip(batches[23:], resumed))
     assert all(torch.equal(x, y) for x, y in zip(streamed.eval_batches(100), memory.eval_batches(100)))
-
-
-def test_a_transcoder_learns_from_streamed_pairs_and_a_missing_target_is_refused(paired_store, tmp_path):
-    cfg = TrainConfig(**{**PAIRED, "hook": "mlp_in.0", "tokens": 200 * 128, "batch_size": 128, "lr": 1e-2, "cache": "none"})
-    data = open_activation_data(paired_store, cfg.hook, cfg, CPU)
-    assert isinstance(data, StreamingActivationData)
-    coder = AnyCoderConfig(kind="transcoder", n_features=64, l1_coefficient=0.05)
-    metrics = train_run(coder, cfg, data, tmp_path / "run", TrackingConfig(mode="disabled"), "r", "g")
-    assert metrics["fvu"] < 0.3 and metrics["steps"] == 200
-    assert not _prefetch_threads()
-    with pytest.raises(ConfigError, match=r"train.target_hook: the store has hooks \['mlp_in.0', 'mlp_out.0'\], not 'mlp_out.3'"):
-        open_activation_data(paired_store, "mlp_in.0", TrainConfig(**{**PAIRED, "target_hook": "mlp_out.3"}), CPU)

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from pipeline.coders.registry import AnyCoderConfig, build
-from pipeline.config import TrainConfig
-from pipeline.store.activation_store import ActivationStore
 from pipeline.activations.arrays import CoderArrays
 from pipeline.activations.loading import ActivationData
+from pipeline.coders.registry import AnyCoderConfig, build
+from pipeline.config import TrainConfig
 from pipeline.evaluate.splice import Splicer
+from pipeline.store.activation_store import ActivationStore
 
 from conftest import harvest_in_process
 

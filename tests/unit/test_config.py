@@ -4,8 +4,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import PipelineConfig, compose
-from pipeline.config import schema
+from pipeline.config import PipelineConfig, compose, schema
 from pipeline.config.checks import check, checked
 from pipeline.config.docs import field_docs
 from pipeline.errors import ConfigError
@@ -99,9 +98,7 @@ class Inner:
 @dataclass
 class Outer:
     inner: Inner = field(default_factory=Inner)
-    low: int = checked(
-        0, min=0, max=10
-    )  # a field wrapped over lines, its comment at the end
+    low: int = checked(0, min=0, max=10)  # a field wrapped over lines, its comment at the end
     # a comment block above a declaration,
     # over two lines
     high: int = 5

@@ -3,15 +3,14 @@ import math
 import pytest
 import torch
 
+from pipeline.activations.loading import ActivationData
 from pipeline.coders.base import SparseActs
 from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction
 from pipeline.coders.registry import AnyCoderConfig, build, load, training_flops
 from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.activations.loading import ActivationData
 from pipeline.evaluate.metrics import evaluate
 from pipeline.train.trainer import train_run
-
 
 SPARSE_KINDS = ("topk", "batchtopk", "jumprelu")
 
@@ -36,8 +35,13 @@ def test_each_kind_gets_exactly_its_own_hparams_from_the_config():
     assert _coder("batchtopk", **cfg).hparams == topk | {"threshold_momentum": 0.9}
     assert _coder("relu", **cfg).hparams == {"l1_coefficient": 2.0, "init_decoder_norm": 0.2}
     assert _coder("jumprelu", **cfg).hparams == {
-        "l1_coefficient": 2.0, "penalty": "l0", "bandwidth": 0.01, "init_threshold": 0.02,
-        "tanh_scale": 3.0, "preact_coefficient": 0.1, "init_decoder_norm": 0.2,
+        "l1_coefficient": 2.0,
+        "penalty": "l0",
+        "bandwidth": 0.01,
+        "init_threshold": 0.02,
+        "tanh_scale": 3.0,
+        "preact_coefficient": 0.1,
+        "init_decoder_norm": 0.2,
     }
 
 
@@ -295,8 +299,16 @@ def test_jumprelu_functions_match_the_straight_through_estimator_by_hand():
 @pytest.mark.parametrize("penalty", ["l0", "tanh"])
 def test_jumprelu_loss_and_threshold_gradient_match_a_hand_computation(penalty):
     eps, lam, c, scale = 0.05, 0.7, 4.0, 0.5
-    coder = _coder("jumprelu", n=32, d=8, l1_coefficient=lam, jumprelu_penalty=penalty, jumprelu_bandwidth=eps,
-                   init_threshold=0.05, tanh_scale=c)
+    coder = _coder(
+        "jumprelu",
+        n=32,
+        d=8,
+        l1_coefficient=lam,
+        jumprelu_penalty=penalty,
+        jumprelu_bandwidth=eps,
+        init_threshold=0.05,
+        tanh_scale=c,
+    )
     with torch.no_grad():
         coder.b_enc.copy_(torch.linspace(-0.1, 0.1, 32))
     x = torch.randn(64, 8)
@@ -393,7 +405,11 @@ TRAINING_ARMS = {
     "jumprelu-tanh": dict(kind="jumprelu", l1_coefficient=0.5),
     # Adam moves log-thresholds by about lr per step, so a short run starts them where they matter.
     "jumprelu-l0": dict(
-        kind="jumprelu", jumprelu_penalty="l0", l1_coefficient=1.0, init_threshold=0.05, jumprelu_bandwidth=0.05,
+        kind="jumprelu",
+        jumprelu_penalty="l0",
+        l1_coefficient=1.0,
+        init_threshold=0.05,
+        jumprelu_bandwidth=0.05,
         init_decoder_norm=1.0,
     ),
 }

@@ -1,0 +1,1 @@
+"""A package, so that a file here may share its name with one in tests/unit/ (the halves of one topic)."""

@@ -1,0 +1,73 @@
+"""Planning a sweep: its arms, its files and its packs (the sweeps that run are in tests/integration/test_sweep.py)."""
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.sweep.plan import plan
+from pipeline.sweep.spec import SweepSpec, load_spec
+
+from integration.test_sweep import _write_sweep
+
+
+def test_tokens_are_the_budget_over_flops_per_token():
+    arms = plan(SweepSpec(budgets=[1e9], expansion=[1, 2], lrs=[1e-3], batch_size=100), d_in=64, train_rows=10**6)
+    assert [a.n_features for a in arms] == [64, 128]
+    for arm in arms:
+        fpt = 12 * 64 * arm.n_features
+        assert arm.steps == int(1e9 // fpt) // 100 and arm.tokens == arm.steps * 100
+        assert arm.flops == arm.tokens * fpt <= 1e9
+
+
+def test_topk_arms_are_planned_with_their_k():
+    arms = plan(
+        SweepSpec(kind="topk", budgets=[1e9], n_features=[256], lrs=[1e-3], sparsity=[8, 32], batch_size=10), 64, 10**6
+    )
+    assert [a.run_id for a in arms] == ["topk_C1e+09_N256_lr0.001_k8_s0", "topk_C1e+09_N256_lr0.001_k32_s0"]
+    for arm, k in zip(arms, (8, 32)):
+        assert arm.sparsity == k and arm.steps == int(1e9 // (3 * (2 * 64 * 256 + 2 * 64 * k))) // 10
+
+
+def test_arms_that_cannot_run_are_refused_with_the_arm_named():
+    with pytest.raises(ConfigError, match=r"arm relu_C1000_N64_lr0.001_l1-5_s0: .*less than one batch"):
+        plan(SweepSpec(budgets=[1e3], n_features=[64], lrs=[1e-3]), d_in=8, train_rows=10**6)
+    with pytest.raises(ConfigError, match="repeat_data is false"):
+        plan(SweepSpec(budgets=[1e9], n_features=[64], lrs=[1e-3], repeat_data=False), d_in=8, train_rows=1000)
+
+
+def test_sweep_files_are_validated(tmp_path):
+    assert load_spec("quickstart").budgets and load_spec("smoke").lrs
+    with pytest.raises(ConfigError, match="sweep: no sweep file 'nope'"):
+        load_spec("nope")
+    with pytest.raises(ConfigError, match="budgets should be a non-empty list of positive"):
+        load_spec(_write_sweep(tmp_path, budgets=[-1.0]))
+    with pytest.raises(ConfigError, match="exactly one of the two"):
+        load_spec(_write_sweep(tmp_path, expansion=[2]))
+    with pytest.raises(ConfigError, match="tiny.yaml"):
+        load_spec(_write_sweep(tmp_path, widths=[2]))
+
+
+def test_packs_group_arms_that_see_the_same_batches():
+    from pipeline.sweep.launch import packs
+
+    arms = plan(SweepSpec(budgets=[1e9], n_features=[8, 16, 32], lrs=[1e-3], seeds=[0, 1], batch_size=10), 8, 10**6)
+    groups = packs(arms, 2)
+    assert [len(g) for g in groups] == [2, 1, 2, 1]
+    assert all(len({(a.seed, a.batch_size) for a in g}) == 1 for g in groups)
+
+
+def test_packs_put_arms_that_stack_side_by_side():
+    from pipeline.sweep.launch import packs
+
+    # Plan order interleaves widths within each rate; packs of 2 then hold one width each, so each pack stacks.
+    spec = SweepSpec(budgets=[1e9], n_features=[8, 16], lrs=[1e-3, 3e-3], sparsity=[1.0, 5.0], batch_size=10)
+    arms = sorted(plan(spec, 8, 10**6), key=lambda a: (a.lr, a.sparsity))
+    groups = packs(arms, 4)
+    assert [[a.n_features for a in g] for g in groups] == [[8, 8, 8, 8], [16, 16, 16, 16]]
+    # TopK arms stack only with the same k, so each pack holds one k.
+    topk = plan(
+        SweepSpec(kind="topk", budgets=[1e9], n_features=[256], lrs=[1e-3, 3e-3], sparsity=[8, 32], batch_size=10),
+        64,
+        10**6,
+    )
+    ks = [tuple({a.sparsity for a in g}) for g in packs(sorted(topk, key=lambda a: a.lr), 2)]
+    assert sorted(ks) == [(8,), (32,)]
