@@ -55,7 +55,8 @@ class OutDir:
     ray_train = property(lambda self: self.root / "ray_train")
 
     def train_run(self, coder, train) -> "TrainRun":
-        """The run of these coder and train configs (resolved dataclasses; the coder's of its kind alone): its id and folder."""
+        """The run of these coder and train configs (resolved dataclasses; the coder's of its kind alone): its id
+        and folder."""
         identity = train_identity(coder, train)
         return TrainRun(self.root / "train" / train_run_id(identity), identity)
 

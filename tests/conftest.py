@@ -148,7 +148,8 @@ def data(synthetic_store) -> ActivationData:
 
 @pytest.fixture(scope="module")
 def paired_store(tmp_path_factory) -> ActivationStore:
-    """A synthetic MLP's input and output: 2048 rows of d=16 in chunks of 256, the output a fixed ReLU map of the input."""
+    """A synthetic MLP's input and output: 2048 rows of d=16 in chunks of 256, the output a fixed ReLU map of
+    the input."""
     attrs = base_attrs(
         model={
             "name": "synthetic",

@@ -30,7 +30,8 @@ class CoderArrays:
 
 
 def data_arrays(hook: str, cfg: TrainConfig) -> CoderArrays:
-    """The arrays training with `cfg` reads: mlp_in.L and mlp_out.L of `train.layers`, else `hook` and `train.target_hook`."""
+    """The arrays training with `cfg` reads: mlp_in.L and mlp_out.L of `train.layers`, else `hook` and
+    `train.target_hook`."""
     if not cfg.layers:
         return CoderArrays((hook,), (cfg.target_hook,) if cfg.target_hook else ())
     if cfg.target_hook:
@@ -40,7 +41,9 @@ def data_arrays(hook: str, cfg: TrainConfig) -> CoderArrays:
     layers = list(cfg.layers)
     if layers != sorted(set(layers)) or layers[0] < 0:
         raise ConfigError(f"train.layers: expected distinct layer numbers >= 0 in increasing order, got {layers}")
-    return CoderArrays(tuple(f"mlp_in.{l}" for l in layers), tuple(f"mlp_out.{l}" for l in layers), layered=True)
+    return CoderArrays(
+        tuple(f"mlp_in.{layer}" for layer in layers), tuple(f"mlp_out.{layer}" for layer in layers), layered=True
+    )
 
 
 _NEEDS = {"target_hook": "the array it predicts (e.g. mlp_out.3)", "layers": "the layers it spans (e.g. [0, 1, 2])"}
@@ -69,7 +72,8 @@ def check_in_store(arrays: CoderArrays, store_hooks: list[str]) -> None:
     for name in arrays.arrays:
         if name not in store_hooks:
             raise ConfigError(
-                f"{_field_of(arrays, name)}: the store has hooks {store_hooks}, not {name!r}; harvest it with harvest.hooks including it"
+                f"{_field_of(arrays, name)}: the store has hooks {store_hooks}, not {name!r}; "
+                "harvest it with harvest.hooks including it"
             )
 
 

@@ -72,7 +72,8 @@ class ActivationData:
 def open_activation_data(
     store: ActivationStore, hook: str, cfg: TrainConfig, device: torch.device
 ) -> "ActivationData | StreamingActivationData":
-    """The training data of `hook` (and the arrays `cfg` adds) as `train.cache` asks: on the device, in host memory, or streamed.
+    """The training data of `hook` (and the arrays `cfg` adds) as `train.cache` asks: on the device, in host
+    memory, or streamed.
 
     `auto` keeps the rows on the device when their float32 copy takes under half of the free device
     memory (on a cpu device, host memory counts as the device's), else in host memory when under

@@ -68,7 +68,8 @@ def main(argv: list[str]) -> None:
         f"store write    {rows / write_s:>12,.0f} tokens/s  ({n_bytes / write_s / 1e9:.2f} GB/s, with read-back check)"
     )
     print(
-        f"harvest        {rows / harvest_s:>12,.0f} tokens/s  ({rows / harvest_s / min(rows / forward_s, rows / write_s):.2f} x the slower)"
+        f"harvest        {rows / harvest_s:>12,.0f} tokens/s  "
+        f"({rows / harvest_s / min(rows / forward_s, rows / write_s):.2f} x the slower)"
     )
 
 

@@ -74,7 +74,8 @@ def main() -> None:
                     shutil.rmtree(folder.parent)
             median = {k: sorted(r[k] for r in results)[len(results) // 2] for k in results[0]}
             print(
-                f"{dtype:<9} {codec:<11} {median['ratio']:>6.2f} {median['write_gbs']:>11.2f} {median['read_gbs']:>10.2f}"
+                f"{dtype:<9} {codec:<11} {median['ratio']:>6.2f} "
+                f"{median['write_gbs']:>11.2f} {median['read_gbs']:>10.2f}"
             )
 
 

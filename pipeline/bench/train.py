@@ -157,7 +157,8 @@ def step_table(steps: int, peers: bool, peak: float) -> None:
             elif run is not None:
                 rate = batch / timed(run, steps)
                 print(
-                    f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {rate:>11,.0f} {rate * flops / 1e12:>8.3g} {rate * flops / peak:>8.0%}",
+                    f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {rate:>11,.0f} "
+                    f"{rate * flops / 1e12:>8.3g} {rate * flops / peak:>8.0%}",
                     flush=True,
                 )
         del step, runs
@@ -204,12 +205,26 @@ def grid_comparison(cache: str, arms: int = 8) -> None:
     rows, n_features, batch = (2_097_152, 8192, 4096) if CUDA else (32_768, 512, 1024)
     with tempfile.TemporaryDirectory() as tmp:
         store = _random_store(Path(tmp) / "grid.zarr", rows)
-        cfg = TrainConfig(tokens=rows - 8192, batch_size=batch, eval_tokens=8192, splice_contexts=0, log_every=10**9,
-                          checkpoint_every=0, cache=cache, device=str(DEVICE))  # fmt: skip
+        cfg = TrainConfig(
+            tokens=rows - 8192,
+            batch_size=batch,
+            eval_tokens=8192,
+            splice_contexts=0,
+            log_every=10**9,
+            checkpoint_every=0,
+            cache=cache,
+            device=str(DEVICE),
+        )
         specs = [
-            ArmSpec(AnyCoderConfig(kind="relu", n_features=n_features, l1_coefficient=l1), replace(cfg, lr=lr), Path(tmp) / f"arm{i}", f"arm{i}", "bench")
+            ArmSpec(
+                AnyCoderConfig(kind="relu", n_features=n_features, l1_coefficient=l1),
+                replace(cfg, lr=lr),
+                Path(tmp) / f"arm{i}",
+                f"arm{i}",
+                "bench",
+            )
             for i, (lr, l1) in enumerate((lr, l1) for lr in (1e-4, 3e-4, 1e-3, 3e-3) for l1 in (1.0, 5.0))
-        ][:arms]  # fmt: skip
+        ][:arms]
         tracking = TrackingConfig(mode="disabled")
 
         def timed_grids(grids: list[list[ArmSpec]], tag: str) -> float:
@@ -222,9 +237,13 @@ def grid_comparison(cache: str, arms: int = 8) -> None:
         stacked = timed_grids([specs], "-stacked")
         unstacked = timed_grids([[replace(s, train=replace(s.train, stack_arms=False)) for s in specs]], "-fused")
         alone = timed_grids([[spec] for spec in specs], "-alone")
-    print(f"grid of {arms} relu arms (N {n_features}, batch {batch}, {rows:,} rows of a float16 store, train.cache={cache}): "
-          f"fused and stacked {stacked:.1f} s, fused without stacking {unstacked:.1f} s, one after another {alone:.1f} s; "
-          f"{alone / stacked:.1f}x stacked, {alone / unstacked:.1f}x without stacking")  # fmt: skip
+    print(
+        f"grid of {arms} relu arms (N {n_features}, batch {batch}, {rows:,} rows of a float16 store, "
+        f"train.cache={cache}): "
+        f"fused and stacked {stacked:.1f} s, fused without stacking {unstacked:.1f} s, "
+        f"one after another {alone:.1f} s; "
+        f"{alone / stacked:.1f}x stacked, {alone / unstacked:.1f}x without stacking"
+    )
 
 
 def step_overhead(steps: int, arms: int = 8) -> None:
@@ -237,17 +256,34 @@ def step_overhead(steps: int, arms: int = 8) -> None:
         store = _random_store(Path(tmp) / "tiny.zarr", 16384, d=32)
         for kind in ("relu", "topk"):
             for stack in (True, False):
-                cfg = TrainConfig(tokens=8192, batch_size=64, eval_tokens=4096, log_every=10**9, checkpoint_every=0,
-                                  stack_arms=stack, device=str(DEVICE))  # fmt: skip
+                cfg = TrainConfig(
+                    tokens=8192,
+                    batch_size=64,
+                    eval_tokens=4096,
+                    log_every=10**9,
+                    checkpoint_every=0,
+                    stack_arms=stack,
+                    device=str(DEVICE),
+                )
                 data = open_activation_data(store, "resid_post.0", cfg, DEVICE)
                 runs = {
-                    i: ArmRun(ArmSpec(AnyCoderConfig(kind=kind, n_features=64, k=4), replace(cfg, lr=1e-4 * (i + 1)), Path(tmp) / f"{kind}{stack}{i}", "a", "g"),
-                              data, TrackingConfig(mode="disabled"))
+                    i: ArmRun(
+                        ArmSpec(
+                            AnyCoderConfig(kind=kind, n_features=64, k=4),
+                            replace(cfg, lr=1e-4 * (i + 1)),
+                            Path(tmp) / f"{kind}{stack}{i}",
+                            "a",
+                            "g",
+                        ),
+                        data,
+                        TrackingConfig(mode="disabled"),
+                    )
                     for i in range(arms)
-                }  # fmt: skip
+                }
                 per_arm = _time_grid_steps(build_stacks(runs), data, steps) / arms
                 print(
-                    f"host work per arm and step, {arms} tiny {kind} arms {'stacked' if stack else 'one by one'}: {per_arm * 1e3:.2f} ms",
+                    f"host work per arm and step, {arms} tiny {kind} arms "
+                    f"{'stacked' if stack else 'one by one'}: {per_arm * 1e3:.2f} ms",
                     flush=True,
                 )
 
@@ -270,12 +306,25 @@ def _random_store(path: Path, rows: int, d: int = D):
     contexts_per_shard = min(1024, rows // rows_per_context)
     attrs = base_attrs(
         model={"name": "random", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": d, "has_lm_head": False},
-        dataset={"source": "random", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": rows_per_context, "paths": []},
+        dataset={
+            "source": "random",
+            "name": "",
+            "subset": "",
+            "split": "train",
+            "seed": 0,
+            "context_len": rows_per_context,
+            "paths": [],
+        },
         hooks=["resid_post.0"],
-        layout={"n_contexts": rows // rows_per_context, "context_len": rows_per_context, "rows_per_context": rows_per_context,
-                "contexts_per_shard": contexts_per_shard, "drop_bos": False},
+        layout={
+            "n_contexts": rows // rows_per_context,
+            "context_len": rows_per_context,
+            "rows_per_context": rows_per_context,
+            "contexts_per_shard": contexts_per_shard,
+            "drop_bos": False,
+        },
         codec={"dtype": "float16", "codec": "none", "contexts_per_chunk": 64},
-    )  # fmt: skip
+    )
     store = ActivationStore.create(path, attrs, d)
     for shard in range(store.layout.n_shards):
         store.write_shard(shard, {"resid_post.0": torch.randn(store.layout.rows_per_shard, d)})

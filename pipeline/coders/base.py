@@ -63,12 +63,14 @@ class SparseActs:
 
 
 def fired_in_batch(f: "torch.Tensor | SparseActs") -> torch.Tensor:
-    """[..., n_features] bool: the latents active in some row of [..., rows, n_features] activations, per arm of a stack."""
+    """[..., n_features] bool: the latents active in some row of [..., rows, n_features] activations, per arm
+    of a stack."""
     return f.fired() if isinstance(f, SparseActs) else (f > 0).any(-2)
 
 
 def with_rows_axis(v: torch.Tensor) -> torch.Tensor:
-    """A coder's vector ([dim]) as it is; a stack's ([arms, dim]) with a rows axis, to broadcast against [arms, rows, dim]."""
+    """A coder's vector ([dim]) as it is; a stack's ([arms, dim]) with a rows axis, to broadcast against
+    [arms, rows, dim]."""
     return v if v.dim() == 1 else v.unsqueeze(-2)
 
 

@@ -132,7 +132,8 @@ class CrossLayerTranscoder(Coder):
         return pre, JumpReLUFunction.apply(pre, self.threshold.unsqueeze(-3), self.bandwidth)
 
     def _decode(self, f: torch.Tensor) -> torch.Tensor:
-        """[..., rows, L, n] features -> [..., rows, L, d]: each source layer's decoders in one product, padded to its first target."""
+        """[..., rows, L, n] features -> [..., rows, L, d]: each source layer's decoders in one product, padded
+        to its first target."""
         *lead, rows, L, _ = f.shape
         out = self.b_dec.unsqueeze(-3).expand(*lead, rows, L, self.d_in)
         for s, w in enumerate(self.w_dec):

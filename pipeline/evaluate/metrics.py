@@ -83,13 +83,13 @@ def evaluate(coder: Coder, batches, sparsity_scale: float = 1.0, split=_whole_ba
     if layered:
         metrics["layers"] = [
             {
-                "reconstruction": sq_err[l].item() / n,
-                "mse": sq_err[l].item() / (n * d),
-                "fvu": (sq_err[l] / variance[l]).item(),
+                "reconstruction": sq_err[layer].item() / n,
+                "mse": sq_err[layer].item() / (n * d),
+                "fvu": (sq_err[layer] / variance[layer]).item(),
                 "l0": layer_density.sum().item(),
                 "density_histogram": density_histogram(layer_density),
             }
-            for l, layer_density in enumerate(density.view(n_layers, -1))
+            for layer, layer_density in enumerate(density.view(n_layers, -1))
         ]
     return metrics
 

@@ -55,7 +55,8 @@ def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:
 
 
 def _stack_order(arm: Arm) -> tuple:
-    """Equal for arms that differ only in what a stack lets differ per arm (`train.stack_arms`): lr, and a per-arm penalty."""
+    """Equal for arms that differ only in what a stack lets differ per arm (`train.stack_arms`): lr, and a
+    per-arm penalty."""
     kind = coder_class(arm.kind)
     per_arm_sparsity = kind.stackable and kind.sparsity_field in kind.per_arm_fields
     return arm.kind, arm.n_features, arm.steps, arm.skip_connection, 0.0 if per_arm_sparsity else arm.sparsity

@@ -28,7 +28,9 @@ class SweepSpec:
     seeds: list[int] = field(default_factory=lambda: [0])  # seeds of init and data order
     batch_size: int = 1024  # activation rows per step
     repeat_data: bool = True  # allow arms to see the store's rows more than once
-    hook: str = ""  # store array the arms read (an SAE's input, a transcoder's mlp_in.L); empty = train.hook or the store's first
+    # store array the arms read (an SAE's input, a transcoder's mlp_in.L); empty = train.hook or
+    # the store's first
+    hook: str = ""
     target_hook: str = ""  # transcoder: the store array it predicts (e.g. mlp_out.3); empty for other kinds
     layers: list[int] = field(
         default_factory=list

@@ -120,7 +120,8 @@ class ArmRun:
             self.loss = parts["loss"].item()
             if not math.isfinite(self.loss):
                 raise TrainingDiverged(
-                    f"step {step}: the loss is {self.loss}; last good checkpoint: {self.last_good} in {self.spec.run_dir}"
+                    f"step {step}: the loss is {self.loss}; "
+                    f"last good checkpoint: {self.last_good} in {self.spec.run_dir}"
                 )
             if self.tracker:
                 tokens = done * cfg.batch_size

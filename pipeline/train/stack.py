@@ -44,7 +44,8 @@ def group_arms(arms: dict[int, ArmRun]) -> list[list[int]]:
 
 
 def build_stacks(arms: dict[int, ArmRun]) -> list["ArmStack"]:
-    """The grid's arms grouped by `group_arms`; a group whose stack cannot be built (no memory for the copy) trains arm by arm."""
+    """The grid's arms grouped by `group_arms`; a group whose stack cannot be built (no memory for the copy)
+    trains arm by arm."""
     stacks = []
     for group in group_arms(arms):
         try:
@@ -126,7 +127,8 @@ class ArmStack:
     def _update(
         self, live: list[tuple[int, ArmRun]], grads: list[torch.Tensor], f: torch.Tensor | SparseActs, step: int
     ) -> None:
-        """`ArmRun.update` for the `live` arms (by slice) at once: per-arm clipping, Adam, after-step, firing history."""
+        """`ArmRun.update` for the `live` arms (by slice) at once: per-arm clipping, Adam, after-step, firing
+        history."""
         if not live:
             return
         _adam_step(live, grads, _clip_scales(grads, live[0][1].cfg.grad_clip), step)

@@ -47,13 +47,20 @@ def test_hydra_discovers_the_projects_ray_launcher_from_the_installed_package(tm
     ("overrides", "plugin", "settings"),
     [
         ([], "BasicLauncher", {}),
-        (["launcher=ray", "launcher.gpus_per_arm=0.25", "launcher.cpus_per_arm=2", "ray.address=auto"], "RayTaskLauncher",
-         {"gpus_per_job": 0.25, "cpus_per_job": 2.0, "address": "auto"}),
+        (
+            ["launcher=ray", "launcher.gpus_per_arm=0.25", "launcher.cpus_per_arm=2", "ray.address=auto"],
+            "RayTaskLauncher",
+            {"gpus_per_job": 0.25, "cpus_per_job": 2.0, "address": "auto"},
+        ),
         # Above one GPU the pack's Ray Train workers reserve the GPUs, not the job that starts them.
         (["launcher=ray", "launcher.gpus_per_arm=2", "train.parallel=ddp"], "RayTaskLauncher", {"gpus_per_job": 0.0}),
-        (["launcher=slurm", "launcher.partition=gpu"], "SlurmLauncher", {"params": {"partition": "gpu", "gpus_per_node": 1}}),
+        (
+            ["launcher=slurm", "launcher.partition=gpu"],
+            "SlurmLauncher",
+            {"params": {"partition": "gpu", "gpus_per_node": 1}},
+        ),
     ],
-)  # fmt: skip
+)
 def test_launcher_name_chooses_the_hydra_plugin_and_its_resources(tmp_path, overrides, plugin, settings):
     cfg = compose(f"out_dir={tmp_path}", *overrides)
     with hydra_launcher(cfg, tmp_path / "sweep", "grp") as launcher:

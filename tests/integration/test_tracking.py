@@ -36,7 +36,8 @@ def test_disabled_tracking_never_imports_wandb(synthetic_store, tmp_path):
         "from pipeline.train.trainer import train_run\n"
         f"store = ActivationStore({str(synthetic_store.path)!r})\n"
         "data = ActivationData(store, 'resid_post.0', TrainConfig(eval_tokens=512), torch.device('cpu'))\n"
-        f"train_run(AnyCoderConfig(n_features=8), TrainConfig(tokens=512, batch_size=256), data, __import__('pathlib').Path({str(tmp_path)!r}), TrackingConfig(mode='disabled'), 'a', 'g')\n"
+        "train_run(AnyCoderConfig(n_features=8), TrainConfig(tokens=512, batch_size=256), data, "
+        f"__import__('pathlib').Path({str(tmp_path)!r}), TrackingConfig(mode='disabled'), 'a', 'g')\n"
         "print('wandb' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -204,6 +204,12 @@ def test_a_train_run_id_names_every_setting_that_changes_the_result_and_only_tho
     how = [{"device": "cuda"}, {"log_every": 1}, {"checkpoint_every": 7}, {"parallel": "ddp"}, {"stack_arms": False}]
     assert all(run_id(**fields) == base for fields in how)
     assert run_id(AnyCoderConfig(n_features=32, k=4)) == base  # a relu coder reads no k
-    others = [run_id(AnyCoderConfig(n_features=32, l1_coefficient=1.0)), run_id(AnyCoderConfig(n_features=32, kind="topk")),
-              run_id(tokens=5), run_id(eval_tokens=7), run_id(cache="none"), run_id(lr=0.01)]  # fmt: skip
+    others = [
+        run_id(AnyCoderConfig(n_features=32, l1_coefficient=1.0)),
+        run_id(AnyCoderConfig(n_features=32, kind="topk")),
+        run_id(tokens=5),
+        run_id(eval_tokens=7),
+        run_id(cache="none"),
+        run_id(lr=0.01),
+    ]
     assert len({base, *others}) == 7
