@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.sweep.configs import ARMS, arm_config, read_arm_configs, write_arm_configs
+from pipeline.layout import SweepDir
+from pipeline.sweep.configs import arm_config, read_arm_configs, write_arm_configs
 from pipeline.sweep.job import job_overrides
 from pipeline.sweep.plan import plan
 from pipeline.sweep.spec import SweepSpec
@@ -29,7 +30,7 @@ def test_every_arms_configuration_is_read_back_as_the_same_dataclasses(tmp_path)
     cfg = replace(_awkward(), out_dir=str(tmp_path / "out"))
     arms = plan(SweepSpec(kind="topk", budgets=[1e9], n_features=[8, 16], lrs=[1e-3, 3e-4], sparsity=[4]), 16, 10**6)
     write_arm_configs(tmp_path, cfg, arms)
-    assert sorted(json.loads((tmp_path / ARMS).read_text())) == sorted(a.run_id for a in arms)
+    assert sorted(json.loads(SweepDir(tmp_path).arms.read_text())) == sorted(a.run_id for a in arms)
     picked = [arms[2], arms[0]]
     again = read_arm_configs(tmp_path, [a.run_id for a in picked])
     assert again == [arm_config(cfg, a) for a in picked]
