@@ -15,10 +15,9 @@ def quote(text: str) -> str:
 
 
 def format_value(value: Any) -> str:
+    """`value` as Hydra reads it back: null, a number, a list of values, or else a quoted string."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
