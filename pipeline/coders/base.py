@@ -39,9 +39,8 @@ class SparseActs:
     """Feature activations kept as each row's active latents, so no [rows x features] tensor is formed."""
 
     index: torch.Tensor  # [rows, k] latent ids ([arms, rows, k] for a stack of coders)
-    values: (
-        torch.Tensor
-    )  # [rows, k] their activations (0 for a selected latent that did not fire); [arms, rows, k] for a stack
+    # [rows, k] their activations (0 for a selected latent that did not fire); [arms, rows, k] for a stack
+    values: torch.Tensor
     n_features: int
 
     @property

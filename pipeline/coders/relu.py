@@ -20,9 +20,8 @@ from pipeline.config import CoderConfig
 @dataclass
 class ReluConfig(CoderConfig):
     kind: str = "relu"  # this kind
-    l1_coefficient: float = (
-        5.0  # lambda of the sparsity penalty (this weighted L1, or jumprelu's); inputs at E||x||^2=d
-    )
+    # lambda of the sparsity penalty (this weighted L1, or jumprelu's); inputs at E||x||^2=d
+    l1_coefficient: float = 5.0
     init_decoder_norm: float = 0.1  # norm of each decoder column at initialisation
 
     def __post_init__(self):

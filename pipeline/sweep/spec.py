@@ -18,13 +18,11 @@ class SweepSpec:
     kind: str = "relu"  # coder kind of every arm
     budgets: list[float] = field(default_factory=list)  # compute budgets C, in training FLOPs per arm
     n_features: list[int] = field(default_factory=list)  # dictionary widths N (or use `expansion`)
-    expansion: list[float] = field(
-        default_factory=list
-    )  # widths as multiples of the activation size d (per layer for a clt)
+    # widths as multiples of the activation size d (per layer for a clt)
+    expansion: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)  # peak learning rates
-    sparsity: list[float] = field(
-        default_factory=lambda: [5.0]
-    )  # per arm: penalty lambda (relu, jumprelu, transcoder, clt) or k (topk, batchtopk)
+    # per arm: penalty lambda (relu, jumprelu, transcoder, clt) or k (topk, batchtopk)
+    sparsity: list[float] = field(default_factory=lambda: [5.0])
     seeds: list[int] = field(default_factory=lambda: [0])  # seeds of init and data order
     batch_size: int = 1024  # activation rows per step
     repeat_data: bool = True  # allow arms to see the store's rows more than once
@@ -32,12 +30,10 @@ class SweepSpec:
     # the store's first
     hook: str = ""
     target_hook: str = ""  # transcoder: the store array it predicts (e.g. mlp_out.3); empty for other kinds
-    layers: list[int] = field(
-        default_factory=list
-    )  # clt: the layers it spans, reading mlp_in.L and predicting mlp_out.L
-    skip_connection: bool = (
-        False  # transcoder, clt: a learned linear map from each input to its output (counted in FLOPs)
-    )
+    # clt: the layers it spans, reading mlp_in.L and predicting mlp_out.L
+    layers: list[int] = field(default_factory=list)
+    # transcoder, clt: a learned linear map from each input to its output (counted in FLOPs)
+    skip_connection: bool = False
 
 
 def find_sweep(name: str) -> Path:
