@@ -46,9 +46,9 @@ def test_disabled_tracking_never_imports_wandb(synthetic_store, tmp_path):
 
 
 def test_the_fit_is_logged_as_one_offline_run_with_table_and_plots(tmp_path, monkeypatch):
-    from test_fit import synthetic_sweep
-
     from pipeline.cli import main
+
+    from unit.test_fit import synthetic_sweep
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     results = tmp_path / "results.parquet"
