@@ -7,7 +7,7 @@ from pipeline.activations.loading import open_activation_data
 from pipeline.coders.registry import own_config
 from pipeline.config import PipelineConfig
 from pipeline.distributed.process_group import process_group
-from pipeline.distributed.ray_train import needs_workers, run_on_ranks, worker_count
+from pipeline.distributed.ray_train import run_as_launched
 from pipeline.errors import ConfigError
 from pipeline.fit.stage import read_results, run_fit, summary_table
 from pipeline.harvest import stage as harvest_stage
@@ -37,19 +37,7 @@ def train(cfg: PipelineConfig) -> None:
         print(f"train {run.id}: finished in {run.folder}; nothing to do")
         return
     run.record()
-    if needs_workers(cfg.launcher):  # several GPUs for this run: a Ray Train worker on each runs the body
-        name = f"train-{cfg.coder.kind}-N{cfg.coder.n_features}"
-        run_on_ranks(
-            train_on_rank,
-            (cfg,),
-            num_workers=worker_count(cfg),
-            use_gpu=True,
-            ray=cfg.ray,
-            out_dir=cfg.out_dir,
-            name=name,
-        )
-    else:
-        train_on_rank(cfg)
+    run_as_launched(train_on_rank, (cfg,), cfg, name=f"train-{cfg.coder.kind}-N{cfg.coder.n_features}")
 
 
 def train_on_rank(cfg: PipelineConfig) -> None:

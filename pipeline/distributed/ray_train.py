@@ -41,5 +41,14 @@ def run_on_ranks(fn, args: tuple, *, num_workers: int, use_gpu: bool, ray: RayCo
     return trainer.fit().return_value
 
 
+def run_as_launched(fn, args: tuple, cfg: PipelineConfig, name: str):
+    """`fn(*args)` here, or on a Ray Train worker per GPU when the launcher gives the run several; rank 0's result."""
+    if not needs_workers(cfg.launcher):
+        return fn(*args)
+    return run_on_ranks(
+        fn, args, num_workers=worker_count(cfg), use_gpu=True, ray=cfg.ray, out_dir=cfg.out_dir, name=name
+    )
+
+
 def _call(config: dict):
     return config["fn"](*config["args"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline.distributed.ray_train import needs_workers, run_on_ranks, worker_count
+from pipeline.distributed.ray_train import needs_workers, run_as_launched
 from pipeline.layout import OutDir, SweepDir
 from pipeline.sweep.arm import run_arms, run_arms_on_rank
 from pipeline.sweep.configs import read_arm_configs
@@ -40,19 +40,9 @@ def train_pack(job_cfg: DictConfig) -> list[dict]:
     plan, arms = planned_arms(sweep_dir, list(job_cfg.sweep.arms))
     configs = read_arm_configs(sweep_dir, [a.run_id for a in arms])
     pack, cfg = (arms, configs, plan["hook"], sweep_dir, plan["sweep"]), configs[0]
-    if needs_workers(cfg.launcher):  # several GPUs for the pack: a Ray Train worker on each trains it
-        name = f"pack-{arms[0].run_id}"
-        rows = run_on_ranks(
-            run_arms_on_rank,
-            pack,
-            num_workers=worker_count(cfg),
-            use_gpu=True,
-            ray=cfg.ray,
-            out_dir=cfg.out_dir,
-            name=name,
-        )
-    else:
-        rows = run_arms(*pack)
+    # With several GPUs for the pack, each Ray Train worker trains it and rank 0 writes the rows.
+    body = run_arms_on_rank if needs_workers(cfg.launcher) else run_arms
+    rows = run_as_launched(body, pack, cfg, name=f"pack-{arms[0].run_id}")
     done = sum(r["status"] == "done" for r in rows)
     print(f"sweep: pack {arms[0].run_id} (+{len(arms) - 1}): {done} done, {len(rows) - done} failed", flush=True)
     return rows
