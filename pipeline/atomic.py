@@ -1,7 +1,8 @@
-"""Writing a file so that readers see the old file or the whole new one, never a part."""
+"""Writing a file (or creating a folder) so that readers see the old one or the whole new one, never a part."""
 
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,3 +31,33 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1))
+
+
+def create_dir_atomic(path: Path, fill: Callable[[Path], None]) -> None:
+    """`fill(tmp)` fills a temporary folder beside `path`, which then takes the name `path` in one rename.
+
+    Readers see no folder at `path` or the whole new one. `path` must be absent (or an empty folder).
+    A creation killed midway leaves only its temporary folder, which the next creation of `path`
+    removes: one process creates `path` at a time. Files are flushed to disk before the rename.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fill(tmp)
+        for item in sorted(tmp.rglob("*"), reverse=True):  # each file, then the folders holding them
+            _fsync(item)
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -34,6 +34,10 @@ STAGES = {
         "fit the scaling laws of a results table into <out_dir>/fit/ (fit.json, report.md, plots)",
         ("out_dir", "fit", "sweep", "tracking"),
     ),
+    "verify": Stage(
+        "check every byte of every complete shard of <out_dir>/store.zarr against its checksums; exit 2 if any differs",
+        ("out_dir",),
+    ),
     "run": Stage(
         "harvest, sweep and fit in order, then print the fitted laws",
         tuple(f.name for f in dataclasses.fields(PipelineConfig)),

@@ -13,8 +13,10 @@ from pipeline.fit.stage import read_results, run_fit, summary_table
 from pipeline.harvest import stage as harvest_stage
 from pipeline.layout import OutDir
 from pipeline.models.loading import pick_device
+from pipeline.progress import Progress
 from pipeline.store.activation_store import open_store
-from pipeline.store.schema import check_trainable
+from pipeline.store.schema import check_trainable, harvest_command
+from pipeline.store.verify import corrupt_shards, tokens_damage
 from pipeline.sweep import stage as sweep_stage
 from pipeline.sweep.arm import make_splicer
 from pipeline.sweep.launch import check_launcher
@@ -61,6 +63,24 @@ def train_on_rank(cfg: PipelineConfig) -> None:
             f"train {run_id}: loss {metrics['loss']:.4g}, fvu {metrics['fvu']:.3f}, l0 {metrics['l0']:.1f}, "
             f"dead {metrics['dead_fraction']:.1%}; weights and metrics.json in {run_dir}"
         )
+
+
+def verify(cfg: PipelineConfig) -> None:
+    """Every byte of every complete shard, and the tokens, against their checksums; ConfigError if any differs."""
+    store = open_store(OutDir(cfg.out_dir).store, harvested=False)
+    complete = store.complete_shards()
+    corrupt = corrupt_shards(store, "full", Progress("verify", len(complete), "shards"))
+    tokens = tokens_damage(store)
+    for shard, why in corrupt.items():
+        print(f"verify: shard {shard} is corrupt ({why})")
+    if tokens:
+        print(f"verify: the {tokens}")
+    if corrupt or tokens:
+        raise ConfigError(
+            f"out_dir: {len(corrupt)} of {len(complete)} complete shards{' and the tokens' if tokens else ''} of "
+            f"{store.path} are corrupt; repair with: {harvest_command(store.attrs, store.path.parent)}"
+        )
+    print(f"verify: the {len(complete)} complete shards of {store.path} and its tokens match their checksums")
 
 
 def sweep(cfg: PipelineConfig) -> None:
@@ -115,7 +135,7 @@ def run(cfg: PipelineConfig) -> None:
     fit(cfg)
 
 
-STAGES = {"harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run": run}
+STAGES = {"harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run": run, "verify": verify}
 
 
 def run_stage(name: str, cfg: PipelineConfig) -> None:

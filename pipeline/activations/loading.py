@@ -6,7 +6,8 @@ output for a CLT, see `arrays`) sit side by side in each row, so they are shuffl
 `ActivationData` reads the store once and keeps it in device or host memory; `open_activation_data`
 picks it or the streaming loader (`stream.StreamingActivationData`) by `train.cache`. The batch
 order is a pure function of the seed, so every arm of a sweep with the same seed sees the same rows
-in the same order; device and host share one order, the streamed order is another.
+in the same order; device and host share one order, the streamed order is another. Either reads a
+shard only after it matched its checksums (`store.verify.read_checked`), and refuses a corrupt store.
 """
 
 import os
@@ -21,6 +22,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import training_rows
+from pipeline.store.verify import read_checked
 
 
 class ActivationData:
@@ -39,7 +41,7 @@ class ActivationData:
         n_rows = store.layout.n_rows
         n_train = training_rows(n_rows, cfg.eval_tokens)
         self.arrays, self.d, self.scales = open_arrays(store, hook, cfg)
-        parts = [store.read_rows(name, 0, n_rows) for name in self.arrays]
+        parts = [read_checked(store, name, 0, n_rows) for name in self.arrays]
         rows = side_by_side(parts).to(device=storage_device or device, dtype=torch.float32)
         rows = scale_columns(rows, [self.scales[name] for name in self.arrays])
         self.train, self.eval = rows[:n_train], rows[n_train:]

@@ -29,6 +29,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import training_rows
+from pipeline.store.verify import read_checked
 
 THREAD_NAME = "pipeline-prefetch"
 _DONE = object()  # the reader's last item
@@ -142,7 +143,7 @@ class StreamingActivationData:
                 f"of {self.chunk_rows} rows to train on"
             )
         self.column_scales = [self.scales[name] for name in self.arrays]
-        eval_rows = side_by_side([store.read_rows(name, n_train, n_rows) for name in self.arrays])
+        eval_rows = side_by_side([read_checked(store, name, n_train, n_rows) for name in self.arrays])
         self.eval = scale_columns(eval_rows.to(device=device, dtype=torch.float32), self.column_scales)
         # The first array is the input of an SAE or transcoder: `hook` and `scale` name it.
         self.store, self.hook, self.scale, self.device = store, self.arrays[0], self.column_scales[0], device
@@ -218,6 +219,8 @@ class _Reader:
 
     def get(self, chunk: int) -> torch.Tensor:
         item = self.queue.get()
+        if isinstance(item, ConfigError):  # a corrupt shard: its one line names it and the repair
+            raise item
         if isinstance(item, BaseException):
             raise RuntimeError(f"reading chunk {chunk} of the activation store failed: {item}") from item
         if item is _DONE:
@@ -253,7 +256,7 @@ def _read_chunks(store, arrays, chunk_rows, chunks, out: queue.Queue, stop: thre
             if stop.is_set():
                 return
             start, stop_row = chunk * chunk_rows, (chunk + 1) * chunk_rows
-            rows = side_by_side([store.read_rows(name, start, stop_row) for name in arrays])
+            rows = side_by_side([read_checked(store, name, start, stop_row) for name in arrays])
             if not put((chunk, rows)):
                 return
         put(_DONE)

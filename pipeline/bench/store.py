@@ -1,9 +1,10 @@
-"""Benchmark of the store's codecs on real activations: compression ratio, write and read speed.
+"""Benchmark of the store's codecs on real activations: compression ratio, write, read and verify speed.
 
     python -m pipeline.bench.store STORE [--hook H] [--rows N] [--repeats R]
 
 Reads N rows of one hook from an existing store, then for each (dtype, codec) writes them into a
-fresh store in a temporary folder shard by shard, as a harvest does, and reads them back.
+fresh store in a temporary folder shard by shard, as a harvest does, reads them back, and checks every
+shard against its checksums as `pipeline verify` does.
 """
 
 import argparse
@@ -16,6 +17,7 @@ import torch
 
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore, open_store
+from pipeline.store.verify import corrupt_shards
 
 
 def _folder_bytes(path: Path) -> int:
@@ -37,12 +39,17 @@ def _one(source: ActivationStore, rows: torch.Tensor, dtype: str, codec: str, fo
     for shard in range(store.layout.n_shards):
         store.read_rows("bench", shard * per_shard, (shard + 1) * per_shard)
     read_s = time.perf_counter() - start
+    start = time.perf_counter()
+    if corrupt_shards(store, "full"):
+        raise RuntimeError(f"{folder}: a shard just written differs from its checksum")
+    verify_s = time.perf_counter() - start
     logical_bytes = data.numel() * torch.empty(0, dtype=codecs.DTYPES[dtype][1]).element_size()
     on_disk = _folder_bytes(folder / "acts")
     return {
         "ratio": logical_bytes / on_disk,
         "write_gbs": logical_bytes / write_s / 1e9,
         "read_gbs": logical_bytes / read_s / 1e9,
+        "verify_gbs": logical_bytes / verify_s / 1e9,
     }
 
 
@@ -60,7 +67,7 @@ def main() -> None:
         f"{len(rows):,} rows x {rows.shape[1]} of {hook} from {args.store}; median of {args.repeats} runs; "
         "write includes the read-back check and completion record"
     )
-    print(f"{'dtype':<9} {'codec':<11} {'ratio':>6} {'write GB/s':>11} {'read GB/s':>10}")
+    print(f"{'dtype':<9} {'codec':<11} {'ratio':>6} {'write GB/s':>11} {'read GB/s':>10} {'verify GB/s':>12}")
     # A wider dtype than the source's would hold zero low bits and flatter its compression.
     widths = {"float16": 2, "bfloat16": 2, "float32": 4}
     for dtype in [d for d in widths if widths[d] <= widths[source.dtype]]:
@@ -75,7 +82,7 @@ def main() -> None:
             median = {k: sorted(r[k] for r in results)[len(results) // 2] for k in results[0]}
             print(
                 f"{dtype:<9} {codec:<11} {median['ratio']:>6.2f} "
-                f"{median['write_gbs']:>11.2f} {median['read_gbs']:>10.2f}"
+                f"{median['write_gbs']:>11.2f} {median['read_gbs']:>10.2f} {median['verify_gbs']:>12.2f}"
             )
 
 

@@ -18,6 +18,7 @@ STDLIB_SPLITS = ("train", "validation")
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")  # of data.paths: plain text, JSON lines, Parquet
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 CODECS = ("none", "zstd", "blosc-zstd")
+VERIFY_MODES = ("fast", "full", "none")  # of harvest.verify; pipeline/store/verify.py says what each checks
 PRECISIONS = ("auto", "bfloat16", "float32")
 CACHE_MODES = ("auto", "device", "host", "none")
 PARALLEL_MODES = ("none", "ddp", "features")
@@ -74,6 +75,8 @@ class HarvestConfig:
     # GPUs reserved for each replica; above 1 the model is split across them
     gpus_per_replica: float = checked(0.0, min=0)
     max_actor_restarts: int = checked(3, min=0)  # times a dead actor is replaced before the harvest fails
+    # check of the complete shards before leasing: fast (file sizes, one random shard in full), full (every byte), none
+    verify: str = checked("fast", choices=VERIFY_MODES)
 
     def validate(self, at: str) -> None:
         if self.gpus_per_replica > 1 and self.gpus_per_replica != int(self.gpus_per_replica):

@@ -9,8 +9,9 @@ from pipeline.harvest.coordinator import run_actors
 from pipeline.layout import OutDir
 from pipeline.models.hooks import parse_hook
 from pipeline.models.loading import ModelInfo, describe, load_tokenizer
-from pipeline.store.activation_store import ActivationStore
+from pipeline.store.activation_store import ActivationStore, created
 from pipeline.store.schema import base_attrs, check_reusable
+from pipeline.store.verify import corrupt_shards, tokens_damage
 from pipeline.text.contexts import build_contexts
 from pipeline.text.corpus import documents
 
@@ -54,9 +55,22 @@ def validate(cfg: PipelineConfig) -> dict:
     """Checks everything the harvest needs before any work; returns the planned attributes."""
     attrs = planned_attrs(cfg, describe(cfg.model))
     path = OutDir(cfg.out_dir).store
-    if (path / "zarr.json").exists():
+    if created(path):
         check_reusable(_existing_attrs(path), attrs, str(path))
     return attrs
+
+
+def discard_corrupt(store: ActivationStore, mode: str) -> None:
+    """Checks the complete shards as `harvest.verify` says; a corrupt one loses its record, so it is written again."""
+    if mode == "none":
+        return
+    corrupt, tokens = corrupt_shards(store, mode), tokens_damage(store)
+    for shard, why in corrupt.items():
+        print(f"harvest: shard {shard} is corrupt ({why}); writing it again", flush=True)
+    if tokens:
+        print(f"harvest: the {tokens}; writing them again", flush=True)
+    if corrupt or tokens:
+        store.discard(list(corrupt), tokens=bool(tokens))
 
 
 def _existing_attrs(path: Path) -> dict:
@@ -68,8 +82,10 @@ def _existing_attrs(path: Path) -> dict:
 def run_harvest(cfg: PipelineConfig) -> ActivationStore:
     attrs = validate(cfg)
     path = OutDir(cfg.out_dir).store
-    if (path / "zarr.json").exists():
+    if created(path):
         store = ActivationStore(path)
+        store.remove_leftovers()
+        discard_corrupt(store, cfg.harvest.verify)
         if store.complete:
             print(f"harvest: {path} is complete ({store.layout.n_rows:,} rows per hook); nothing to do", flush=True)
             return store

@@ -8,6 +8,7 @@ only once its record in `completion/` exists; the record is written after the da
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.atomic import write_json_atomic
+from pipeline.atomic import create_dir_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.schema import check_schema
@@ -89,35 +90,22 @@ class ActivationStore:
 
     @classmethod
     def create(cls, path: Path, attrs: dict, d_model: int) -> "ActivationStore":
-        """Sizes every array once; the harvest then only fills shards."""
-        import zarr
+        """Sizes every array once; the harvest then only fills shards.
 
-        layout, codec = attrs["layout"], attrs["codec"]
-        cps, rpc = layout["contexts_per_shard"], layout["rows_per_context"]
-        chunk_contexts = min(codec["contexts_per_chunk"], cps)  # dividing cps: the config checks it
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
-        group.create_array(
-            "tokens",
-            shape=(layout["n_contexts"], layout["context_len"]),
-            chunks=(cps, layout["context_len"]),
-            dtype="int32",
-            fill_value=0,
-        )
-        disk_dtype = codecs.DTYPES[codec["dtype"]][0]
-        for hook in attrs["hooks"]:
-            group.create_array(
-                f"acts/{hook}",
-                shape=(layout["n_contexts"] * rpc, d_model),
-                chunks=(chunk_contexts * rpc, d_model),
-                shards=(cps * rpc, d_model),
-                dtype=disk_dtype,
-                compressors=codecs.compressors(codec["codec"]),
-                fill_value=0,
-                attributes={"logical_dtype": codec["dtype"]},
-            )
-        group.attrs.update(attrs)
-        (Path(path) / RECORDS).mkdir(exist_ok=True)
+        The group, its arrays, its attributes and `completion/` are made under a temporary name and renamed
+        into place together, so a creation killed at any instant leaves no store at `path`. A folder there
+        that is not a `created` store (what a killed creation of an earlier version left) is replaced.
+        """
+        path = Path(path)
+        if path.exists() and not created(path):
+            shutil.rmtree(path)
+        create_dir_atomic(path, lambda tmp: _lay_out(tmp, attrs, d_model))
         return cls(path)
+
+    def remove_leftovers(self) -> None:
+        """Deletes the temporary files of writes killed midway (Zarr's `*.partial`, the records' `.*.tmp`)."""
+        for leftover in [*self.path.rglob("*.partial"), *(self.path / RECORDS).glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -140,13 +128,15 @@ class ActivationStore:
     def write_shard(self, shard: int, acts: dict[str, torch.Tensor]) -> dict:
         """Writes one shard of every hook, verifies it by reading back, then records it complete."""
         start, stop = self.layout.rows(shard)
-        checksums, sum_sq = {}, {}
+        checksums, sizes, sum_sq = {}, {}, {}
         for hook in self.hooks:
             data = codecs.encode(acts[hook], self.dtype)
             if data.shape[0] != stop - start:
                 raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
             target = f"{self.path}/acts/{hook}"
             try:
+                # Zarr merges a shard write into the file already there: a damaged one would fail it or survive in it.
+                self.shard_file(f"acts/{hook}", shard).unlink(missing_ok=True)
                 self.group[f"acts/{hook}"][start:stop] = data
                 written = self.group[f"acts/{hook}"][start:stop]
             except OSError as err:
@@ -154,33 +144,53 @@ class ActivationStore:
             if not np.array_equal(written, data):
                 raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
             checksums[f"acts/{hook}"] = checksum(written)
+            sizes[f"acts/{hook}"] = self.file_bytes(f"acts/{hook}", shard)
             sum_sq[hook] = sum_of_squares(codecs.decode(written, self.dtype))
         record = {
             "shard": shard,
             "contexts": list(self.layout.contexts(shard)),
             "rows": [start, stop],
             "checksums": checksums,
+            "bytes": sizes,
             "sum_sq_norm": sum_sq,
             **_stamp(),
         }
         write_json_atomic(self.path / RECORDS / f"shard-{shard:06d}.json", record)
         return record
 
+    def tokens_record(self) -> dict | None:
+        path = self.path / RECORDS / "tokens.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
     def record(self, shard: int) -> dict | None:
         path = self.path / RECORDS / f"shard-{shard:06d}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def incomplete_shards(self) -> list[int]:
+    def complete_shards(self) -> list[int]:
         done = {int(p.stem.split("-")[1]) for p in (self.path / RECORDS).glob("shard-*.json")}
+        return [k for k in range(self.layout.n_shards) if k in done]
+
+    def incomplete_shards(self) -> list[int]:
+        done = set(self.complete_shards())
         return [k for k in range(self.layout.n_shards) if k not in done]
 
-    def verify_shard(self, shard: int) -> bool:
-        """True when every array of the shard still matches its recorded checksum."""
-        record = self.record(shard)
-        if record is None:
-            return False
-        start, stop = record["rows"]
-        return all(checksum(self.group[name][start:stop]) == digest for name, digest in record["checksums"].items())
+    def shard_file(self, name: str, shard: int) -> Path:
+        """The file holding shard `shard` of array `name`; Zarr writes none for a shard of fill values alone."""
+        return self.path / name / self.group[name].metadata.encode_chunk_key((shard, 0))
+
+    def file_bytes(self, name: str, shard: int) -> int:
+        file = self.shard_file(name, shard)
+        return file.stat().st_size if file.exists() else 0
+
+    def discard(self, shards: list[int], tokens: bool = False) -> None:
+        """Marks the store incomplete, then removes the completion records of `shards` (and of the tokens), which
+        a harvest then writes again."""
+        self.group.attrs["complete"] = False
+        self.attrs = dict(self.group.attrs)
+        for shard in shards:
+            (self.path / RECORDS / f"shard-{shard:06d}.json").unlink(missing_ok=True)
+        if tokens:
+            (self.path / RECORDS / "tokens.json").unlink(missing_ok=True)
 
     def finalize(self) -> None:
         """Once every shard is complete: the normalisation statistics and the `complete` flag."""
@@ -207,6 +217,37 @@ class ActivationStore:
         return codecs.decode(self.group[f"acts/{hook}"][start:stop], self.dtype)
 
 
+def _lay_out(path: Path, attrs: dict, d_model: int) -> None:
+    """A new store's group, arrays, attributes and records folder at `path`."""
+    import zarr
+
+    layout, codec = attrs["layout"], attrs["codec"]
+    cps, rpc = layout["contexts_per_shard"], layout["rows_per_context"]
+    chunk_contexts = min(codec["contexts_per_chunk"], cps)  # dividing cps: the config checks it
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array(
+        "tokens",
+        shape=(layout["n_contexts"], layout["context_len"]),
+        chunks=(cps, layout["context_len"]),
+        dtype="int32",
+        fill_value=0,
+    )
+    disk_dtype = codecs.DTYPES[codec["dtype"]][0]
+    for hook in attrs["hooks"]:
+        group.create_array(
+            f"acts/{hook}",
+            shape=(layout["n_contexts"] * rpc, d_model),
+            chunks=(chunk_contexts * rpc, d_model),
+            shards=(cps * rpc, d_model),
+            dtype=disk_dtype,
+            compressors=codecs.compressors(codec["codec"]),
+            fill_value=0,
+            attributes={"logical_dtype": codec["dtype"]},
+        )
+    group.attrs.update(attrs)
+    (path / RECORDS).mkdir()
+
+
 def _stamp() -> dict:
     return {
         "writer": f"{socket.gethostname()}:{os.getpid()}",
@@ -214,11 +255,22 @@ def _stamp() -> dict:
     }
 
 
-def open_store(path: Path) -> ActivationStore:
-    """An existing, fully harvested store, or ConfigError saying what is wrong with it."""
-    if not (Path(path) / "zarr.json").exists():
+def created(path: Path) -> bool:
+    """Whether `path` holds a store whose creation finished: attributes naming its schema, and `completion/`.
+
+    `ActivationStore.create` makes both appear at once; a folder without them holds no complete shard.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file() or not (path / RECORDS).is_dir():
+        return False
+    return "schema_version" in json.loads((path / "zarr.json").read_text()).get("attributes", {})
+
+
+def open_store(path: Path, harvested: bool = True) -> ActivationStore:
+    """An existing store (fully harvested, unless `harvested` is False), or ConfigError saying what is wrong."""
+    if not created(path):
         raise ConfigError(f"out_dir: no activation store at {path}; run `pipeline harvest` first")
     store = ActivationStore(path)
-    if not store.complete:
+    if harvested and not store.complete:
         raise ConfigError(f"out_dir: the store at {path} is not completely harvested; run `pipeline harvest` again")
     return store

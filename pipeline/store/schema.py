@@ -1,6 +1,10 @@
 """The store's group attributes and the rule for when an existing store can be reused."""
 
+import re
+import shlex
+
 from pipeline import __version__
+from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -51,6 +55,33 @@ def check_reusable(existing: dict, wanted: dict, where: str) -> None:
             f"harvest.n_tokens: the store at {where} was sized for {have_rows} contexts and cannot grow "
             f"to {want_rows}; use a new out_dir"
         )
+
+
+def harvest_command(attrs: dict, out_dir) -> str:
+    """The `pipeline harvest` command that resumes or repairs the store of `attrs` in `out_dir`: every setting the
+    store must match (see `check_reusable`) that is not the default, and its size where the default is larger."""
+    defaults = PipelineConfig()
+    overrides = [f"out_dir={out_dir}"]
+    for path, field in _MUST_MATCH:
+        group, name = field.split(".")
+        value = _get(attrs, path)
+        if value != getattr(getattr(defaults, group), name):
+            overrides.append(f"{field}={_hydra_value(value)}")
+    n_rows = attrs["layout"]["n_contexts"] * attrs["layout"]["rows_per_context"]
+    if n_rows < defaults.harvest.n_tokens:
+        overrides.append(f"harvest.n_tokens={n_rows}")
+    return "pipeline harvest " + " ".join(shlex.quote(o) for o in overrides)
+
+
+def _hydra_value(value) -> str:
+    """`value` as a Hydra override writes it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, str) and not re.fullmatch(r"[\w./:@+-]+", value):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)
 
 
 def check_trainable(attrs: dict, model_name: str, hook: str, where: str) -> None:

@@ -10,6 +10,7 @@ from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore, open_store
 from pipeline.store.schema import base_attrs, check_reusable, check_trainable, training_rows
+from pipeline.store.verify import data_damage
 
 
 def _attrs(dtype="float16", codec="none", n_contexts=8, hooks=("resid_post.1",)):
@@ -86,10 +87,10 @@ def test_finalize_records_mean_squared_norm_and_verify_catches_corruption(tmp_pa
     assert open_store(tmp_path / "s.zarr").attrs["norm_stats"]["resid_post.1"]["mean_sq_norm"] == pytest.approx(
         expected
     )
-    assert store.verify_shard(0) and store.verify_shard(1)
+    assert data_damage(store, 0) is None and data_damage(store, 1) is None
     store.group["acts/resid_post.1"][0:16] = np.zeros((16, 8), dtype=np.float32)
-    assert not store.verify_shard(0)
-    assert store.verify_shard(1)
+    assert data_damage(store, 0) == "acts/resid_post.1 differs from its checksum"
+    assert data_damage(store, 1) is None
 
 
 def test_a_failed_write_leaves_the_shard_unrecorded_and_names_it(tmp_path):
