@@ -5,7 +5,9 @@ The YAML groups in `conf/` only change values; the fields live here, each with i
 it), its range or choices (`checked`), and the rules tying fields together (each class's `validate`).
 """
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 
@@ -77,6 +79,8 @@ class HarvestConfig:
     max_actor_restarts: int = checked(3, min=0)  # times a dead actor is replaced before the harvest fails
     # check of the complete shards before leasing: fast (file sizes, one random shard in full), full (every byte), none
     verify: str = checked("fast", choices=VERIFY_MODES)
+    # seconds a replica's placement group may wait for its CPUs and GPUs before the harvest fails
+    place_timeout_s: float = checked(300.0, gt=0)
 
     def validate(self, at: str) -> None:
         if self.gpus_per_replica > 1 and self.gpus_per_replica != int(self.gpus_per_replica):
@@ -225,6 +229,16 @@ class PipelineConfig:
                 f"{at}store.contexts_per_chunk: {per_chunk} must divide harvest.contexts_per_shard ({per_shard})"
             )
         self._validate_gpus(at)
+        self._validate_out_dir(at)
+
+    def _validate_out_dir(self, at: str) -> None:
+        """The out_dir, or the nearest of its parents that exists, must be a folder this user can write in."""
+        path = Path(self.out_dir)
+        existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        if not existing.is_dir():
+            raise ConfigError(f"{at}out_dir: {existing} is a file; expected a folder (or a path to create one at)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{at}out_dir: {existing} is not writable; expected a folder this user can write in")
 
     def _validate_gpus(self, at: str) -> None:
         gpus, name = self.launcher.gpus_per_arm, self.launcher.name

@@ -3,6 +3,10 @@
 import logging
 
 from pipeline.config import RayConfig
+from pipeline.distributed.reaper import watch
+from pipeline.errors import ConfigError
+
+PROBE_TIMEOUT_S = 5.0  # how long a ray.address host:port may take to accept a connection
 
 
 def connect(cfg: RayConfig) -> None:
@@ -11,10 +15,57 @@ def connect(cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
-    ray.init(
-        address=cfg.address or None,
-        num_cpus=(cfg.num_cpus or None) if not cfg.address else None,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        configure_logging=True,
-    )
+    check_address(cfg)
+    try:
+        ray.init(
+            address=cfg.address or None,
+            num_cpus=(cfg.num_cpus or None) if not cfg.address else None,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    except ConnectionError as err:
+        raise ConfigError(f"ray.address: no Ray cluster found at {cfg.address!r}: {str(err).splitlines()[0]}") from err
+    if not cfg.address:
+        # Ray's own clean-up after a killed driver leaves some of the local instance's processes running.
+        watch(ray._private.worker._global_node.get_session_dir_path())
+
+
+def check_address(cfg: RayConfig) -> None:
+    """ConfigError within seconds when a host:port address is no Ray cluster that answers (ray.init retries for
+    minutes)."""
+    target = cfg.address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return  # empty, "auto" or a bare host: ray.init finds the cluster or fails quickly
+    why = _no_client_server(target) if cfg.address.startswith("ray://") else _no_gcs(target)
+    if why:
+        raise ConfigError(
+            f"ray.address: {cfg.address} is no Ray cluster that answers in {PROBE_TIMEOUT_S:g} s ({why}); "
+            "expected the address of a running cluster's head, or empty for a local instance"
+        )
+
+
+def _no_gcs(target: str) -> str | None:
+    """Why no Ray GCS answers at host:port, or None when one does (refusing an unauthenticated call is answering)."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")(b"", timeout=PROBE_TIMEOUT_S)
+        except grpc.RpcError as err:
+            failed = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED)
+            return f"{err.code().name.lower()}: {err.details()}" if err.code() in failed else None
+    return None
+
+
+def _no_client_server(target: str) -> str | None:
+    """Why nothing accepts a gRPC connection at a Ray Client host:port, or None."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=PROBE_TIMEOUT_S)
+        except grpc.FutureTimeoutError:
+            return "no connection"
+    return None

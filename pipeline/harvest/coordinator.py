@@ -6,12 +6,35 @@ Each actor holds `CONCURRENT` leases, so it writes one shard while its model run
 from collections import deque
 
 from pipeline.config import PipelineConfig
+from pipeline.errors import ConfigError
 from pipeline.harvest.worker import CONCURRENT, HarvestWorker
 from pipeline.progress import Progress
 
 
 class HarvestError(RuntimeError):
     pass
+
+
+class PlacementError(ConfigError):
+    """The cluster cannot hold a replica as configured: bad input, refused with one line like any other."""
+
+
+def unplaced(bundle: dict, timeout_s: float) -> str:
+    """What a replica's bundle asked for against what the cluster has: in all, free, and on its largest node."""
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+    def amounts(resources: dict) -> str:
+        return ", ".join(f"{key} {resources.get(key, 0):g}" for key in bundle)
+
+    largest = max(nodes, key=lambda r: tuple(r.get(key, 0) for key in bundle), default={})
+    return (
+        f"harvest.place_timeout_s: a replica asking for {amounts(bundle)} (harvest.cpus_per_replica, "
+        f"harvest.gpus_per_replica) was not placed in {timeout_s:g} s; the cluster has {amounts(total)} in all, "
+        f"{amounts(free)} free, {amounts(largest)} on its largest node"
+    )
 
 
 class ShardLeases:
@@ -31,21 +54,33 @@ class ShardLeases:
         self.leases: dict = {}  # object ref -> (actor, shard)
         self.actors: list = []
         self.dead: set = set()  # actors known to have died, whose other leases fail too
-        self.groups: list = []
-        for _ in range(min(h.replicas, len(pending))):
-            self.lease(self.new_actor(), CONCURRENT)
+        self.groups: dict = {}  # actor -> its placement group
+        self.place_timeout_s = h.place_timeout_s
+        self.replicas = min(h.replicas, len(pending))
 
     def new_actor(self):
         """A replica in a placement group of its own, so its CPUs and GPUs are reserved together on one node."""
-        from ray.util.placement_group import placement_group
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         group = placement_group([self.bundle], strategy="STRICT_PACK")
-        self.groups.append(group)
+        ready, _ = ray.wait([group.ready()], timeout=self.place_timeout_s)
+        if not ready:
+            remove_placement_group(group)
+            raise PlacementError(unplaced(self.bundle, self.place_timeout_s))
         strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0)
         actor = self.remote_worker.options(scheduling_strategy=strategy).remote(*self.worker_args)
         self.actors.append(actor)
+        self.groups[actor] = group
         return actor
+
+    def replace(self, actor):
+        """A new actor in place of a dead one, whose CPUs and GPUs it needs on a cluster with none to spare."""
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(self.groups.pop(actor))
+        return self.new_actor()
 
     def lease(self, actor, n: int = 1) -> None:
         for _ in range(min(n, len(self.queue))):
@@ -56,6 +91,8 @@ class ShardLeases:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
+        for _ in range(self.replicas):
+            self.lease(self.new_actor(), CONCURRENT)
         restarts = 0
         while self.leases:
             [ref], _ = ray.wait(list(self.leases), num_returns=1)
@@ -71,7 +108,7 @@ class ShardLeases:
                 if restarts > self.max_restarts:
                     raise HarvestError(f"harvest: actors died {restarts} times, last on shard {shard}: {err}") from err
                 print(f"harvest: the actor on shard {shard} died; leasing its shards to a new actor", flush=True)
-                self.lease(self.new_actor(), CONCURRENT)
+                self.lease(self.replace(actor), CONCURRENT)
                 continue
             except RayTaskError as err:
                 raise HarvestError(f"harvest: shard {shard} failed: {err.cause}") from err
@@ -86,7 +123,7 @@ class ShardLeases:
 
         for actor in self.actors:
             ray.kill(actor)
-        for group in self.groups:
+        for group in self.groups.values():
             remove_placement_group(group)
 
 

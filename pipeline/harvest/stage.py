@@ -4,11 +4,11 @@ import math
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.distributed.cluster import connect
+from pipeline.distributed.cluster import check_address, connect
 from pipeline.harvest.coordinator import run_actors
 from pipeline.layout import OutDir
 from pipeline.models.hooks import parse_hook
-from pipeline.models.loading import ModelInfo, describe, load_tokenizer
+from pipeline.models.loading import ModelInfo, check_context_len, describe, load_tokenizer
 from pipeline.store.activation_store import ActivationStore, created
 from pipeline.store.schema import base_attrs, check_reusable
 from pipeline.store.verify import corrupt_shards, tokens_damage
@@ -53,7 +53,10 @@ def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
 
 def validate(cfg: PipelineConfig) -> dict:
     """Checks everything the harvest needs before any work; returns the planned attributes."""
-    attrs = planned_attrs(cfg, describe(cfg.model))
+    check_address(cfg.ray)
+    info = describe(cfg.model)
+    check_context_len(info, cfg.data.context_len)
+    attrs = planned_attrs(cfg, info)
     path = OutDir(cfg.out_dir).store
     if created(path):
         check_reusable(_existing_attrs(path), attrs, str(path))

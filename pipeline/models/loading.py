@@ -1,7 +1,11 @@
 """Loading a transformers model and its tokenizer from a name, a folder or the embedded default."""
 
+import functools
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import getproxies
 
 import torch
 
@@ -17,6 +21,9 @@ _EMBEDDED = {
 # measures throughput where no weights can be downloaded, and has no tokenizer.
 _RANDOM = "random:"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+HUB_PROBE_TIMEOUT_S = 3.0  # how long the hub may take to accept a connection before only the local cache is used
+# Config fields that hold the most positions a model accepts, by architecture family.
+_MAX_POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class ModelInfo:
     n_layers: int
     d_model: int
     has_lm_head: bool
+    max_positions: int | None  # the longest context the model accepts; None where its config does not say
 
 
 def resolve_path(cfg: ModelConfig) -> str:
@@ -53,13 +61,38 @@ def load_config(cfg: ModelConfig):
         except ValueError as err:
             raise ConfigError(f"model.name: {cfg.name!r} names no transformers architecture after 'random:'") from err
     try:
-        return AutoConfig.from_pretrained(
-            resolve_path(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
+        return AutoConfig.from_pretrained(resolve_path(cfg), **_hub_options(cfg))
     except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"model.name: {cfg.name!r} is neither a folder with a config.json nor a reachable Hugging Face model"
-        ) from err
+        where = (
+            "a reachable Hugging Face model" if hub_reachable() else "a model in the Hugging Face cache (hub offline)"
+        )
+        raise ConfigError(f"model.name: {cfg.name!r} is neither a folder with a config.json nor {where}") from err
+
+
+def _hub_options(cfg: ModelConfig) -> dict:
+    """from_pretrained's keywords: with no hub to reach, the local cache alone, rather than half a minute of
+    retries."""
+    return {
+        "revision": cfg.revision,
+        "trust_remote_code": cfg.trust_remote_code,
+        "local_files_only": Path(resolve_path(cfg)).is_dir() or not hub_reachable(),
+    }
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the hub (or its proxy) accepts a connection within HUB_PROBE_TIMEOUT_S; never with HF_HUB_OFFLINE."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(getproxies().get(urlparse(constants.ENDPOINT).scheme) or constants.ENDPOINT)  # a proxy stands in
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
 
 
 def describe(cfg: ModelConfig) -> ModelInfo:
@@ -68,7 +101,24 @@ def describe(cfg: ModelConfig) -> ModelInfo:
     d_model = getattr(hf, "hidden_size", None) or getattr(hf, "n_embd", None)
     if not n_layers or not d_model:
         raise ConfigError(f"model.name: {cfg.name} has no layer count or hidden size in its config")
-    return ModelInfo(cfg.name, cfg.revision, cfg.dtype, int(n_layers), int(d_model), _is_causal_lm(hf))
+    positions = next((getattr(hf, key) for key in _MAX_POSITIONS if getattr(hf, key, None)), None)
+    return ModelInfo(
+        cfg.name,
+        cfg.revision,
+        cfg.dtype,
+        int(n_layers),
+        int(d_model),
+        _is_causal_lm(hf),
+        int(positions) if positions else None,
+    )
+
+
+def check_context_len(info: ModelInfo, context_len: int) -> None:
+    """ConfigError when contexts of `context_len` tokens are longer than the model accepts."""
+    if info.max_positions and context_len > info.max_positions:
+        raise ConfigError(
+            f"data.context_len: {info.name} accepts at most {info.max_positions} positions, got {context_len}"
+        )
 
 
 def _is_causal_lm(hf_config) -> bool:
@@ -87,11 +137,10 @@ def load_model(cfg: ModelConfig, device: torch.device, split_across_gpus: bool =
         return loader.from_config(hf, dtype=_DTYPES[cfg.dtype]).to(device).eval()
     model = loader.from_pretrained(
         resolve_path(cfg),
-        revision=cfg.revision,
         dtype=_DTYPES[cfg.dtype],
         use_safetensors=True,
-        trust_remote_code=cfg.trust_remote_code,
         device_map="auto" if split_across_gpus else None,
+        **_hub_options(cfg),
     )
     return (model if split_across_gpus else model.to(device)).eval()
 
@@ -101,9 +150,7 @@ def load_tokenizer(cfg: ModelConfig):
 
     if cfg.name.startswith(_RANDOM):
         raise ConfigError(f"model.name: {cfg.name} has random weights and no tokenizer; it serves benchmarks only")
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_path(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg), **_hub_options(cfg))
     # Documents are cut into contexts by us, so the model's length limit does not apply here.
     tokenizer.model_max_length = 1 << 30
     return tokenizer

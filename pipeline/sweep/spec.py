@@ -3,7 +3,8 @@
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.coders.registry import KINDS, coder_class
@@ -47,12 +48,29 @@ def find_sweep(name: str) -> Path:
 def load_spec(name: str) -> SweepSpec:
     path = find_sweep(name)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(SweepSpec(name=path.stem)), OmegaConf.load(path))
+        loaded = OmegaConf.load(path)
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"sweep: {path}: expected a YAML mapping of sweep fields; {_problem(err)}") from err
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"sweep: {path}: expected a YAML mapping of sweep fields, got a list")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweepSpec(name=path.stem)), loaded)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"sweep: {path}: {str(err).splitlines()[0]}") from err
+        raise ConfigError(f"sweep: {path}: {_first_line(err)}") from err
     spec = SweepSpec(**OmegaConf.to_container(merged))
     _validate(spec, path)
     return spec
+
+
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+
+
+def _problem(err: Exception) -> str:
+    """A YAML error's problem and where it is, on one line (PyYAML spreads them over several)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(err, 'problem', None) or _first_line(err)}{where}"
 
 
 def _validate(spec: SweepSpec, path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.harvest.coordinator import PlacementError
 from pipeline.harvest.stage import run_harvest, validate
 from pipeline.harvest.worker import HarvestWorker
 from pipeline.layout import OutDir
@@ -80,6 +81,49 @@ def test_an_actor_killed_mid_harvest_is_replaced_and_the_store_is_still_exact(ra
     writers = {_writer_pid(record) for record in (store.path / "completion").glob("shard-*.json")}
     assert killed in writers and len(writers) == 2  # the killed actor and its replacement
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))
+
+
+def _assert_all_cpus_freed(ray) -> None:
+    """Every placement group was removed (Ray frees their CPUs a moment later)."""
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2
+
+
+def test_a_cluster_with_no_spare_cpus_survives_an_actor_kill(ray_session, tiny_models, tmp_path):
+    # The session's Ray has 2 CPUs, both held by the 2 replicas: the replacement can only take the dead one's.
+    assert ray_session.cluster_resources()["CPU"] == 2
+    extra = {
+        "harvest.n_tokens": 6000,
+        "harvest.replicas": 2,
+        "harvest.cpus_per_replica": 1,
+        "harvest.place_timeout_s": 60,
+    }
+    cfg = compose(*tiny_overrides(tiny_models["llama"], tmp_path / "run", **extra))
+    with ThreadPoolExecutor(1) as pool:
+        harvest = pool.submit(run_harvest, cfg)
+        killed = _kill_the_first_writer(OutDir(cfg.out_dir).store / "completion", harvest)
+        store = harvest.result(timeout=600)
+    writers = {_writer_pid(record) for record in (store.path / "completion").glob("shard-*.json")}
+    assert killed in writers and len(writers) == 3  # two replicas, one of them killed and replaced
+    _assert_complete_and_equal(store, _reference(cfg, tmp_path))
+    _assert_all_cpus_freed(ray_session)
+
+
+def test_a_replica_larger_than_the_cluster_fails_within_the_timeout_naming_what_is_missing(
+    ray_session, tiny_models, tmp_path
+):
+    extra = {"harvest.cpus_per_replica": 3, "harvest.place_timeout_s": 2}
+    cfg = compose(*tiny_overrides(tiny_models["gpt2"], tmp_path / "run", **extra))
+    start = time.monotonic()
+    with pytest.raises(PlacementError) as refused:
+        run_harvest(cfg)
+    assert time.monotonic() - start < 60  # the timeout, plus tokenizing and starting the harvest
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("harvest.place_timeout_s: a replica asking for CPU 3 ")
+    assert "the cluster has CPU 2 in all" in message and "CPU 2 on its largest node" in message
+    _assert_all_cpus_freed(ray_session)
 
 
 @pytest.mark.slow

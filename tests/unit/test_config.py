@@ -25,6 +25,7 @@ BAD = [
     ("harvest", ["harvest.cpus_per_replica=-1"], "harvest.cpus_per_replica: expected at least 0, got -1.0"),
     ("harvest", ["harvest.gpus_per_replica=1.5"], "harvest.gpus_per_replica: above 1 it must be whole GPUs"),
     ("harvest", ["harvest.max_actor_restarts=-1"], "harvest.max_actor_restarts: expected at least 0, got -1"),
+    ("harvest", ["harvest.place_timeout_s=0"], "harvest.place_timeout_s: expected more than 0, got 0.0"),
     ("harvest", ["harvest.hooks=[resid_post.1,resid_post.1]"], "harvest.hooks: expected distinct hook names"),
     ("harvest", ["harvest.hooks=[]"], "harvest.hooks: expected distinct hook names, got []"),
     ("harvest", ["store.dtype=int8"], "store.dtype: expected one of float32, float16, bfloat16, got 'int8'"),
@@ -80,6 +81,18 @@ def test_a_bad_value_is_refused_with_exit_2_and_one_line_naming_the_field(tmp_pa
     assert captured.err.startswith(f"error: {message}") and captured.err.count("\n") == 1
     assert captured.out == ""
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("below", ["", "run"])
+def test_an_out_dir_that_is_a_file_or_lies_under_one_is_refused(tmp_path, capsys, below):
+    (tmp_path / "a-file").write_text("kept\n")
+    out_dir = tmp_path / "a-file" / below if below else tmp_path / "a-file"
+    assert main(["harvest", f"out_dir={out_dir}"]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: out_dir: {tmp_path / 'a-file'} is a file; expected a folder (or a path to create one at)\n"
+    )
+    assert (tmp_path / "a-file").read_text() == "kept\n"
 
 
 def test_the_defaults_and_the_conf_groups_pass_the_checks():

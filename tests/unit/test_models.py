@@ -4,7 +4,7 @@ import torch
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
 from pipeline.models.hooks import parse_hook, run_to_hooks
-from pipeline.models.loading import describe, load_model
+from pipeline.models.loading import check_context_len, describe, load_model
 
 from conftest import FAMILIES
 
@@ -54,4 +54,15 @@ def test_an_unknown_model_is_refused_with_the_field_named(tmp_path):
 
 def test_the_embedded_model_loads_offline():
     info = describe(ModelConfig())
-    assert (info.n_layers, info.d_model, info.has_lm_head) == (6, 384, False)
+    assert (info.n_layers, info.d_model, info.has_lm_head, info.max_positions) == (6, 384, False, 512)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_context_longer_than_the_model_accepts_is_refused(tiny_models, family):
+    info = describe(ModelConfig(name=str(tiny_models[family])))
+    assert info.max_positions == 64
+    check_context_len(info, 64)
+    with pytest.raises(
+        ConfigError, match=f"data.context_len: {tiny_models[family]} accepts at most 64 positions, got 65"
+    ):
+        check_context_len(info, 65)

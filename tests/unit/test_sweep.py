@@ -44,6 +44,12 @@ def test_sweep_files_are_validated(tmp_path):
         load_spec(_write_sweep(tmp_path, expansion=[2]))
     with pytest.raises(ConfigError, match="tiny.yaml"):
         load_spec(_write_sweep(tmp_path, widths=[2]))
+    (tmp_path / "broken.yaml").write_text("budgets: [1e9, 2e9\nlrs: [1e-3]\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: expected a YAML mapping .* at line 2, column 4$"):
+        load_spec(str(tmp_path / "broken.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="list.yaml: expected a YAML mapping of sweep fields, got a list"):
+        load_spec(str(tmp_path / "list.yaml"))
 
 
 def test_packs_group_arms_that_see_the_same_batches():
