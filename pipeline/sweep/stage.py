@@ -14,6 +14,7 @@ from pipeline.sweep.plan import Arm, format_table, plan
 from pipeline.sweep.results import gather, read_row
 from pipeline.sweep.spec import SweepSpec, load_spec
 from pipeline.track.wandb_run import open_tracker
+from pipeline.train.parallel import check_kind
 
 
 def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[str, list[Arm]]:
@@ -27,6 +28,7 @@ def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[
 
 def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, list[Arm]]:
     spec = load_spec(cfg.sweep.name)
+    check_kind(spec.kind, cfg.train.parallel)
     hook, arms = plan_arms(cfg, spec, store_attrs)
     unknown = set(cfg.sweep.arms) - {a.run_id for a in arms}
     if unknown:

@@ -20,7 +20,7 @@ from pipeline.distributed.process_group import World, all_gather, all_reduce_, w
 from pipeline.errors import ConfigError
 from pipeline.evaluate.metrics import FiringTracker, density_histogram, evaluate
 from pipeline.train import checkpoint
-from pipeline.train.sharded import ShardedCoder, bounds, gather_whole
+from pipeline.train.sharded import ShardedCoder, bounds, check_shardable, gather_whole
 
 
 def parallel_for(cfg: TrainConfig) -> "Parallel":
@@ -29,6 +29,16 @@ def parallel_for(cfg: TrainConfig) -> "Parallel":
     if cfg.parallel == "none" and current.size > 1:
         raise ConfigError(f"train.parallel: none, but {current.size} processes were launched; use ddp or features")
     return {"none": Parallel, "ddp": DataParallel, "features": FeatureParallel}[cfg.parallel](current, cfg)
+
+
+def check_kind(kind: str, parallel: str) -> None:
+    """ConfigError unless `train.parallel` can train a `kind` coder; stages call it before any work."""
+    if parallel == "ddp" and not coder_class(kind).rows_independent:
+        raise ConfigError(
+            f"train.parallel: ddp cannot train {kind} (a row's loss depends on the other rows); use features"
+        )
+    if parallel == "features":
+        check_shardable(kind)
 
 
 class Parallel:
@@ -137,10 +147,7 @@ class RowShardedFiring(FiringTracker):
 
 class DataParallel(Parallel):
     def build(self, cfg: CoderConfig, d_in: int, n_layers: int, device: torch.device) -> ReplicatedCoder:
-        if not coder_class(cfg.kind).rows_independent:
-            raise ConfigError(
-                f"train.parallel: ddp cannot train {cfg.kind} (a row's loss depends on the other rows); use features"
-            )
+        check_kind(cfg.kind, "ddp")
         if self.cfg.batch_size % self.world.size:
             raise ConfigError(
                 f"train.batch_size: {self.cfg.batch_size} rows do not split evenly over {self.world.size} ranks"

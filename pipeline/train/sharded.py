@@ -83,14 +83,19 @@ class RankCollectives:
         return all_reduce_(tensor, op)
 
 
+def check_shardable(kind: str) -> None:
+    """ConfigError unless a `kind` coder can be split over ranks by its features."""
+    if not KINDS[kind].feature_sharding:
+        kinds = ", ".join(name for name, cls in KINDS.items() if cls.feature_sharding)
+        raise ConfigError(f"train.parallel: features sharding supports coder.kind {kinds}, not {kind!r}")
+
+
 class ShardedCoder(nn.Module):
     """This rank's slice of a coder of `n_features` features, trained as if it were the whole coder."""
 
     def __init__(self, whole: Coder, world: World):
         super().__init__()
-        if not whole.feature_sharding:
-            kinds = ", ".join(kind for kind, cls in KINDS.items() if cls.feature_sharding)
-            raise ConfigError(f"train.parallel: features sharding supports coder.kind {kinds}, not {whole.kind!r}")
+        check_shardable(whole.kind)
         if whole.n_features < world.size:
             raise ConfigError(f"coder.n_features: {whole.n_features} features cannot be split over {world.size} ranks")
         self.kind, self.d_in, self.n_features, self.world = whole.kind, whole.d_in, whole.n_features, world

@@ -171,3 +171,14 @@ def test_sweep_arms_runs_only_the_named_arms(synthetic_store, tmp_path):
         run_sweep(compose(*base, "sweep.arms=[nope]"))
     table = run_sweep(compose(*base, "sweep.arms=[relu_C2e+07_N32_lr0.001_l1-5_s0]"))
     assert list(table.run_id) == ["relu_C2e+07_N32_lr0.001_l1-5_s0"] and (table.status == "done").all()
+
+
+def test_a_sweep_whose_kind_its_parallel_mode_cannot_train_is_refused_before_any_work(harvested):
+    root, overrides = harvested
+    sweep = _write_sweep(root, kind="batchtopk", sparsity=[4])
+    cfg = compose(*overrides, f"sweep={sweep}", "train.parallel=ddp", f"out_dir={root / 'ddp'}")
+    (root / "ddp").mkdir()
+    (root / "ddp" / "store.zarr").symlink_to(root / "run" / "store.zarr")
+    with pytest.raises(ConfigError, match=r"^train.parallel: ddp cannot train batchtopk"):
+        run_sweep(cfg)
+    assert sorted(p.name for p in (root / "ddp").iterdir()) == ["store.zarr"]
