@@ -23,8 +23,9 @@ step, is not removed here: the renormalisation after the step does the same job 
 
 TopK trains sparsely: the dense pre-activations are computed without autograd to choose the
 latents, only the chosen ones carry gradients (`SelectedPreActivations`), and they are decoded
-with an embedding-bag sum, so the decoder costs O(rows * k * d) both ways and activations come
-back as `SparseActs`, never as a [rows x N] tensor. The AuxK term works the same way for both kinds.
+with an embedding-bag sum (`sparse_decode`; both in `pipeline.coders.topk_kernel`), so the decoder
+costs O(rows * k * d) both ways and activations come back as `SparseActs`, never as a [rows x N]
+tensor. The AuxK term works the same way for both kinds.
 """
 
 import math
@@ -38,12 +39,12 @@ from pipeline.coders.base import (
     FeatureShard,
     SparseActs,
     affine,
-    arm_offsets,
     compute_dtype,
     expect,
     fired_in_batch,
     with_rows_axis,
 )
+from pipeline.coders.topk_kernel import SelectedPreActivations, sparse_decode
 from pipeline.config import CoderConfig
 
 # While dead latents may exist, how many steps pass between reads of the true idle maximum.
@@ -52,34 +53,6 @@ RECHECK_STEPS = 50
 
 def _forget_idle_bound(coder: "TopKFamily", _incompatible_keys) -> None:
     coder.idle_bound = None  # the loaded counters may be anything
-
-
-class SelectedPreActivations(torch.autograd.Function):
-    """The entries `index` of the pre-activations `pre` = W_enc (x - b_dec) + b_enc, differentiable in the weights.
-
-    Backward scatters the [rows, k] gradient into a [rows x N] matrix for one dense product with
-    the inputs: tensor cores do that faster than any gather over the selected encoder rows.
-    b_dec's gradient is minus the encoder rows weighted by b_enc's gradient. The weights may carry
-    a leading arm dimension (a stack of coders), and `pre` and `index` then do too.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w_enc, b_enc, b_dec, pre, index):
-        ctx.save_for_backward(x, w_enc, b_dec, index)
-        ctx.shape, ctx.dtype = pre.shape, pre.dtype
-        return pre.gather(-1, index).float()
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w_enc, b_dec, index = ctx.saved_tensors
-        n_features = ctx.shape[-1]
-        dense = grad.new_zeros(ctx.shape, dtype=ctx.dtype).scatter_(-1, index, grad.to(ctx.dtype))
-        g_w_enc = (dense.mT @ (x - b_dec.unsqueeze(-2)).to(ctx.dtype)).float()
-        ids = arm_offsets(index, n_features).flatten()
-        g_b_enc = grad.new_zeros(w_enc.shape[:-1].numel()).index_add_(0, ids, grad.flatten().float())
-        g_b_enc = g_b_enc.view(w_enc.shape[:-1])
-        g_b_dec = -(g_b_enc.unsqueeze(-2) @ w_enc).squeeze(-2)
-        return None, g_w_enc, g_b_enc, g_b_dec, None, None
 
 
 @dataclass
@@ -193,16 +166,8 @@ class TopKFamily(Coder):
         return SelectedPreActivations.apply(x, self.w_enc, self.b_enc, self.b_dec, pre, index)
 
     def sparse_decode(self, f: SparseActs) -> torch.Tensor:
-        """W_dec f without the decoder bias, summing only the active columns.
-
-        In float32: CUDA has no bfloat16 kernel for the gradient of the embedding bag's weights. A
-        stack's arms are one bag per (arm, row) over all arms' columns.
-        """
-        d, k = self.d_in, f.index.shape[-1]
-        columns = self.w_dec.mT.reshape(-1, d)
-        ids = arm_offsets(f.index, self.n_features).reshape(-1, k)
-        out = nn.functional.embedding_bag(ids, columns, per_sample_weights=f.values.reshape(-1, k).float(), mode="sum")
-        return out.view(*f.index.shape[:-1], d)
+        """W_dec f without the decoder bias, summing only the active columns (see `topk_kernel.sparse_decode`)."""
+        return sparse_decode(self.w_dec, f)
 
     def auxk_loss(self, pre: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """mean_rows ||e - e_hat||^2 with e_hat from the top `aux_k` dead latents; 0 when none is dead.

@@ -1,0 +1,42 @@
+"""What the training benchmarks share: the device, the width and k of their coders, and the step timer.
+
+`CUDA`, `DEVICE`, the input width `D` (768 on a GPU, 128 on CPU) and `K`, the active latents per row of the
+TopK cases, are fixed at import; `timed` is the median of timed calls after warm-up that every figure of
+`python -m pipeline.bench.train` comes from, and `matrix_peak` the matrix product its TFLOP/s are set against.
+"""
+
+import statistics
+import time
+
+import torch
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+D = 768 if CUDA else 128
+K = 32
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def timed(step, n: int) -> float:
+    """Median seconds per call of `step` over `n` calls, after three warm-up calls."""
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(n):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matrix_peak(steps: int) -> float:
+    """FLOP/s of a square matrix product in the training precision (bfloat16 on CUDA, float32 on CPU)."""
+    n, dtype = (8192, torch.bfloat16) if CUDA else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=DEVICE, dtype=dtype), torch.randn(n, n, device=DEVICE, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, steps)
