@@ -72,3 +72,20 @@ def test_a_killed_harvest_leaves_no_process_of_its_local_ray(tiny_models, tmp_pa
     for pid in left:  # so that a failing run does not leave them behind either
         os.kill(pid, signal.SIGKILL)
     assert not left, f"processes of {session} still running: {sorted(left)}"
+
+
+def test_a_harvest_that_finishes_exits_0_and_leaves_no_process_of_its_local_ray(tiny_models, tmp_path):
+    # The pipe to the watcher closes while the driver is still shutting down: the driver must not be among those killed.
+    out_dir = tmp_path / "run"
+    args = tiny_overrides(tiny_models["llama"], out_dir, **{"ray.num_cpus": 1})
+    log = (tmp_path / "harvest.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "harvest", *args], stdout=log, stderr=log)
+    session = _wait_for(lambda: _session_dir(driver.pid), 120, "Ray session of the driver")
+    assert driver.wait(timeout=600) == 0, (tmp_path / "harvest.log").read_text()[-2000:]
+    assert (out_dir / "store.zarr" / "zarr.json").exists()
+    left = _processes_of(session)
+    deadline = time.monotonic() + 30
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = _processes_of(session)
+    assert not left, f"processes of {session} still running: {sorted(left)}"
