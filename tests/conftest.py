@@ -90,27 +90,18 @@ def tiny_overrides(model_dir: Path, out_dir: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def _synthetic_source() -> dict:
+    """The `model` and `dataset` attributes of a store of synthetic rows of d=SYNTHETIC_D, 9 tokens a context."""
+    model = {"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": SYNTHETIC_D}
+    dataset = {"source": "synthetic", "name": "", "subset": "", "split": "train", "seed": 0, "context_len": 9}
+    return {"model": model | {"has_lm_head": False}, "dataset": dataset | {"paths": []}}
+
+
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory):
     """A store of sparse synthetic activations: each row a sum of a few of 64 fixed directions."""
     attrs = base_attrs(
-        model={
-            "name": "synthetic",
-            "revision": "",
-            "dtype": "float32",
-            "n_layers": 1,
-            "d_model": SYNTHETIC_D,
-            "has_lm_head": False,
-        },
-        dataset={
-            "source": "synthetic",
-            "name": "",
-            "subset": "",
-            "split": "train",
-            "seed": 0,
-            "context_len": 9,
-            "paths": [],
-        },
+        **_synthetic_source(),
         hooks=["resid_post.0"],
         layout={
             "n_contexts": 512,
@@ -151,23 +142,7 @@ def paired_store(tmp_path_factory) -> ActivationStore:
     """A synthetic MLP's input and output: 2048 rows of d=16 in chunks of 256, the output a fixed ReLU map of
     the input."""
     attrs = base_attrs(
-        model={
-            "name": "synthetic",
-            "revision": "",
-            "dtype": "float32",
-            "n_layers": 1,
-            "d_model": 16,
-            "has_lm_head": False,
-        },
-        dataset={
-            "source": "synthetic",
-            "name": "",
-            "subset": "",
-            "split": "train",
-            "seed": 0,
-            "context_len": 9,
-            "paths": [],
-        },
+        **_synthetic_source(),
         hooks=["mlp_in.0", "mlp_out.0"],
         layout={
             "n_contexts": 256,
