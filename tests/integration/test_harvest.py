@@ -79,7 +79,9 @@ def test_an_actor_killed_mid_harvest_is_replaced_and_the_store_is_still_exact(ra
         killed = _kill_the_first_writer(OutDir(cfg.out_dir).store / "completion", harvest)
         store = harvest.result(timeout=600)
     writers = {_writer_pid(record) for record in (store.path / "completion").glob("shard-*.json")}
-    assert killed in writers and len(writers) == 2  # the killed actor and its replacement
+    # The killed actor may die after writing its shard's record but before reporting it: then that shard is
+    # leased again and its record names the replacement, so only the other writers are counted.
+    assert len(writers - {killed}) == 1  # its replacement wrote the rest
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))
 
 
@@ -106,7 +108,7 @@ def test_a_cluster_with_no_spare_cpus_survives_an_actor_kill(ray_session, tiny_m
         killed = _kill_the_first_writer(OutDir(cfg.out_dir).store / "completion", harvest)
         store = harvest.result(timeout=600)
     writers = {_writer_pid(record) for record in (store.path / "completion").glob("shard-*.json")}
-    assert killed in writers and len(writers) == 3  # two replicas, one of them killed and replaced
+    assert len(writers - {killed}) == 2  # the other replica and the replacement (see the test above)
     _assert_complete_and_equal(store, _reference(cfg, tmp_path))
     _assert_all_cpus_freed(ray_session)
 
