@@ -42,6 +42,7 @@ def test_each_kind_gets_exactly_its_own_hparams_from_the_config():
         "tanh_scale": 3.0,
         "preact_coefficient": 0.1,
         "init_decoder_norm": 0.2,
+        "target_l0": 32.0,
     }
 
 
