@@ -28,7 +28,7 @@ def _held_out(rows: int = 300, d: int = 16) -> list[torch.Tensor]:
     return list(x.split(64))  # a shorter last batch, as the held-out rows come
 
 
-@pytest.mark.parametrize("kind", ["batchtopk"])
+@pytest.mark.parametrize("kind", ["batchtopk", "matryoshka"])
 def test_the_held_out_threshold_keeps_k_latents_per_row_there(kind):
     coder = _coder(kind, threshold_calibration="held_out")
     coder.loss(torch.randn(64, 16))  # a running threshold from one training step

@@ -34,6 +34,7 @@ def test_each_kind_gets_exactly_its_own_hparams_from_the_config():
     assert _coder("topk", **cfg).hparams == topk
     batchtopk = topk | {"threshold_momentum": 0.9, "threshold_calibration": "running"}
     assert _coder("batchtopk", **cfg).hparams == batchtopk
+    assert _coder("matryoshka", **cfg).hparams == batchtopk | {"prefix_fractions": [0.0625, 0.25]}
     assert _coder("relu", **cfg).hparams == {"l1_coefficient": 2.0, "init_decoder_norm": 0.2}
     assert _coder("jumprelu", **cfg).hparams == {
         "l1_coefficient": 2.0,
