@@ -158,6 +158,11 @@ class Coder(nn.Module):
     def after_step(self) -> None:
         """Called by the trainer after each optimiser step (e.g. to renormalise decoder columns); no-op by default."""
 
+    def decoder_columns(self) -> list[torch.Tensor]:
+        """Each group of features that write to the same space, as [dim, features]: one feature's decoder vector
+        per column. One group, `w_dec` [d_in, n_features], unless a kind overrides it."""
+        return [self.w_dec]
+
     def encode_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The features of `layer` from its input alone, so splicing can run the coder inside the model layer by layer.
 

@@ -16,6 +16,7 @@ from pipeline.activations.loading import ActivationData
 from pipeline.atomic import write_json_atomic
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.evaluate.decoder import decoder_similarity
 from pipeline.layout import METRICS
 from pipeline.track.wandb_run import open_tracker
 from pipeline.train import checkpoint
@@ -153,6 +154,8 @@ class ArmRun:
         """Evaluates on the held-out rows and writes the run folder; the checkpoint is then removed."""
         metrics = self.parallel.evaluate(self.coder.eval(), data.eval_batches(self.cfg.batch_size), self.columns)
         whole = self.parallel.whole(self.coder)  # the ordinary coder, on the main rank only: it writes the run folder
+        if whole is not None:
+            metrics |= decoder_similarity(whole)
         if splicer is not None and whole is not None:
             metrics |= splicer(whole.to(data.device), self.arrays, data.scales)
         dead, window = self.firing.dead_fraction(self.cfg.dead_window_tokens)
