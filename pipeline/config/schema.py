@@ -200,6 +200,8 @@ class FitConfig:
     results: list[str] = field(default_factory=list)  # results tables to fit; empty = <out_dir>/sweep/results.parquet
     n_bootstrap: int = checked(1000, min=0)  # bootstrap resamples behind each confidence interval
     seed: int = 0  # seed of the bootstrap
+    # results-table columns to fit against compute at each budget's lowest-loss run, e.g. [explained_variance]
+    metrics: list[str] = field(default_factory=list)
 
 
 @dataclass
