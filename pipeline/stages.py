@@ -22,6 +22,7 @@ from pipeline.sweep.arm import make_splicer
 from pipeline.sweep.launch import check_launcher
 from pipeline.sweep.plan import format_table
 from pipeline.track.wandb_run import open_tracker, resolve_mode
+from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
 from pipeline.train.trainer import train_run
 
@@ -36,6 +37,7 @@ def train(cfg: PipelineConfig) -> None:
     hook = cfg.train.hook or store.hooks[0]
     check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
     check_kind(cfg.coder.kind, cfg.train.parallel)
+    check_center(cfg.coder.kind, cfg.train.center, store.attrs, hook)
     run = out.train_run(own_config(cfg.coder), replace(cfg.train, hook=hook))
     if run.finished():
         print(f"train {run.id}: finished in {run.folder}; nothing to do")

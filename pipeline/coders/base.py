@@ -121,6 +121,7 @@ class Coder(nn.Module):
     rows_independent: ClassVar[bool] = True  # a row's loss ignores the other rows, so ddp may split a batch
     feature_sharding: ClassVar[bool] = False  # implements `sharded_loss`, for train.parallel=features
     renamed: ClassVar[dict[str, str]] = {}  # config field -> constructor keyword, where the two names differ
+    encodes_less_b_dec: ClassVar[bool] = False  # its encoder reads x - b_dec (so moving b_dec moves its input too)
 
     def __init__(self, d_in: int, n_features: int, **hparams):
         super().__init__()
@@ -157,6 +158,14 @@ class Coder(nn.Module):
 
     def after_step(self) -> None:
         """Called by the trainer after each optimiser step (e.g. to renormalise decoder columns); no-op by default."""
+
+    @torch.no_grad()
+    def fold_input_mean(self, mean: torch.Tensor) -> None:
+        """Makes this coder, trained on inputs less `mean`, act on the inputs themselves: the same features from
+        x as it had from x - mean, and `mean` added back to its output (an SAE's; `train.center`)."""
+        if not self.encodes_less_b_dec:
+            self.b_enc -= self.w_enc @ mean
+        self.b_dec += mean
 
     def decoder_columns(self) -> list[torch.Tensor]:
         """Each group of features that write to the same space, as [dim, features]: one feature's decoder vector
