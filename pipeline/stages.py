@@ -9,6 +9,7 @@ from pipeline.config import PipelineConfig
 from pipeline.distributed.process_group import process_group
 from pipeline.distributed.ray_train import run_as_launched
 from pipeline.errors import ConfigError
+from pipeline.fit.metric_laws import check_metric_names
 from pipeline.fit.stage import read_results, run_fit, summary_table
 from pipeline.harvest import stage as harvest_stage
 from pipeline.layout import OutDir
@@ -21,6 +22,7 @@ from pipeline.sweep import stage as sweep_stage
 from pipeline.sweep.arm import make_splicer
 from pipeline.sweep.launch import check_launcher
 from pipeline.sweep.plan import format_table
+from pipeline.sweep.results import METRIC_COLUMNS
 from pipeline.track.wandb_run import open_tracker, resolve_mode
 from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
@@ -128,6 +130,7 @@ def run(cfg: PipelineConfig) -> None:
     """All stages in order; the sweep is planned against the store the harvest will write, before any work."""
     if cfg.fit.results:
         raise ConfigError("fit.results: `pipeline run` fits its own sweep; use `pipeline fit` for other tables")
+    check_metric_names(list(cfg.fit.metrics), (*METRIC_COLUMNS, "tokens", "flops"), "a sweep's results table")
     attrs = harvest_stage.validate(cfg)
     spec, _, arms = sweep_stage.validate(cfg, attrs)
     if cfg.dry_run:

@@ -14,13 +14,17 @@ from pipeline.fit.runs import budget_label
 FORM = "metric = coefficient * C**exponent at each budget's lowest-loss run"
 
 
+def check_metric_names(names: list[str], columns, source: str) -> None:
+    """ConfigError naming `fit.metrics` unless each name is one of `columns` (of the table `source` names)."""
+    for name in names:
+        if name not in columns:
+            raise ConfigError(f"fit.metrics: {name!r} is not a column of {source}; expected one of {list(columns)}")
+
+
 def check_metrics(table: pd.DataFrame, names: list[str], source: str) -> None:
     """ConfigError naming `fit.metrics` unless each name is a numeric column of the results table."""
+    check_metric_names(names, table.columns, source)
     for name in names:
-        if name not in table.columns:
-            raise ConfigError(
-                f"fit.metrics: {name!r} is not a column of {source}; expected one of {list(table.columns)}"
-            )
         if not pd.api.types.is_numeric_dtype(table[name]):
             raise ConfigError(f"fit.metrics: {name!r} in {source} is not numeric (dtype {table[name].dtype})")
 
