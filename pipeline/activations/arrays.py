@@ -92,6 +92,11 @@ def open_arrays(store: ActivationStore, hook: str, cfg: TrainConfig) -> tuple[tu
     return arrays.arrays, d, scales
 
 
+def array_means(store: ActivationStore, arrays: tuple[str, ...]) -> dict[str, list[float] | None]:
+    """Each array's mean row, unscaled, as the store recorded it; None where its records predate the means."""
+    return {name: store.attrs["norm_stats"][name].get("mean") for name in arrays}
+
+
 def side_by_side(parts: list[torch.Tensor]) -> torch.Tensor:
     """[rows, d] arrays as one [rows, arrays * d] tensor; a single array is returned as is, not copied."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -108,17 +113,20 @@ def scale_columns(rows: torch.Tensor, scales: list[float]) -> torch.Tensor:
 class Columns:
     """Cuts one coder's inputs and target out of batches holding the arrays `held` side by side, each `d` wide."""
 
-    def __init__(self, arrays: CoderArrays, held: tuple[str, ...], d: int):
+    def __init__(self, arrays: CoderArrays, held: tuple[str, ...], d: int, centre: torch.Tensor | None = None):
         for name in arrays.arrays:
             if name not in held:
                 raise ConfigError(f"{_field_of(arrays, name)}: the training data holds {list(held)}, not {name!r}")
         self.inputs = [held.index(name) for name in arrays.inputs]
         self.targets = [held.index(name) for name in arrays.targets]
         self.layered, self.d = arrays.layered, d
+        self.centre = centre  # [d] subtracted from the inputs (train.center); None: they come as they are
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """(inputs, the keywords of `coder.loss` that name the target: {} for an SAE)."""
         x = self._take(batch, self.inputs)
+        if self.centre is not None:
+            x = x - self.centre
         return (x, {"target": self._take(batch, self.targets)}) if self.targets else (x, {})
 
     def _take(self, batch: torch.Tensor, positions: list[int]) -> torch.Tensor:

@@ -121,6 +121,7 @@ class Coder(nn.Module):
     rows_independent: ClassVar[bool] = True  # a row's loss ignores the other rows, so ddp may split a batch
     feature_sharding: ClassVar[bool] = False  # implements `sharded_loss`, for train.parallel=features
     renamed: ClassVar[dict[str, str]] = {}  # config field -> constructor keyword, where the two names differ
+    encodes_less_b_dec: ClassVar[bool] = False  # its encoder reads x - b_dec (so moving b_dec moves its input too)
 
     def __init__(self, d_in: int, n_features: int, **hparams):
         super().__init__()
@@ -164,6 +165,19 @@ class Coder(nn.Module):
 
     def sharded_calibrate(self, inputs: list[torch.Tensor], shard: FeatureShard) -> None:
         """As `calibrate`, when this coder holds one rank's slice of the features (see `sharded_loss`)."""
+
+    @torch.no_grad()
+    def fold_input_mean(self, mean: torch.Tensor) -> None:
+        """Makes this coder, trained on inputs less `mean`, act on the inputs themselves: the same features from
+        x as it had from x - mean, and `mean` added back to its output (an SAE's; `train.center`)."""
+        if not self.encodes_less_b_dec:
+            self.b_enc -= self.w_enc @ mean
+        self.b_dec += mean
+
+    def decoder_columns(self) -> list[torch.Tensor]:
+        """Each group of features that write to the same space, as [dim, features]: one feature's decoder vector
+        per column. One group, `w_dec` [d_in, n_features], unless a kind overrides it."""
+        return [self.w_dec]
 
     def encode_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The features of `layer` from its input alone, so splicing can run the coder inside the model layer by layer.

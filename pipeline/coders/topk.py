@@ -75,7 +75,7 @@ class TopKFamily(Coder):
     """What topk and batchtopk share: initialisation, pre-bias encoder, decoder, dead-latent count, AuxK."""
 
     sparsity_field, sparsity_tag = "k", "k{}"
-    stackable = feature_sharding = True
+    stackable = feature_sharding = encodes_less_b_dec = True
 
     def __init__(
         self,

@@ -129,6 +129,8 @@ class TrainConfig:
     # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
     splice_contexts: int = checked(32, min=0)
     seed: int = 0  # seed of initialisation and data order
+    # SAEs: train on inputs less the store's mean of the hook; the saved coder has it folded into its biases
+    center: bool = False
     device: str = checked("auto", pattern=DEVICE)  # torch device; auto = cuda when present, else cpu
     # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
     precision: str = checked("auto", choices=PRECISIONS)
@@ -200,6 +202,8 @@ class FitConfig:
     results: list[str] = field(default_factory=list)  # results tables to fit; empty = <out_dir>/sweep/results.parquet
     n_bootstrap: int = checked(1000, min=0)  # bootstrap resamples behind each confidence interval
     seed: int = 0  # seed of the bootstrap
+    # results-table columns to fit against compute at each budget's lowest-loss run, e.g. [explained_variance]
+    metrics: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pipeline.fit.bootstrap import MIN_SAMPLES, LawSamples, bootstrap_laws
 from pipeline.fit.dead import fit_dead_fraction
 from pipeline.fit.extrapolate import extrapolation_check
 from pipeline.fit.joint import fit_joint_nk
+from pipeline.fit.metric_laws import check_metrics, fit_metric_laws
 from pipeline.fit.optima import Optimum, find_optima, split_budgets
 from pipeline.fit.powerlaw import FloorLaw, PowerLaw, fit_power_law, fit_power_law_with_floor
 from pipeline.fit.report import law_table, write_plots, write_report
@@ -67,6 +68,7 @@ class FitBundle:
 def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
     """All fits, without writing anything."""
     source = results.attrs.get("source", "results table")
+    check_metrics(results, list(cfg.metrics), source)
     finished, warnings = finished_runs(results, source)
     runs, analysis, notes = analysis_slice(finished)
     budgets = split_budgets(runs)
@@ -108,6 +110,7 @@ def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
             "with_floor": _floor_record(floor, samples["loss_floor"], cfg.n_bootstrap),
         },
         "dead_features": dead,
+        "metric_laws": fit_metric_laws(runs, list(cfg.metrics)),
         "joint_nk": joint,
         "extrapolation": extrapolation,
         "n_bootstrap": cfg.n_bootstrap,

@@ -22,6 +22,7 @@ from pipeline.atomic import create_dir_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.schema import check_schema
+from pipeline.store.stats import hook_stats, sum_of_rows, sum_of_squares
 
 RECORDS = "completion"
 
@@ -66,11 +67,6 @@ def checksum(array: np.ndarray) -> str:
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         digests = pool.map(lambda block: hashlib.sha256(block).digest(), blocks)
     return hashlib.sha256(b"".join(digests)).hexdigest()
-
-
-def sum_of_squares(rows: torch.Tensor) -> float:
-    """sum ||row||^2: row norms in float32 (no float32 copy of the rows), summed in float64."""
-    return float(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32).double().pow(2).sum())
 
 
 class ActivationStore:
@@ -128,7 +124,7 @@ class ActivationStore:
     def write_shard(self, shard: int, acts: dict[str, torch.Tensor]) -> dict:
         """Writes one shard of every hook, verifies it by reading back, then records it complete."""
         start, stop = self.layout.rows(shard)
-        checksums, sizes, sum_sq = {}, {}, {}
+        checksums, sizes, sum_sq, row_sums = {}, {}, {}, {}
         for hook in self.hooks:
             data = codecs.encode(acts[hook], self.dtype)
             if data.shape[0] != stop - start:
@@ -145,7 +141,8 @@ class ActivationStore:
                 raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
             checksums[f"acts/{hook}"] = checksum(written)
             sizes[f"acts/{hook}"] = self.file_bytes(f"acts/{hook}", shard)
-            sum_sq[hook] = sum_of_squares(codecs.decode(written, self.dtype))
+            rows = codecs.decode(written, self.dtype)
+            sum_sq[hook], row_sums[hook] = sum_of_squares(rows), sum_of_rows(rows)
         record = {
             "shard": shard,
             "contexts": list(self.layout.contexts(shard)),
@@ -153,6 +150,7 @@ class ActivationStore:
             "checksums": checksums,
             "bytes": sizes,
             "sum_sq_norm": sum_sq,
+            "sum": row_sums,
             **_stamp(),
         }
         write_json_atomic(self.path / RECORDS / f"shard-{shard:06d}.json", record)
@@ -196,10 +194,12 @@ class ActivationStore:
         """Once every shard is complete: the normalisation statistics and the `complete` flag."""
         if self.incomplete_shards():
             raise RuntimeError(f"{self.path}: shards {self.incomplete_shards()[:5]} are not complete")
+        records = [self.record(k) for k in range(self.layout.n_shards)]
         stats = {}
         for hook in self.hooks:
-            total = sum(self.record(k)["sum_sq_norm"][hook] for k in range(self.layout.n_shards))
-            stats[hook] = {"mean_sq_norm": total / self.layout.n_rows, "n_rows": self.layout.n_rows}
+            total = sum(r["sum_sq_norm"][hook] for r in records)
+            row_sum = np.sum([r["sum"][hook] for r in records], axis=0) if all("sum" in r for r in records) else None
+            stats[hook] = hook_stats(total, row_sum, self.layout.n_rows)
         self.group.attrs.update({"norm_stats": stats, "complete": True})
         self.attrs = dict(self.group.attrs)
 

@@ -51,6 +51,7 @@ CASES = [
     ("sweep file not YAML", ["run", "sweep.name={in}/broken.yaml"], {}, "broken.yaml"),
     ("sweep file a list", ["run", "sweep.name={in}/list.yaml"], {}, "list.yaml"),
     ("placement timeout zero", ["harvest", "harvest.place_timeout_s=0"], {}, "harvest.place_timeout_s"),
+    ("fit metric a sweep does not record", ["run", "fit.metrics=[nope]"], {}, "fit.metrics"),
 ]
 
 

@@ -79,6 +79,21 @@ def test_shards_count_only_once_their_record_exists_and_records_hold_checksums(t
         store.finalize()
 
 
+def test_finalize_records_each_hooks_mean_and_mean_to_spread_ratio(tmp_path):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(dtype="float32"), d_model=8)
+    for shard in range(store.layout.n_shards):
+        acts = torch.randn(store.layout.rows_per_shard, 8, generator=torch.Generator().manual_seed(shard)) + 2.0
+        store.write_shard(shard, {"resid_post.1": acts})
+    store.finalize()
+    rows = store.read_rows("resid_post.1", 0, store.layout.n_rows).double().numpy()
+    stats = open_store(tmp_path / "s.zarr").attrs["norm_stats"]["resid_post.1"]
+    assert stats["mean"] == pytest.approx(rows.mean(0).tolist(), rel=1e-9)
+    spread = np.linalg.norm(rows.std(0))  # per-dimension standard deviations over every row
+    assert stats["std_norm"] == pytest.approx(spread, rel=1e-6)  # squared norms are summed from float32 norms
+    assert stats["mean_to_spread"] == pytest.approx(np.linalg.norm(rows.mean(0)) / spread, rel=1e-6)
+    assert stats["mean_to_spread"] > 1.5  # a mean of 2 in 8 dimensions against unit spread: about 2
+
+
 def test_finalize_records_mean_squared_norm_and_verify_catches_corruption(tmp_path):
     store = ActivationStore.create(tmp_path / "s.zarr", _attrs(dtype="float32"), d_model=8)
     written = _fill(store)
