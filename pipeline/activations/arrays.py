@@ -95,7 +95,7 @@ def open_arrays(store: ActivationStore, hook: str, cfg: TrainConfig) -> tuple[tu
 def store_source(store: ActivationStore) -> dict:
     """What a store's rows were harvested from: model, data set, contexts and the store's own path."""
     attrs = store.attrs
-    model = {key: attrs["model"][key] for key in ("name", "revision", "dtype", "n_layers", "d_model")}
+    model = {key: attrs["model"][key] for key in ("name", "revision", "dtype", "n_layers", "d_model", "has_lm_head")}
     return {
         "model": model,
         "dataset": attrs["dataset"],

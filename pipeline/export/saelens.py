@@ -44,6 +44,7 @@ def config(run: Run, folded: Folded) -> dict:
     d_out, n, d_in = folded.w_dec[0].shape[1:] + folded.w_enc.shape[2:]
     cfg = {
         "architecture": arch, "d_in": d_in, "d_sae": n, "dtype": "float32", "device": "cpu",
+        # Where the coder subtracts a bias from its input, it is its decoder bias (topk, batchtopk), as SAELens's.
         "apply_b_dec_to_input": bool(folded.pre_bias.any()), "normalize_activations": "none",
         "reshape_activations": "none",
     }  # fmt: skip
@@ -56,7 +57,7 @@ def config(run: Run, folded: Folded) -> dict:
         "model_name": source["model"]["name"],
         "model_revision": source["model"]["revision"],
         "model_from_pretrained_kwargs": MODEL_KWARGS,
-        "hook_name": hooks.transformer_lens(source["inputs"][0]),
+        "hook_name": hooks.transformer_lens(source["inputs"][0], source["model"]),
         "hook_head_index": None,
         "context_size": source["context_len"],
         "prepend_bos": source["prepend_bos"],
@@ -64,7 +65,7 @@ def config(run: Run, folded: Folded) -> dict:
         "exclude_special_tokens": source["bos_dropped"],
     }
     if run.transcodes:
-        metadata["hook_name_out"] = hooks.transformer_lens(source["targets"][0])
+        metadata["hook_name_out"] = hooks.transformer_lens(source["targets"][0], source["model"])
     return cfg | {"metadata": metadata}
 
 
@@ -75,8 +76,6 @@ def tensors(folded: Folded) -> dict[str, torch.Tensor]:
         "W_dec": folded.w_dec[0][0].T,
         "b_dec": folded.b_dec[0],
     }
-    if folded.pre_bias.any() and not torch.equal(folded.pre_bias[0], folded.b_dec[0]):
-        raise ValueError("SAELens subtracts b_dec from the input or nothing; this coder subtracts another bias")
     if folded.activation == "jumprelu":
         out["threshold"] = folded.threshold[0]
     if folded.w_skip is not None:

@@ -19,7 +19,10 @@ SAE_KINDS = ("relu", "topk", "batchtopk", "jumprelu")
 def _source(inputs: list[str], targets: list[str], n_layers: int = 3) -> dict:
     scales = {name: 0.5 + 0.7 * i for i, name in enumerate(dict.fromkeys(inputs + targets))}  # distinct, not 1
     return {
-        "model": {"name": "tiny", "revision": "main", "dtype": "float32", "n_layers": n_layers, "d_model": D},
+        "model": {
+            "name": "tiny", "revision": "main", "dtype": "float32", "n_layers": n_layers, "d_model": D,
+            "has_lm_head": True,
+        },
         "dataset": {"source": "stdlib", "name": "python-stdlib-docs", "split": "train", "seed": 0},
         "context_len": 16, "prepend_bos": True, "bos_dropped": True, "store": "store.zarr",
         "inputs": inputs, "targets": targets, "layers": [int(n.rpartition(".")[2]) for n in inputs], "scales": scales,
@@ -117,6 +120,16 @@ def test_saelens_loads_a_transcoder_with_or_without_its_skip_connection(skip, tm
     torch.testing.assert_close(sae.decode(f), y_hat, atol=1e-5, rtol=1e-5)
     whole = run.coder(x * run.source["scales"]["mlp_in.1"]) / run.source["scales"]["mlp_out.1"]
     torch.testing.assert_close(sae(x), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_an_encoders_block_output_is_its_normalised_residual_in_transformer_lens(tmp_path):
+    from sae_lens import SAE
+
+    run = sae_run("relu")
+    run.source["model"]["has_lm_head"] = False  # a BERT-style encoder: post-LN blocks
+    assert SAE.load_from_disk(_written(run, "saelens", tmp_path)).cfg.metadata.hook_name == (
+        "blocks.1.hook_normalized_resid_post"
+    )
 
 
 def test_sparsify_loads_a_topk_sae_and_encodes_and_decodes_raw_activations_as_the_pipeline(tmp_path):

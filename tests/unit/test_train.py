@@ -86,7 +86,8 @@ def test_a_run_records_what_its_coder_was_trained_on(store, tmp_path):
     cfg = TrainConfig(tokens=512, batch_size=256)
     train_run(AnyCoderConfig(n_features=32), cfg, data, tmp_path / "r", TrackingConfig(mode="disabled"), "r", "g")
     source = json.loads((tmp_path / "r" / "coder" / "source.json").read_text())
-    assert source["model"] == {"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": D}
+    model = {"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": D, "has_lm_head": False}
+    assert source["model"] == model
     assert (source["inputs"], source["targets"], source["layers"]) == (["resid_post.0"], ["resid_post.0"], [0])
     assert source["scales"] == {"resid_post.0": data.scale} and data.scale != 1.0
     assert (
