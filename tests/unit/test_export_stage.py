@@ -71,6 +71,7 @@ def test_select_best_takes_the_lowest_loss_arm_of_each_budget_and_all_takes_ever
         (["export.format=onnx"], "export.format: expected one of saelens, circuit-tracer, sparsify, got 'onnx'"),
         (["export.format=sparsify", "export.run={relu}"], "export.format: sparsify holds top-k SAEs only, not a relu"),
         (["export.run={unfinished}"], "is not a finished run folder (no metrics.json)"),
+        (["export.run={unrecorded}"], "coder has no source.json; it was written before runs recorded"),
         (["export.arms=[nope]"], "export.arms: "),
         (["export.select=all"], "export.select: no results table at"),
     ],
@@ -79,7 +80,9 @@ def test_refusals_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, overr
     relu = _run_folder(tmp_path / "relu", kind="relu")
     unfinished = _run_folder(tmp_path / "unfinished")
     (unfinished / "metrics.json").unlink()
-    overrides = [o.format(relu=relu, unfinished=unfinished) for o in overrides]
+    unrecorded = _run_folder(tmp_path / "unrecorded")
+    (unrecorded / "coder" / "source.json").unlink()
+    overrides = [o.format(relu=relu, unfinished=unfinished, unrecorded=unrecorded) for o in overrides]
     assert main(["export", f"out_dir={tmp_path / 'out'}", *overrides]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
