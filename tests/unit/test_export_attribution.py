@@ -1,7 +1,6 @@
 """An exported transcoder set and an exported CLT load into circuit-tracer's ReplacementModel (a tiny GPT-2
 built in-process) and `attribute` draws a graph over a prompt whose features are those of the covered layers."""
 
-import pytest
 import torch
 
 from pipeline.coders.registry import AnyCoderConfig, build
@@ -35,7 +34,6 @@ def _attributed_layers(transcoders) -> set[int]:
     return set(graph.active_features[:, 0].tolist())
 
 
-@pytest.mark.slow
 def test_a_transcoder_set_loads_into_a_replacement_model_and_attributes(tmp_path):
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
 
@@ -48,7 +46,6 @@ def test_a_transcoder_set_loads_into_a_replacement_model_and_attributes(tmp_path
     assert _attributed_layers(transcoders) == {1}  # the layers the run does not cover have no active feature
 
 
-@pytest.mark.slow
 def test_a_cross_layer_transcoder_loads_into_a_replacement_model_and_attributes(tmp_path):
     from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
 
