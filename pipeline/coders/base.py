@@ -159,6 +159,13 @@ class Coder(nn.Module):
     def after_step(self) -> None:
         """Called by the trainer after each optimiser step (e.g. to renormalise decoder columns); no-op by default."""
 
+    def calibrate(self, inputs: list[torch.Tensor]) -> None:
+        """Called by the trainer once training ends, before evaluation, with the held-out rows' inputs: a kind
+        whose inference differs from its training sets what inference reads from them; no-op by default."""
+
+    def sharded_calibrate(self, inputs: list[torch.Tensor], shard: FeatureShard) -> None:
+        """As `calibrate`, when this coder holds one rank's slice of the features (see `sharded_loss`)."""
+
     def encode_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The features of `layer` from its input alone, so splicing can run the coder inside the model layer by layer.
 

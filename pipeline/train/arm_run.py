@@ -150,7 +150,9 @@ class ArmRun:
             self.last_good = f"step {done}"
 
     def finish(self, data: ActivationData, splicer=None) -> dict:
-        """Evaluates on the held-out rows and writes the run folder; the checkpoint is then removed."""
+        """Calibrates the coder's inference (`Coder.calibrate`) and evaluates it on the held-out rows, writes the run
+        folder; the checkpoint is then removed."""
+        self.coder.calibrate([self.columns(batch)[0] for batch in data.eval_batches(self.cfg.batch_size)])
         metrics = self.parallel.evaluate(self.coder.eval(), data.eval_batches(self.cfg.batch_size), self.columns)
         whole = self.parallel.whole(self.coder)  # the ordinary coder, on the main rank only: it writes the run folder
         if splicer is not None and whole is not None:

@@ -117,6 +117,9 @@ class ReplicatedCoder(torch.nn.Module):
     def after_step(self) -> None:
         self.local.after_step()
 
+    def calibrate(self, inputs: list[torch.Tensor]) -> None:
+        self.local.calibrate(inputs)  # every rank sees every held-out row, so every rank sets the same
+
     def flops_per_token(self) -> float:
         return self.local.flops_per_token()
 

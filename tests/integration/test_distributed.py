@@ -45,6 +45,16 @@ RUNS = {
     "features-jumprelu": (AnyCoderConfig(kind="jumprelu", n_features=32, preact_coefficient=0.1), "features", {}),
     "features-jumprelu-l0": (AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0"), "features", {}),
     "features-batchtopk": (AnyCoderConfig(kind="batchtopk", n_features=32, k=4), "features", {}),
+    "features-batchtopk-held-out": (
+        AnyCoderConfig(kind="batchtopk", n_features=32, k=4, threshold_calibration="held_out"),
+        "features",
+        {},
+    ),  # the threshold chosen among both ranks' held-out activations
+    "features-jumprelu-quadratic": (
+        AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="quadratic", target_l0=4.0),
+        "features",
+        {},
+    ),
 }
 
 
