@@ -67,7 +67,8 @@ def _topk(coder: TopKSAE, s_in: list[float], s_out: list[float]) -> Folded:
 
 
 def _batchtopk(coder: BatchTopKSAE, s_in: list[float], s_out: list[float]) -> Folded:
-    # At inference a BatchTopK SAE keeps each pre-activation above its learned threshold: a JumpReLU.
+    # At inference a BatchTopK SAE (and a Matryoshka one, its subclass) keeps each pre-activation above its learned
+    # threshold: a JumpReLU.
     return _sae(coder, "jumprelu", coder.threshold, s_in[0], coder.b_dec)
 
 

@@ -1,7 +1,7 @@
 """The folder SAELens's `SAE.load_from_disk` reads: `cfg.json` and `sae_weights.safetensors`.
 
-relu -> standard, topk -> topk (with k), jumprelu -> jumprelu, batchtopk -> jumprelu with its
-learned threshold (its inference rule), transcoder -> jumprelu_transcoder, or
+relu -> standard, topk -> topk (with k), jumprelu -> jumprelu, batchtopk and matryoshka -> jumprelu with
+their learned threshold (their inference rule), transcoder -> jumprelu_transcoder, or
 jumprelu_skip_transcoder with a skip connection. A CLT spans several layers, which no SAELens
 architecture does: circuit-tracer's format holds it. The weights act on raw activations (see
 `folding`); the SAE subtracts b_dec from its input only where the pipeline's coder does (topk, batchtopk).

@@ -13,7 +13,7 @@ from pipeline.export.formats import FORMATS
 from pipeline.export.runs import Run
 
 D, N = 8, 24
-SAE_KINDS = ("relu", "topk", "batchtopk", "jumprelu")
+SAE_KINDS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 
 
 def _source(inputs: list[str], targets: list[str], n_layers: int = 3) -> dict:
@@ -38,7 +38,7 @@ def _perturbed(coder):
             p.copy_(torch.log(0.05 + 0.3 * torch.rand(p.shape, generator=gen)))
         else:
             p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    if coder.kind == "batchtopk":
+    if coder.kind in ("batchtopk", "matryoshka"):
         coder.threshold.fill_(0.2)  # its learned threshold, a buffer
     return coder.eval()
 
@@ -204,6 +204,7 @@ def test_circuit_tracer_loads_a_clt_with_its_layers_placed_among_the_models(tmp_
         ("saelens", lambda: clt_run([0, 1]), "SAELens holds one layer's SAE or transcoder, not a clt"),
         ("sparsify", lambda: sae_run("relu"), "sparsify holds top-k SAEs only, not a relu"),
         ("sparsify", lambda: sae_run("batchtopk"), "sparsify holds top-k SAEs only, not a batchtopk"),
+        ("sparsify", lambda: sae_run("matryoshka"), "sparsify holds top-k SAEs only, not a matryoshka"),
         ("sparsify", lambda: transcoder_run(False), "sparsify holds top-k SAEs only, not a transcoder"),
         ("circuit-tracer", lambda: sae_run("topk"), "circuit-tracer replaces MLPs with transcoders, not with a topk"),
         ("circuit-tracer", lambda: clt_run([0, 1], skip=True), "reads no skip connection of a cross-layer"),
