@@ -9,6 +9,7 @@ from pipeline.config import PipelineConfig
 from pipeline.distributed.process_group import process_group
 from pipeline.distributed.ray_train import run_as_launched
 from pipeline.errors import ConfigError
+from pipeline.export.stage import run_export
 from pipeline.fit.metric_laws import check_metric_names
 from pipeline.fit.stage import read_results, run_fit, summary_table
 from pipeline.harvest import stage as harvest_stage
@@ -126,6 +127,10 @@ def track_fit(cfg: PipelineConfig, table, result: dict, out: Path) -> None:
     tracker.finish()
 
 
+def export(cfg: PipelineConfig) -> None:
+    run_export(cfg)
+
+
 def run(cfg: PipelineConfig) -> None:
     """All stages in order; the sweep is planned against the store the harvest will write, before any work."""
     if cfg.fit.results:
@@ -142,7 +147,9 @@ def run(cfg: PipelineConfig) -> None:
     fit(cfg)
 
 
-STAGES = {"harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run": run, "verify": verify}
+STAGES = {
+    "harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run": run, "verify": verify, "export": export,
+}  # fmt: skip
 
 
 def run_stage(name: str, cfg: PipelineConfig) -> None:

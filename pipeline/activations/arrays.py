@@ -97,6 +97,32 @@ def array_means(store: ActivationStore, arrays: tuple[str, ...]) -> dict[str, li
     return {name: store.attrs["norm_stats"][name].get("mean") for name in arrays}
 
 
+def store_source(store: ActivationStore) -> dict:
+    """What a store's rows were harvested from: model, data set, contexts and the store's own path."""
+    attrs = store.attrs
+    model = {key: attrs["model"][key] for key in ("name", "revision", "dtype", "n_layers", "d_model", "has_lm_head")}
+    return {
+        "model": model,
+        "dataset": attrs["dataset"],
+        "context_len": attrs["layout"]["context_len"],
+        "prepend_bos": True,  # every context opens with the tokenizer's BOS (or CLS) token (`text.contexts`)
+        "bos_dropped": attrs["layout"]["drop_bos"],  # BOS positions were left out of the rows trained on
+        "store": str(store.path),
+    }
+
+
+def provenance(source: dict, arrays: CoderArrays, scales: dict[str, float]) -> dict:
+    """What a coder was trained on: the store's `source`, the hooks it read and predicted (one per layer) and the
+    factor each array was multiplied by to bring it to E||x||^2 = d, which an export folds into the weights."""
+    targets = arrays.targets or arrays.inputs
+    return source | {
+        "inputs": list(arrays.inputs),
+        "targets": list(targets),
+        "layers": [int(name.rpartition(".")[2]) for name in arrays.inputs],
+        "scales": {name: scales[name] for name in dict.fromkeys(arrays.inputs + targets)},
+    }
+
+
 def side_by_side(parts: list[torch.Tensor]) -> torch.Tensor:
     """[rows, d] arrays as one [rows, arrays * d] tensor; a single array is returned as is, not copied."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline.activations.arrays import array_means, data_arrays, open_arrays, scale_columns, side_by_side
+from pipeline.activations.arrays import array_means, data_arrays, open_arrays, scale_columns, side_by_side, store_source
 from pipeline.activations.stream import StreamingActivationData
 from pipeline.activations.transfer import batch_to_device
 from pipeline.config import TrainConfig
@@ -48,6 +48,7 @@ class ActivationData:
         self.train, self.eval = rows[:n_train], rows[n_train:]
         # The first array is the input of an SAE or transcoder: `hook` and `scale` name it.
         self.hook, self.scale, self.device = self.arrays[0], self.scales[self.arrays[0]], device
+        self.source = store_source(store)  # what the rows were harvested from, recorded beside each trained coder
 
     @property
     def n_train(self) -> int:

@@ -14,6 +14,7 @@ from pipeline.errors import ConfigError
 
 WEIGHTS = "coder.safetensors"
 CONFIG = "config.json"
+SOURCE = "source.json"  # what the coder was trained on (`activations.arrays.provenance`), so it exports without a store
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -212,9 +213,12 @@ class Coder(nn.Module):
     def config(self) -> dict:
         return {"kind": self.kind, "d_in": self.d_in, "n_features": self.n_features, **self.hparams}
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, source: dict | None = None) -> None:
+        """Weights and config into `folder`, and with `source` what the coder was trained on."""
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, folder / WEIGHTS)
         (folder / CONFIG).write_text(json.dumps(self.config(), indent=1))
+        if source is not None:
+            (folder / SOURCE).write_text(json.dumps(source, indent=1))

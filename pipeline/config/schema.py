@@ -26,6 +26,8 @@ CACHE_MODES = ("auto", "device", "host", "none")
 PARALLEL_MODES = ("none", "ddp", "features")
 LAUNCHERS = ("local", "ray", "slurm")
 TRACKING_MODES = ("disabled", "offline", "online", "auto")
+EXPORT_FORMATS = ("saelens", "circuit-tracer", "sparsify")  # of export.format; pipeline/export/formats.py writes each
+EXPORT_SELECTIONS = ("best", "all")
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"  # the torch devices a run may name
 
 
@@ -207,6 +209,21 @@ class FitConfig:
 
 
 @dataclass
+class ExportConfig:
+    # the peer library whose folder format each dictionary is written in
+    format: str = checked("saelens", choices=EXPORT_FORMATS)
+    run: str = ""  # one run folder to export (holding coder/ and metrics.json); empty = arms of <out_dir>/sweep
+    arms: list[str] = field(default_factory=list)  # run ids of <out_dir>/sweep/runs to export; empty = export.select
+    # without run or arms: best (the lowest-loss finished arm of each budget) or all (every finished arm)
+    select: str = checked("best", choices=EXPORT_SELECTIONS)
+    dir: str = ""  # folder receiving one <run id>/ folder per dictionary; empty = <out_dir>/export/<format>
+
+    def validate(self, at: str) -> None:
+        if self.run and self.arms:
+            raise ConfigError(f"{at}arms: export.run names one run folder already; expected no arms, got {self.arms}")
+
+
+@dataclass
 class PipelineConfig:
     out_dir: str = "runs/quickstart"  # folder holding store.zarr, sweep/ and fit/
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -221,6 +238,7 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self, at: str) -> None:
         """The rules that tie fields of several groups together."""

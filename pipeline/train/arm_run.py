@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.activations.arrays import Columns, coder_arrays
+from pipeline.activations.arrays import Columns, coder_arrays, provenance
 from pipeline.activations.loading import ActivationData
 from pipeline.atomic import write_json_atomic
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
@@ -183,7 +183,7 @@ class ArmRun:
             "wandb_run_id": self.tracker.id if self.tracker else "",
         }
         if whole is not None:
-            whole.save(self.spec.run_dir / "coder")
+            whole.save(self.spec.run_dir / "coder", provenance(data.source, self.arrays, data.scales))
             write_json_atomic(self.spec.run_dir / METRICS, metrics)
             checkpoint.remove(self.spec.run_dir)
         if self.tracker:
