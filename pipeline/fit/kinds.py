@@ -34,14 +34,16 @@ class KindFit:
 
 
 def compare_kinds(finished: pd.DataFrame, n_bootstrap: int, seed: int) -> tuple[dict | None, list[KindFit]]:
-    """fit.json's `kinds` section and the per-kind fits behind it; (None, []) unless the table holds several kinds."""
+    """fit.json's `kinds` section and the per-kind fits behind it; (None, []) unless the table holds several kinds.
+
+    A kind run at several sparsities enters once per sparsity, labelled "<kind> <sparsity>"."""
     if "kind" not in finished.columns or finished["kind"].nunique() < 2 or METRIC not in finished.columns:
         return None, []
     metric = pd.to_numeric(finished[METRIC], errors="coerce")
     usable = finished[np.isfinite(metric) & (metric > 0)].assign(loss=metric)
     if usable["kind"].nunique() < 2:
         return None, []
-    fits = [_fit_kind(str(kind), rows, n_bootstrap, seed) for kind, rows in usable.groupby("kind", sort=True)]
+    fits = [_fit_kind(label, rows, n_bootstrap, seed) for label, rows in _settings(usable)]
     warnings = [w for f in fits for w in f.record.pop("warnings")]
     warnings += _l0_warnings(fits)
     budget, reference = _reference(fits)
@@ -54,6 +56,18 @@ def compare_kinds(finished: pd.DataFrame, n_bootstrap: int, seed: int) -> tuple[
         "warnings": warnings,
     }
     return section, fits
+
+
+def _settings(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, runs) per kind, or per (kind, sparsity) where a kind has several: optima over a mix of
+    sparsities would compare unlike coders. A kind with one setting is labelled by its name alone."""
+    if "sparsity" not in runs.columns:
+        return [(str(kind), rows) for kind, rows in runs.groupby("kind", sort=True)]
+    settings = []
+    for kind, rows in runs.groupby("kind", sort=True):
+        by_sparsity = list(rows.groupby("sparsity", sort=True, dropna=False))
+        settings += [(str(kind) if len(by_sparsity) == 1 else f"{kind} {s:g}", r) for s, r in by_sparsity]
+    return settings
 
 
 def _fit_kind(kind: str, runs: pd.DataFrame, n_bootstrap: int, seed: int) -> KindFit:

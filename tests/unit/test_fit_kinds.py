@@ -153,3 +153,11 @@ def test_the_seed_spread_of_every_optimum_and_intervals_that_include_it():
     assert low <= min(per_seed) and high >= max(per_seed)
     assert seed_spread(split_budgets(table[table.seed == 0])) is None
     assert "## Seed-to-seed spread of the optima" in write_report(bundle.fit)
+
+
+def test_a_kind_at_several_sparsities_enters_once_per_sparsity():
+    table = pd.concat([kind_sweep("a", l0=8.0), kind_sweep("a", l0=16.0), kind_sweep("b")], ignore_index=True)
+    table["run_id"] = [f"{r}-{i}" for i, r in enumerate(table.run_id)]
+    kinds = fit_results(table, FitConfig(n_bootstrap=0)).fit["kinds"]
+    assert list(kinds["kinds"]) == ["a 8", "a 16", "b"]
+    assert all(k["n_runs"] == 60 and len(k["sparsity"]) == 1 for k in kinds["kinds"].values())
