@@ -92,6 +92,10 @@ def kinds_section(fit: dict) -> list[str]:
     for kind in names:
         compute, ratio, ci = _compute_cells(kinds["compute_for_reference"].get(kind))
         lines.append(f"| {kind} | {compute} | {ratio} | {ci} |")
+    for kind, k in kinds["kinds"].items():
+        rows = spread_table(k["seed_spread"])
+        if rows:
+            lines += ["", f"Seed-to-seed spread of {kind}'s optima (its intervals resample whole seeds):", "", *rows]
     return lines + [""]
 
 
@@ -147,7 +151,6 @@ def draw_kinds_l0_ev(new_figure, bundle):
             rows = f.runs[f.runs["budget"] == budget]
             ax.scatter(rows["l0"], 1 - rows["loss"], s=10 + 30 * (rows["n_features"] / f.runs["n_features"].max()),
                        color=colour, alpha=0.7, label=f.kind)  # fmt: skip
-        ax.set(xscale="log", xlabel="L0 (active features per token)", ylabel="explained variance (1 - FVU)",
-               title=f"C={budget:.2g}")  # fmt: skip
+        ax.set(xlabel="L0 (active features per token)", ylabel="explained variance (1 - FVU)", title=f"C={budget:.2g}")
         ax.legend(fontsize=6)
     return fig

@@ -153,6 +153,9 @@ def test_the_seed_spread_of_every_optimum_and_intervals_that_include_it():
     assert low <= min(per_seed) and high >= max(per_seed)
     assert seed_spread(split_budgets(table[table.seed == 0])) is None
     assert "## Seed-to-seed spread of the optima" in write_report(bundle.fit)
+    two = fit_results(pd.concat([table, kind_sweep("b", seeds=(0, 1))], ignore_index=True), FitConfig(n_bootstrap=0))
+    assert "Seed-to-seed spread of b's optima" in write_report(two.fit)
+    assert [s["n_seeds"] for s in two.fit["kinds"]["kinds"]["b"]["seed_spread"]] == [2, 2, 2, 2]
 
 
 def test_a_kind_at_several_sparsities_enters_once_per_sparsity():
