@@ -18,6 +18,7 @@ from pipeline.fit.seeds import seed_spread
 
 METRIC = "fvu"  # the column every kind is compared on
 LAWS = {"n_opt": "n_features", "tokens_opt": "tokens", "lr_opt": "lr", "frontier": "loss"}  # key -> optimum field
+EDGE = 1e-9  # relative slack of "within the budgets": a law through a kind's own points returns its edge budgets
 L0_RATIO = 2.0  # kinds whose median L0s differ by more than this factor are not at one L0, and the report says so
 
 
@@ -134,7 +135,7 @@ def _compute_for(fits: list[KindFit], loss: float) -> dict:
         out[f.kind] = {
             "compute": c,
             "ci95": [float(v) for v in np.percentile(drawn, [2.5, 97.5])] if len(drawn) >= MIN_SAMPLES else None,
-            "within_budgets": bool(min(budgets) <= c <= max(budgets)),
+            "within_budgets": bool(min(budgets) * (1 - EDGE) <= c <= max(budgets) * (1 + EDGE)),
         }
     finite = [v["compute"] for v in out.values() if v and np.isfinite(v["compute"])]
     for v in out.values():
