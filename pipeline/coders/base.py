@@ -115,6 +115,8 @@ class Coder(nn.Module):
     config_class: ClassVar[type[CoderConfig]] = CoderConfig  # its configuration: the fields it reads from `coder`
     sparsity_field: ClassVar[str] = "l1_coefficient"  # the field a sweep's `sparsity` list sets
     sparsity_tag: ClassVar[str] = "l1-{:g}"  # how a run id spells that setting (format string of its value)
+    # the sparsity field is itself the mean L0 per token (k), so a sweep's `target_l0` sets it; else a penalty
+    sparsity_is_l0: ClassVar[bool] = False
     stackable: ClassVar[bool] = False  # its loss takes weights stacked along a leading arm dimension (train.stack)
     per_arm_fields: ClassVar[tuple[str, ...]] = ()  # fields (and attributes) that may differ between stacked arms
     target_field: ClassVar[str] = ""  # train field naming the arrays it predicts; empty: it reconstructs train.hook
