@@ -126,26 +126,23 @@ class ActivationStore:
     # -- activation shards -------------------------------------------------------------------
 
     def write_shard(self, shard: int, acts: dict[str, torch.Tensor]) -> dict:
-        """Writes one shard of every hook, verifies it by reading back, then records it complete."""
+        """Writes one shard of every hook, verifies it by reading back, then records it complete.
+
+        Each hook's checksum and norms are computed on a second thread while its shard file is encoded and written.
+        """
         start, stop = self.layout.rows(shard)
         checksums, sizes, sum_sq = {}, {}, {}
-        for hook in self.hooks:
-            data = codecs.encode(acts[hook], self.dtype)
-            if data.shape[0] != stop - start:
-                raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
-            target = f"{self.path}/acts/{hook}"
-            try:
-                # Zarr merges a shard write into the file already there: a damaged one would fail it or survive in it.
-                self.shard_file(f"acts/{hook}", shard).unlink(missing_ok=True)
-                self.group[f"acts/{hook}"][start:stop] = data
-                written = self.group[f"acts/{hook}"][start:stop]
-            except OSError as err:
-                raise OSError(f"shard {shard}: writing {target} failed: {err}") from err
-            if not np.array_equal(written, data):
-                raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
-            checksums[f"acts/{hook}"] = checksum(written)
-            sizes[f"acts/{hook}"] = self.file_bytes(f"acts/{hook}", shard)
-            sum_sq[hook] = sum_of_squares(codecs.decode(written, self.dtype))
+        with ThreadPoolExecutor(1) as pool:
+            for hook in self.hooks:
+                data = codecs.encode(acts[hook], self.dtype)
+                if data.shape[0] != stop - start:
+                    raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
+                digest = pool.submit(checksum, data)
+                norms = pool.submit(sum_of_squares, codecs.decode(data, self.dtype))
+                self._write_checked(f"acts/{hook}", shard, data)
+                checksums[f"acts/{hook}"] = digest.result()
+                sizes[f"acts/{hook}"] = self.file_bytes(f"acts/{hook}", shard)
+                sum_sq[hook] = norms.result()
         record = {
             "shard": shard,
             "contexts": list(self.layout.contexts(shard)),
@@ -157,6 +154,27 @@ class ActivationStore:
         }
         write_json_atomic(self.path / RECORDS / f"shard-{shard:06d}.json", record)
         return record
+
+    def _write_checked(self, name: str, shard: int, data: np.ndarray) -> None:
+        """Stores `data` as shard `shard` of array `name`, then reads its file back and compares it byte for byte.
+
+        The shard's file is encoded whole in memory and replaces the one on disk: Zarr would merge a slice write into
+        the file already there, where a damaged one would fail it or survive in it; and the bytes to compare with are
+        at hand without decoding the file again, which costs more than writing it.
+        """
+        from zarr.core.sync import sync
+
+        array = self.group[name]
+        encoded = codecs.encoded_shard(array, data)
+        target = f"{self.path}/{name}"
+        try:
+            sync(self.group.store.set(f"{name}/{array.metadata.encode_chunk_key((shard, 0))}", encoded))
+            written = np.fromfile(self.shard_file(name, shard), dtype=np.uint8)
+        except OSError as err:
+            raise OSError(f"shard {shard}: writing {target} failed: {err}") from err
+        if not np.array_equal(written, encoded.as_numpy_array()):
+            start, stop = self.layout.rows(shard)
+            raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
 
     def tokens_record(self) -> dict | None:
         path = self.path / RECORDS / "tokens.json"
