@@ -87,6 +87,8 @@ class ActivationStore:
         )
         self.dtype = self.attrs["codec"]["dtype"]
         self.hooks: list[str] = self.attrs["hooks"]
+        # Each array is opened once: opening one reads its metadata file, which every shard written would repeat.
+        self.arrays = {name: self.group[name] for name in ["tokens", *(f"acts/{hook}" for hook in self.hooks)]}
 
     @classmethod
     def create(cls, path: Path, attrs: dict, d_model: int) -> "ActivationStore":
@@ -164,7 +166,7 @@ class ActivationStore:
         """
         from zarr.core.sync import sync
 
-        array = self.group[name]
+        array = self.arrays[name]
         encoded = codecs.encoded_shard(array, data)
         target = f"{self.path}/{name}"
         try:
@@ -194,7 +196,7 @@ class ActivationStore:
 
     def shard_file(self, name: str, shard: int) -> Path:
         """The file holding shard `shard` of array `name`; Zarr writes none for a shard of fill values alone."""
-        return self.path / name / self.group[name].metadata.encode_chunk_key((shard, 0))
+        return self.path / name / self.arrays[name].metadata.encode_chunk_key((shard, 0))
 
     def file_bytes(self, name: str, shard: int) -> int:
         file = self.shard_file(name, shard)
@@ -228,11 +230,11 @@ class ActivationStore:
         return bool(self.attrs.get("complete"))
 
     def d_model(self, hook: str) -> int:
-        return self.group[f"acts/{hook}"].shape[1]
+        return self.arrays[f"acts/{hook}"].shape[1]
 
     def read_rows(self, hook: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of one hook in the store's logical dtype."""
-        return codecs.decode(self.group[f"acts/{hook}"][start:stop], self.dtype)
+        return codecs.decode(self.arrays[f"acts/{hook}"][start:stop], self.dtype)
 
 
 def _lay_out(path: Path, attrs: dict, d_model: int) -> None:
