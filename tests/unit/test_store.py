@@ -191,3 +191,15 @@ def test_a_store_of_an_unknown_schema_is_refused(tmp_path):
     store.group.attrs["schema_version"] = 99
     with pytest.raises(ConfigError, match="schema version 99"):
         ActivationStore(tmp_path / "s.zarr")
+
+
+def test_the_read_back_check_finds_a_changed_missing_or_extra_byte(tmp_path):
+    from pipeline.store.activation_store import _file_holds
+
+    expected = np.random.default_rng(0).integers(0, 255, (3 << 20) + 5, dtype=np.uint8)
+    path = tmp_path / "shard"
+    changed = expected.copy()
+    changed[(2 << 20) + 1] ^= 1
+    for data, holds in ((expected, True), (changed, False), (expected[:-1], False), (np.append(expected, 0), False)):
+        data.tofile(path)
+        assert _file_holds(path, expected) is holds
