@@ -9,7 +9,10 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.bench",
+        description="The whole benchmark suite in one process: one table, one JSON file.",
+    )
     parser.add_argument("what", choices=["all"], help="the figures to measure: all of them")
     parser.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu: ignore any GPU (a rehearsal)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per training case (median reported)")
@@ -17,6 +20,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps: expected at least 1, got {args.steps}")
+    if args.out is not None and not os.access(args.out.parent, os.W_OK):  # found now, not after minutes of work
+        parser.error(f"--out: expected a file in a writable folder, got {args.out}")
     if args.device == "cpu":
         # Before torch looks for a GPU: every part then picks the CPU and its small shapes.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""

@@ -43,11 +43,21 @@ def test_sparse_kinds_are_set_against_the_faster_peer():
     assert topk["ratio"] == pytest.approx(1e6 / 6e5) and not topk["met"]
 
 
-def test_a_bad_option_is_refused_in_one_line_before_any_work():
+@pytest.mark.parametrize(
+    "option, error",
+    [
+        (["--steps", "0"], "--steps: expected at least 1, got 0"),
+        (["--out", "no/such/folder/b.json"], "--out: expected a file in a writable folder, got no/such/folder/b.json"),
+    ],
+)
+def test_a_bad_option_is_refused_in_one_line_before_any_work(tmp_path, option, error):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.bench", "all", "--steps", "0"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipeline.bench", "all", *option],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert (
-        result.stderr.strip().splitlines()[-1] == "python -m pipeline.bench: error: --steps: expected at least 1, got 0"
-    )
+    assert result.stderr.strip().splitlines()[-1] == f"python -m pipeline.bench: error: {error}"
+    assert not list(tmp_path.iterdir())
