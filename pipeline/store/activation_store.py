@@ -210,7 +210,8 @@ class ActivationStore:
         return [k for k in range(self.layout.n_shards) if k not in done]
 
     def shard_file(self, name: str, shard: int) -> Path:
-        """The file holding shard `shard` of array `name`; Zarr writes none for a shard of fill values alone."""
+        """The file holding shard `shard` of array `name`; absent until it is written (and, in a store written by an
+        earlier version, for a shard of zeros alone, which Zarr left out)."""
         return self.path / name / self.arrays[name].metadata.encode_chunk_key((shard, 0))
 
     def file_bytes(self, name: str, shard: int) -> int:
