@@ -3,7 +3,7 @@
 `grid_comparison` writes a store of random rows and trains 8 ReLU arms from it fused and stacked,
 fused without stacking, and one after another; `step_overhead` times the host's work per arm and
 step with tiny arms, stacked and one by one; `random_store` writes the store of random float16 rows
-both use.
+both use (or the rows of synthetic features the recipe benchmark gives it).
 """
 
 import tempfile
@@ -132,7 +132,8 @@ def _time_grid_steps(stacks: list, data, steps: int) -> float:
     return timed(grid_step, steps)
 
 
-def random_store(path: Path, rows: int, d: int = D):
+def random_store(path: Path, rows: int, d: int = D, draw=None):
+    """A finalised float16 store of `rows` rows of hook resid_post.0: standard normal, or `draw(start, stop)`'s rows."""
     rows_per_context = 128
     contexts_per_shard = min(1024, rows // rows_per_context)
     attrs = base_attrs(
@@ -158,6 +159,7 @@ def random_store(path: Path, rows: int, d: int = D):
     )
     store = ActivationStore.create(path, attrs, d)
     for shard in range(store.layout.n_shards):
-        store.write_shard(shard, {"resid_post.0": torch.randn(store.layout.rows_per_shard, d)})
+        start, stop = store.layout.rows(shard)
+        store.write_shard(shard, {"resid_post.0": draw(start, stop) if draw else torch.randn(stop - start, d)})
     store.finalize()
     return store

@@ -1,0 +1,159 @@
+"""Recipe benchmark: every SAE kind trained on the same synthetic rows with known features, at one target L0.
+
+    python -m pipeline.bench.recipes [--tokens 245760] [--n-features 256] [--target-l0 25] [--kinds ...]
+
+The rows come from `pipeline.bench.synthetic` (d 128, 2,048 Zipf-frequent ground-truth features by
+default), written to a store as the harvest would; every kind then trains through the pipeline's own
+trainer with its default recipe (the defaults of its config and of `train`), on the same rows in the
+same order for the same number of tokens, and is evaluated on the same held-out rows. topk and
+batchtopk take k = the target L0; relu and jumprelu, whose L0 follows from their penalty, train a
+grid of lambdas (one stacked pass) and report the arm whose L0 is nearest the target, and the
+explained variance interpolated to exactly the target L0 (linear in log L0 between the arms on
+either side). Per kind it prints explained variance (1 - FVU), L0, the dead fraction (features
+that never fired in the last `--dead-window` training tokens) and ground-truth recovery: the mean,
+over the N most frequent true features, of the best cosine between the feature and a decoder
+column (`synthetic.recovery`).
+"""
+
+import argparse
+import math
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pipeline.activations.loading import open_activation_data
+from pipeline.bench.grid import random_store
+from pipeline.bench.synthetic import SyntheticFeatures, recovery, synthetic_features
+from pipeline.coders.registry import AnyCoderConfig, coder_class, load
+from pipeline.config import TrackingConfig, TrainConfig
+from pipeline.train.arm_run import ArmSpec
+from pipeline.train.trainer import train_grid
+
+KINDS = ("relu", "jumprelu", "topk", "batchtopk")
+HOOK = "resid_post.0"
+# Lambda at the middle of a penalised kind's grid: where its L0 lands near 25 on the default data. The kinds
+# share the field's default (5), but the tanh penalty costs a firing feature at most lambda, the weighted L1
+# about lambda times its contribution, so their lambdas for one L0 differ.
+CENTRES = {"relu": 4.0, "jumprelu": 0.6}
+SHARD_ROWS = 131072  # rows of one store shard (random_store's 1024 contexts of 128)
+
+
+def arms(kind: str, n_features: int, target_l0: int, lambdas: list[float]) -> list[AnyCoderConfig]:
+    """The coder configs one kind trains: k = the target for a TopK kind, else one per lambda of `lambdas`."""
+    if coder_class(kind).sparsity_field == "k":
+        return [AnyCoderConfig(kind=kind, n_features=n_features, k=target_l0)]
+    return [AnyCoderConfig(kind=kind, n_features=n_features, l1_coefficient=lam) for lam in lambdas]
+
+
+def lambda_grid(kind: str, points: int, spread: float) -> list[float]:
+    """`points` lambdas spaced by the factor `spread` around the kind's `CENTRES` value."""
+    return [CENTRES.get(kind, 1.0) * spread ** (i - (points - 1) / 2) for i in range(points)]
+
+
+def at_l0(results: list[dict], target: float) -> float:
+    """Explained variance at L0 = `target`, linear in log L0 between the nearest arms on either side; nan if none."""
+    ordered = sorted(results, key=lambda r: r["l0"])
+    for low, high in zip(ordered, ordered[1:]):
+        if low["l0"] <= target <= high["l0"] and high["l0"] > low["l0"]:
+            t = math.log(target / low["l0"]) / math.log(high["l0"] / low["l0"])
+            return low["ev"] + t * (high["ev"] - low["ev"])
+    return math.nan
+
+
+def run_kind(kind: str, recipe: "Benchmark", data, folder: Path) -> list[dict]:
+    """Trains the kind's arms on one pass over `data`; each arm's figures."""
+    coders = arms(kind, recipe.n_features, recipe.target_l0, lambda_grid(kind, recipe.lambdas, recipe.spread))
+    specs = [ArmSpec(c, recipe.train, folder / f"{kind}{i}", f"{kind}{i}", "recipes") for i, c in enumerate(coders)]
+    outcomes = train_grid(specs, data, TrackingConfig(mode="disabled"))
+    results = []
+    for spec, coder_cfg, metrics in zip(specs, coders, outcomes, strict=True):
+        if isinstance(metrics, Exception):
+            raise metrics
+        coder = load(spec.run_dir / "coder")
+        results.append({
+            "lambda": getattr(coder_cfg, coder_class(kind).sparsity_field),
+            "ev": 1 - metrics["fvu"], "l0": metrics["l0"], "dead": metrics["dead_fraction"],
+            "recovery": recovery(recipe.features, coder.w_dec.detach(), recipe.n_features),
+        })  # fmt: skip
+    return results
+
+
+@dataclass
+class Benchmark:
+    """What every kind shares: the data set, the dictionary size, the target L0, the lambda grid, the training."""
+
+    features: SyntheticFeatures
+    n_features: int  # dictionary size N of every coder
+    target_l0: int  # the L0 every kind is compared at (k of the TopK kinds)
+    lambdas: int  # lambdas tried by a penalised kind
+    spread: float  # factor between consecutive lambdas
+    train: TrainConfig  # tokens, batch, lr, held-out rows of every kind
+
+    def rows(self) -> int:
+        """Rows of the store: training plus held-out rows, in whole shards."""
+        return -(-(self.train.tokens + self.train.eval_tokens) // SHARD_ROWS) * SHARD_ROWS
+
+    def run(self, kinds, folder: Path, report=None) -> dict[str, list[dict]]:
+        """{kind: its arms' figures}, every kind trained on one store of the data set written under `folder`;
+        `report(kind, results, seconds)` is called as each kind finishes."""
+        d = self.features.directions.shape[1]
+        store = random_store(folder / "synthetic.zarr", self.rows(), d, draw=self.features.rows)
+        data = open_activation_data(store, HOOK, self.train, self.train.device)
+        out = {}
+        for kind in kinds:
+            start = time.perf_counter()
+            out[kind] = run_kind(kind, self, data, folder)
+            if report:
+                report(kind, out[kind], time.perf_counter() - start)
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=SHARD_ROWS * 2 - 16384, help="training tokens of every kind")
+    parser.add_argument("--eval-tokens", type=int, default=16384, help="held-out rows every kind is evaluated on")
+    parser.add_argument("--d", type=int, default=128, help="width of the synthetic activations")
+    parser.add_argument("--true-features", type=int, default=2048, help="ground-truth features of the data")
+    parser.add_argument("--n-features", type=int, default=256, help="dictionary size N of every coder")
+    parser.add_argument("--target-l0", type=int, default=25, help="L0 every kind is compared at")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="kinds to train")
+    parser.add_argument("--lambdas", type=int, default=3, help="lambdas tried by a penalised kind (relu, jumprelu)")
+    parser.add_argument("--spread", type=float, default=1.4, help="factor between consecutive lambdas")
+    parser.add_argument("--batch-size", type=int, default=512, help="rows per optimiser step")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of every kind (default: train.lr)")
+    parser.add_argument("--dead-window", type=int, default=131072, help="tokens a feature must fire in to be alive")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data set, the initialisation and the order")
+    args = parser.parse_args()
+    cfg = TrainConfig(
+        tokens=args.tokens, batch_size=args.batch_size, eval_tokens=args.eval_tokens, splice_contexts=0,
+        log_every=10**9, checkpoint_every=0, device="cpu", seed=args.seed, dead_window_tokens=args.dead_window,
+    )  # fmt: skip
+    if args.lr is not None:
+        cfg = replace(cfg, lr=args.lr)
+    features = synthetic_features(args.d, args.true_features, seed=args.seed)
+    bench = Benchmark(features, args.n_features, args.target_l0, args.lambdas, args.spread, cfg)
+    print(
+        f"synthetic data: d {args.d}, {args.true_features} true features (true L0 {features.true_l0:.1f}), "
+        f"{bench.rows():,} rows ({args.eval_tokens:,} held out); N {args.n_features}, {args.tokens:,} training "
+        f"tokens, batch {args.batch_size}, lr {cfg.lr:g}, target L0 {args.target_l0}",
+        flush=True,
+    )
+    print(f"{'kind':9} {'lambda/k':>9} {'EV':>6} {'L0':>6} {'dead':>6} {'recovery':>8} {'EV@L0':>6} {'time':>6}")
+
+    def report(kind: str, results: list[dict], seconds: float) -> None:
+        interpolated = at_l0(results, args.target_l0) if len(results) > 1 else results[0]["ev"]
+        for i, r in enumerate(sorted(results, key=lambda r: abs(r["l0"] - args.target_l0))):
+            # The arm nearest the target first, under the kind's name; the other arms of its grid below it.
+            print(
+                f"{kind if i == 0 else '':9} {r['lambda']:>9.4g} {r['ev']:>6.3f} {r['l0']:>6.1f} {r['dead']:>6.1%} "
+                f"{r['recovery']:>8.3f} {interpolated if i == 0 else math.nan:>6.3f} {seconds:>5.0f}s",
+                flush=True,
+            )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bench.run(args.kinds, Path(tmp), report)
+
+
+if __name__ == "__main__":
+    main()
