@@ -72,12 +72,13 @@ class CrossLayerTranscoder(Coder):
         n_layers: int = 1,
         l1_coefficient: float = 5.0,
         penalty: str = "tanh",
-        bandwidth: float = 0.001,
-        init_threshold: float = 0.001,
+        bandwidth: float = 0.5,
+        init_threshold: float = 0.5,
         tanh_scale: float = 4.0,
         preact_coefficient: float = 0.0,
         init_decoder_norm: float = 0.1,
         skip_connection: bool = False,
+        ste_to_input: bool = True,
     ):
         if n_layers < 1:
             raise ConfigError(f"train.layers: a {self.kind} needs at least one layer, got {n_layers}")
@@ -89,12 +90,13 @@ class CrossLayerTranscoder(Coder):
         super().__init__(
             d_in, n_features, n_layers=n_layers, l1_coefficient=l1_coefficient, penalty=penalty, bandwidth=bandwidth,
             init_threshold=init_threshold, tanh_scale=tanh_scale, preact_coefficient=preact_coefficient,
-            init_decoder_norm=init_decoder_norm, skip_connection=skip_connection,
+            init_decoder_norm=init_decoder_norm, skip_connection=skip_connection, ste_to_input=ste_to_input,
         )  # fmt: skip
         self.n_layers, self.per_layer = n_layers, n_features // n_layers
         self.l1_coefficient, self.penalty, self.bandwidth = l1_coefficient, penalty, bandwidth
         self.tanh_scale, self.preact_coefficient = tanh_scale, preact_coefficient
         self.init_decoder_norm, self.skip_connection = init_decoder_norm, skip_connection
+        self.ste_to_input = ste_to_input
         d, n, L = d_in, self.per_layer, n_layers
         self.w_enc = nn.Parameter(_random_directions(L, n, d, norm=init_decoder_norm, dims=(2,)))
         self.b_enc = nn.Parameter(torch.zeros(L, n))
@@ -133,7 +135,7 @@ class CrossLayerTranscoder(Coder):
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pre-activations, features), both [..., rows, L, n], of inputs [rows, L, d]."""
         pre = torch.einsum("bld,...lnd->...bln", x, self.w_enc) + self.b_enc.unsqueeze(-3)
-        return pre, JumpReLUFunction.apply(pre, self.threshold.unsqueeze(-3), self.bandwidth)
+        return pre, JumpReLUFunction.apply(pre, self.threshold.unsqueeze(-3), self.bandwidth, self.ste_to_input)
 
     def _decode(self, f: torch.Tensor) -> torch.Tensor:
         """[..., rows, L, n] features -> [..., rows, L, d]: each source layer's decoders in one product, padded
@@ -163,7 +165,7 @@ class CrossLayerTranscoder(Coder):
     def encode_layer(self, s: int, x_s: torch.Tensor) -> torch.Tensor:
         """The features of layer s from its own input [..., d] alone (to run the model layer by layer)."""
         pre = F.linear(x_s, self.w_enc[s], self.b_enc[s])
-        return JumpReLUFunction.apply(pre, self.threshold[s], self.bandwidth)
+        return JumpReLUFunction.apply(pre, self.threshold[s], self.bandwidth, self.ste_to_input)
 
     def decode_layer(self, t: int, features: dict[int, torch.Tensor], x_t: torch.Tensor) -> torch.Tensor:
         """Layer t's predicted output from the features of layers 0..t (`features[s]`) and, with a skip, its input."""
@@ -180,7 +182,7 @@ class CrossLayerTranscoder(Coder):
         reconstruction = (target - y_hat).pow(2).sum((-2, -1)).mean(-1)
         decoder_norm = self.decoder_norms().unsqueeze(-3)
         if self.penalty == "l0":
-            sparsity = StepFunction.apply(pre, theta, self.bandwidth).sum((-2, -1)).mean(-1)
+            sparsity = StepFunction.apply(pre, theta, self.bandwidth, self.ste_to_input).sum((-2, -1)).mean(-1)
         else:
             sparsity = torch.tanh(self.tanh_scale * f * decoder_norm).sum((-2, -1)).mean(-1)
         total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity

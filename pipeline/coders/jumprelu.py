@@ -20,7 +20,12 @@ kernel K(u) = 1 for |u| < 1/2 (else 0) of width eps = `bandwidth`:
     d/dtheta JumpReLU_theta(z) := -(theta / eps) K((z - theta) / eps),  d/dz JumpReLU_theta(z) := H(z - theta)
     d/dtheta H(z - theta)      := -(1 / eps) K((z - theta) / eps),      d/dz H(z - theta) := 0
 
-and d theta / d log_threshold = theta by the chain rule.
+and d theta / d log_threshold = theta by the chain rule. With `jumprelu_ste_to_input` (Anthropic's
+January 2025 recipe, SAELens's `jumprelu_ste_to_input=True`) the pseudo-derivative also reaches the
+pre-activation, as the negative of the threshold's: d/dz JumpReLU_theta(z) := H(z - theta) + (theta / eps) K
+and d/dz H(z - theta) := (1 / eps) K, so a feature just below its threshold learns to cross it instead of
+only its threshold learning to come down: without it a feature whose pre-activations all fall below its
+threshold gets no gradient and dies.
 
 Initialisation follows relu: decoder columns random directions of norm `init_decoder_norm`, encoder
 the decoder's transpose, biases zero, every theta = `init_threshold`. The L0 penalty cannot see the
@@ -42,7 +47,7 @@ from pipeline.coders.relu import ReluConfig
 
 STEP_PENALTIES = ("l0", "quadratic")  # the penalties on the count of active features, blind to decoder norms
 # The config fields whose constructor keyword drops the `jumprelu_` prefix the shared `coder` node needs.
-RENAMED = {"jumprelu_penalty": "penalty", "jumprelu_bandwidth": "bandwidth"}
+RENAMED = {"jumprelu_penalty": "penalty", "jumprelu_bandwidth": "bandwidth", "jumprelu_ste_to_input": "ste_to_input"}
 
 
 @dataclass
@@ -53,10 +58,17 @@ class JumpReluConfig(ReluConfig):
     kind: str = "jumprelu"  # this kind
     # sparsity penalty: l0 (Gemma Scope), tanh (Circuit Tracing) or, for jumprelu, quadratic (Gemma Scope 2)
     jumprelu_penalty: str = "tanh"
-    jumprelu_bandwidth: float = 0.001  # width of the threshold gradient's rectangle kernel (pre-activation units)
-    init_threshold: float = 0.001  # threshold theta of every feature at initialisation (pre-activation units)
+    # width of the threshold gradient's rectangle kernel, in pre-activation units of inputs at E||x||^2 = d; 0.5 from
+    # the recipe benchmark (0.001, Gemma Scope's figure for inputs at E||x||^2 = 1, catches almost no pre-activation)
+    jumprelu_bandwidth: float = 0.5
+    # threshold theta of every feature at initialisation (pre-activation units, inputs at E||x||^2 = d); 0.5 from the
+    # recipe benchmark: Adam moves log theta by about lr per step, so theta ends near where it starts in a short run
+    init_threshold: float = 0.5
     tanh_scale: float = 4.0  # c of the tanh penalty sum_i tanh(c * f_i * ||W_dec,i||) (per pre-activation unit)
     preact_coefficient: float = 0.0  # lambda_p of the loss sum_i ReLU(theta_i - pre_i) ||W_dec,i|| (0 = off)
+    # the threshold's pseudo-derivative also reaches the pre-activations (Anthropic, January 2025): without it,
+    # features whose pre-activations start below init_threshold never learn and die
+    jumprelu_ste_to_input: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -91,42 +103,42 @@ def _rectangle(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torc
 
 
 class JumpReLUFunction(torch.autograd.Function):
-    """pre * H(pre - theta) with the straight-through threshold gradient."""
+    """pre * H(pre - theta) with the straight-through threshold gradient (also to pre with `ste_to_input`)."""
 
     @staticmethod
-    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float, ste_to_input: bool) -> torch.Tensor:
         ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.ste_to_input = bandwidth, ste_to_input
         return pre * (pre > theta).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         pre, theta = ctx.saved_tensors
-        grad_pre = grad * (pre > theta).to(grad.dtype) if ctx.needs_input_grad[0] else None
-        grad_theta = None
+        jump = (theta / ctx.bandwidth) * _rectangle(pre, theta, ctx.bandwidth) * grad
+        grad_pre = grad_theta = None
+        if ctx.needs_input_grad[0]:
+            grad_pre = grad * (pre > theta).to(grad.dtype) + (jump if ctx.ste_to_input else 0)
         if ctx.needs_input_grad[1]:
-            kernel = _rectangle(pre, theta, ctx.bandwidth)
-            grad_theta = (-(theta / ctx.bandwidth) * kernel * grad).sum_to_size(theta.shape)
-        return grad_pre, grad_theta, None
+            grad_theta = (-jump).sum_to_size(theta.shape)
+        return grad_pre, grad_theta, None, None
 
 
 class StepFunction(torch.autograd.Function):
-    """H(pre - theta) with the straight-through threshold gradient and no gradient to pre."""
+    """H(pre - theta) with the straight-through threshold gradient; to pre only with `ste_to_input`."""
 
     @staticmethod
-    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float, ste_to_input: bool) -> torch.Tensor:
         ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.ste_to_input = bandwidth, ste_to_input
         return (pre > theta).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         pre, theta = ctx.saved_tensors
-        grad_theta = None
-        if ctx.needs_input_grad[1]:
-            kernel = _rectangle(pre, theta, ctx.bandwidth)
-            grad_theta = (-(1.0 / ctx.bandwidth) * kernel * grad).sum_to_size(theta.shape)
-        return None, grad_theta, None
+        step = (1.0 / ctx.bandwidth) * _rectangle(pre, theta, ctx.bandwidth) * grad
+        grad_pre = step if ctx.ste_to_input and ctx.needs_input_grad[0] else None
+        grad_theta = (-step).sum_to_size(theta.shape) if ctx.needs_input_grad[1] else None
+        return grad_pre, grad_theta, None, None
 
 
 class JumpReluSAE(Coder):
@@ -142,12 +154,13 @@ class JumpReluSAE(Coder):
         n_features: int,
         l1_coefficient: float = 5.0,
         penalty: str = "tanh",
-        bandwidth: float = 0.001,
-        init_threshold: float = 0.001,
+        bandwidth: float = 0.5,
+        init_threshold: float = 0.5,
         tanh_scale: float = 4.0,
         preact_coefficient: float = 0.0,
         init_decoder_norm: float = 0.1,
         target_l0: float = 32.0,
+        ste_to_input: bool = True,
     ):
         super().__init__(
             d_in,
@@ -160,9 +173,11 @@ class JumpReluSAE(Coder):
             preact_coefficient=preact_coefficient,
             init_decoder_norm=init_decoder_norm,
             target_l0=target_l0,
+            ste_to_input=ste_to_input,
         )
         self.target_l0 = target_l0
         self.l1_coefficient, self.penalty, self.bandwidth = l1_coefficient, penalty, bandwidth
+        self.ste_to_input = ste_to_input
         self.tanh_scale, self.preact_coefficient = tanh_scale, preact_coefficient
         self.init_decoder_norm = init_decoder_norm
         self.init_tied_weights(init_decoder_norm)
@@ -176,7 +191,7 @@ class JumpReluSAE(Coder):
         return nn.functional.linear(x, self.w_enc, self.b_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return JumpReLUFunction.apply(self.pre_activation(x), self.threshold, self.bandwidth)
+        return JumpReLUFunction.apply(self.pre_activation(x), self.threshold, self.bandwidth, self.ste_to_input)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
@@ -185,6 +200,7 @@ class JumpReluSAE(Coder):
         if self.penalty == "quadratic":
             return self.quadratic_loss(x, sparsity_scale)
         hp = {"penalty": self.penalty, "tanh_scale": self.tanh_scale, "bandwidth": self.bandwidth}
+        hp["ste_to_input"] = self.ste_to_input
         params = (self.w_enc, self.b_enc, self.w_dec, self.b_dec, self.log_threshold)
         reconstruction, sparsity, preact, f = JumpReluSAELoss.apply(x, *params, hp, compute_dtype(x))
         total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
@@ -197,9 +213,11 @@ class JumpReluSAE(Coder):
         the weights may be a stack's."""
         pre = affine(x, self.w_enc, self.b_enc)
         theta, norm = with_rows_axis(self.threshold), with_rows_axis(self.w_dec.norm(dim=-2))
-        f = JumpReLUFunction.apply(pre, theta, self.bandwidth)
+        f = JumpReLUFunction.apply(pre, theta, self.bandwidth, self.ste_to_input)
         reconstruction = (x - affine(f, self.w_dec, self.b_dec)).pow(2).sum(-1).mean(-1)
-        sparsity = quadratic_penalty(StepFunction.apply(pre, theta, self.bandwidth).sum(-1), self.target_l0)
+        sparsity = quadratic_penalty(
+            StepFunction.apply(pre, theta, self.bandwidth, self.ste_to_input).sum(-1), self.target_l0
+        )
         total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.preact_coefficient)):
             preact = (torch.relu(theta - pre) * norm).sum(-1).mean(-1)
@@ -222,13 +240,13 @@ class JumpReluSAE(Coder):
 
     def sharded_loss(self, x: torch.Tensor, sparsity_scale: float, shard: FeatureShard):
         pre = self.pre_activation(x)
-        f = JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
+        f = JumpReLUFunction.apply(pre, self.threshold, self.bandwidth, self.ste_to_input)
         reconstruction = (x - self.sharded_decode(f, shard)).pow(2).sum(-1).mean()
         decoder_norm, theta = self.w_dec.norm(dim=0), self.threshold
         if self.penalty == "l0":
-            sparsity = shard.sum(StepFunction.apply(pre, theta, self.bandwidth).sum(-1).mean())
+            sparsity = shard.sum(StepFunction.apply(pre, theta, self.bandwidth, self.ste_to_input).sum(-1).mean())
         elif self.penalty == "quadratic":  # the penalty of each row's count over every rank's features
-            counts = shard.sum(StepFunction.apply(pre, theta, self.bandwidth).sum(-1))
+            counts = shard.sum(StepFunction.apply(pre, theta, self.bandwidth, self.ste_to_input).sum(-1))
             sparsity = quadratic_penalty(counts, self.target_l0)
         else:
             sparsity = shard.sum(torch.tanh(self.tanh_scale * f * decoder_norm).sum(-1).mean())

@@ -13,6 +13,7 @@ g_S and g_P the upstream gradients of the sparsity and pre-activation terms, and
 
     g_f     = g_x_hat W_dec + [tanh] g_S c n (1 - tanh^2(c f n)) / B
     g_pre   = g_f * H(pre - theta) - g_P n H(theta - pre) / B
+              [ste_to_input] + (theta / eps) K g_f + [l0] (1 / eps) K g_S / B
     g_theta = sum_rows -(theta / eps) K g_f + [l0] -(1 / eps) K g_S / B + g_P n H(theta - pre) / B
     g_n     = sum_rows [tanh] g_S c f (1 - tanh^2) / B + g_P ReLU(theta - pre) / B
 """
@@ -34,7 +35,9 @@ def _activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
     return f, sparsity, preact
 
 
-def _pre_gradient(g_f, pre, theta, norm, g_s, g_p, tanh_scale: float, bandwidth: float, tanh_penalty: bool):
+def _pre_gradient(
+    g_f, pre, theta, norm, g_s, g_p, tanh_scale: float, bandwidth: float, tanh_penalty: bool, ste_to_input: bool
+):
     """(g_pre, g_theta, g_norm) from the decoder's gradient to f; see the module docstring.
 
     `theta` and `norm` are [..., 1, N], the upstream gradients g_s and g_p [..., 1, 1] (one per
@@ -60,6 +63,10 @@ def _pre_gradient(g_f, pre, theta, norm, g_s, g_p, tanh_scale: float, bandwidth:
         g_theta = g_theta - (g_s / (bandwidth * rows)) * kernel.sum(-2, keepdim=True)
     g_norm = g_norm + (g_p / rows) * torch.relu(theta - pre32).sum(-2, keepdim=True)
     g_pre = torch.where(above, g, -(g_p / rows) * norm)
+    if ste_to_input:  # the pre-activation's pseudo-derivative is the negative of the threshold's
+        g_pre = g_pre + (theta / bandwidth) * kernel * g
+        if not tanh_penalty:
+            g_pre = g_pre + (g_s / (bandwidth * rows)) * kernel
     return g_pre.to(pre.dtype), g_theta.squeeze(-2), g_norm.squeeze(-2)
 
 
@@ -111,7 +118,7 @@ class JumpReluSAELoss(torch.autograd.Function):
         g_f = g_x_hat.to(dtype) @ w_dec_low
         g_pre, g_theta, g_norm = pre_gradient(
             g_f, pre, theta.unsqueeze(-2), norm.unsqueeze(-2), per_arm(g_sparsity), per_arm(g_preact),
-            hp["tanh_scale"], hp["bandwidth"], hp["penalty"] == "tanh",
+            hp["tanh_scale"], hp["bandwidth"], hp["penalty"] == "tanh", hp["ste_to_input"],
         )  # fmt: skip
         g_enc = g_pre.mT @ with_column(x, 1.0, dtype)
         g_w_dec = torch.addcmul(g_x_hat.to(dtype).mT @ f, w_dec, (g_norm / norm.clamp_min(1e-12)).unsqueeze(-2))

@@ -43,21 +43,25 @@ def test_relu_kernel_equals_autograd_over_the_plain_loss():
         torch.testing.assert_close(fused[name], reference[name], msg=name)
 
 
+@pytest.mark.parametrize("ste_to_input", [False, True], ids=["ste-threshold", "ste-to-input"])
 @pytest.mark.parametrize("penalty", ["tanh", "l0"])
-def test_jumprelu_kernel_equals_autograd_over_the_plain_loss(penalty):
-    coder = _moved(JumpReluSAE(16, 64, l1_coefficient=0.3, penalty=penalty, bandwidth=0.5, preact_coefficient=0.2))
+def test_jumprelu_kernel_equals_autograd_over_the_plain_loss(penalty, ste_to_input):
+    coder = JumpReluSAE(
+        16, 64, l1_coefficient=0.3, penalty=penalty, bandwidth=0.5, preact_coefficient=0.2, ste_to_input=ste_to_input
+    )
+    coder = _moved(coder)
     x = torch.randn(32, 16)
     parts, f = coder.loss(x, sparsity_scale=0.7)
     fused = _grads(coder, parts["loss"])
 
     pre = functional.linear(x, coder.w_enc, coder.b_enc)
     theta, norm = coder.log_threshold.exp(), coder.w_dec.norm(dim=0)
-    f_ref = JumpReLUFunction.apply(pre, theta, 0.5)
+    f_ref = JumpReLUFunction.apply(pre, theta, 0.5, ste_to_input)
     reconstruction = (x - functional.linear(f_ref, coder.w_dec, coder.b_dec)).pow(2).sum(-1).mean()
     if penalty == "tanh":
         sparsity = torch.tanh(coder.tanh_scale * f_ref * norm).sum(-1).mean()
     else:
-        sparsity = StepFunction.apply(pre, theta, 0.5).sum(-1).mean()
+        sparsity = StepFunction.apply(pre, theta, 0.5, ste_to_input).sum(-1).mean()
     preact = (torch.relu(theta - pre) * norm).sum(-1).mean()
     reference = _grads(coder, reconstruction + 0.7 * 0.3 * sparsity + 0.2 * preact)
 

@@ -29,7 +29,7 @@ def _coder(kind: str, n: int = 64, d: int = 16, seed: int = 0, **fields):
 def test_each_kind_gets_exactly_its_own_hparams_from_the_config():
     cfg = dict(k=5, aux_k=7, aux_k_coefficient=0.5, dead_tokens_threshold=99, l1_coefficient=2.0, init_decoder_norm=0.2)
     cfg |= dict(jumprelu_penalty="l0", jumprelu_bandwidth=0.01, init_threshold=0.02, tanh_scale=3.0)
-    cfg |= dict(preact_coefficient=0.1)
+    cfg |= dict(preact_coefficient=0.1, jumprelu_ste_to_input=True)
     topk = dict(k=5, aux_k=7, aux_k_coefficient=0.5, dead_tokens_threshold=99)
     assert _coder("topk", **cfg).hparams == topk
     batchtopk = topk | {"threshold_momentum": 0.9, "threshold_calibration": "running"}
@@ -45,6 +45,7 @@ def test_each_kind_gets_exactly_its_own_hparams_from_the_config():
         "preact_coefficient": 0.1,
         "init_decoder_norm": 0.2,
         "target_l0": 32.0,
+        "ste_to_input": True,
     }
 
 
@@ -283,7 +284,7 @@ def test_jumprelu_functions_match_the_straight_through_estimator_by_hand():
     # theta = 0.5, bandwidth 0.2: the rectangle kernel is 1 for |pre - theta| < 0.1.
     pre = torch.tensor([[0.45, 0.7], [0.58, 0.2]], requires_grad=True)
     log_theta = torch.full((2,), math.log(0.5), requires_grad=True)
-    f = JumpReLUFunction.apply(pre, log_theta.exp(), 0.2)
+    f = JumpReLUFunction.apply(pre, log_theta.exp(), 0.2, False)
     torch.testing.assert_close(f, torch.tensor([[0.0, 0.7], [0.58, 0.0]]))
     f.sum().backward()
     torch.testing.assert_close(pre.grad, torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
@@ -292,11 +293,26 @@ def test_jumprelu_functions_match_the_straight_through_estimator_by_hand():
     torch.testing.assert_close(log_theta.grad, torch.tensor([-2.5, 0.0]))
 
     pre.grad, log_theta.grad = None, None
-    step = StepFunction.apply(pre, log_theta.exp(), 0.2)
+    step = StepFunction.apply(pre, log_theta.exp(), 0.2, False)
     torch.testing.assert_close(step, torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
     (step * torch.tensor([1.0, 3.0])).sum().backward()
     assert pre.grad is None  # the step passes no gradient to the pre-activation
     torch.testing.assert_close(log_theta.grad, torch.tensor([0.5 * 2 * -(1 / 0.2), 0.0]))
+
+
+def test_jumprelu_ste_to_input_gives_the_pre_activation_the_negative_of_the_threshold_gradient():
+    # As above (theta 0.5, bandwidth 0.2); rows 0.45 and 0.58 of feature 0 lie in the kernel's window.
+    pre = torch.tensor([[0.45, 0.7], [0.58, 0.2]], requires_grad=True)
+    theta = torch.full((2,), 0.5, requires_grad=True)
+    JumpReLUFunction.apply(pre, theta, 0.2, True).sum().backward()
+    # H(pre - theta) plus (theta / eps) K = 2.5 inside the window.
+    torch.testing.assert_close(pre.grad, torch.tensor([[2.5, 1.0], [3.5, 0.0]]))
+    torch.testing.assert_close(theta.grad, torch.tensor([-5.0, 0.0]))
+
+    pre.grad = theta.grad = None
+    StepFunction.apply(pre, theta, 0.2, True).sum().backward()
+    torch.testing.assert_close(pre.grad, torch.tensor([[5.0, 0.0], [5.0, 0.0]]))
+    torch.testing.assert_close(theta.grad, torch.tensor([-10.0, 0.0]))
 
 
 @pytest.mark.parametrize("penalty", ["l0", "tanh"])

@@ -84,7 +84,8 @@ def test_save_and_load_round_trip_through_safetensors(tmp_path, kind):
 
 
 def test_a_clt_decoder_from_layer_l_writes_only_to_layers_at_or_after_l():
-    coder = _clt(n_layers=4, per_layer=3, d=5, skip_connection=True)
+    # A threshold below the initial pre-activations, so the features fire and their decoders show.
+    coder = _clt(n_layers=4, per_layer=3, d=5, skip_connection=True, init_threshold=0.001)
     with torch.no_grad():
         coder.w_skip.normal_()
     # Structurally: the decoder of layer s has one block per target layer s..L-1 and nothing else.
@@ -166,7 +167,7 @@ def test_gradients_are_those_of_the_loss_and_thresholds_learn_straight_through()
     # The thresholds learn through the rectangle kernel only: a nonzero gradient exactly where some
     # pre-activation lies within half a bandwidth of the threshold (no pre-activation loss here,
     # which would reach every threshold directly).
-    coder = _clt(n_layers=2, per_layer=3, d=4, jumprelu_bandwidth=0.05).double()
+    coder = _clt(n_layers=2, per_layer=3, d=4, jumprelu_bandwidth=0.05, init_threshold=0.001).double()
     coder.loss(x, target=y)[0]["loss"].backward()
     pre = torch.einsum("bld,lnd->bln", x, coder.w_enc) + coder.b_enc
     near = ((pre - coder.threshold).abs() < 0.025).any(0)
