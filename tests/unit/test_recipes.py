@@ -52,6 +52,7 @@ def small_benchmark(tmp_path_factory):
 FLOORS = {"relu": 0.05, "jumprelu": 0.5, "topk": 0.5, "batchtopk": 0.5}
 
 
+@pytest.mark.slow
 def test_every_kind_learns_the_data_at_the_target_l0(small_benchmark):
     [batchtopk] = small_benchmark["batchtopk"]
     assert batchtopk["l0"] == pytest.approx(8, rel=0.1)
@@ -62,6 +63,7 @@ def test_every_kind_learns_the_data_at_the_target_l0(small_benchmark):
         assert min(r["dead"] for r in results) < 0.1, (kind, results)
 
 
+@pytest.mark.slow
 def test_jumprelu_is_close_to_batchtopk_at_equal_l0(small_benchmark):
     # 0.07 below here (its interpolation spans a factor 2 of lambda); the recipe before the benchmark
     # (threshold and bandwidth 0.001, no gradient to the pre-activations) was 0.18 below on the full one.
