@@ -422,10 +422,12 @@ TRAINING_ARMS = {
     "topk": dict(kind="topk", k=8),
     "batchtopk": dict(kind="batchtopk", k=8),
     "jumprelu-tanh": dict(kind="jumprelu", l1_coefficient=0.5),
-    # Adam moves log-thresholds by about lr per step, so a short run starts them where they matter.
+    # Adam moves log-thresholds by about lr per step, so a short run starts them where they matter; Gemma Scope's
+    # recipe, whose straight-through gradient reaches the thresholds alone.
     "jumprelu-l0": dict(
         kind="jumprelu",
         jumprelu_penalty="l0",
+        jumprelu_ste_to_input=False,
         l1_coefficient=1.0,
         init_threshold=0.05,
         jumprelu_bandwidth=0.05,
