@@ -2,6 +2,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,8 @@ def wandb_records(run_folder: Path) -> list:
             pos += block - pos % block
             continue
         length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a whole record, or the last piece of one
@@ -84,8 +87,14 @@ def wandb_records(run_folder: Path) -> list:
     return records
 
 
-def run_record(run_folder: Path):
-    return next(r.run for r in wandb_records(run_folder) if r.WhichOneof("record_type") == "run")
+def run_record(run_folder: Path, wait_s: float = 60.0):
+    """The run record of an offline run. W&B's service process writes the log and may still be flushing it when
+    `finish` returns on a loaded machine, so the record is waited for, up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while not (runs := [r.run for r in wandb_records(run_folder) if r.WhichOneof("record_type") == "run"]):
+        assert time.monotonic() < deadline, f"{run_folder}: no run record in its log after {wait_s} s"
+        time.sleep(0.5)
+    return runs[0]
 
 
 def test_a_sweep_logs_its_results_table_in_one_sweep_run_grouped_with_its_arms(synthetic_store, tmp_path, monkeypatch):
