@@ -9,6 +9,7 @@ from typing import ClassVar, Protocol
 import torch
 from torch import nn
 
+from pipeline.coders.raw import RawWeights, sae_raw_weights
 from pipeline.config import CoderConfig
 from pipeline.errors import ConfigError
 
@@ -125,6 +126,7 @@ class Coder(nn.Module):
     feature_sharding: ClassVar[bool] = False  # implements `sharded_loss`, for train.parallel=features
     renamed: ClassVar[dict[str, str]] = {}  # config field -> constructor keyword, where the two names differ
     encodes_less_b_dec: ClassVar[bool] = False  # its encoder reads x - b_dec (so moving b_dec moves its input too)
+    raw_activation: ClassVar[str] = "relu"  # its inference rule, as exports write it: relu, topk or jumprelu
 
     def __init__(self, d_in: int, n_features: int, **hparams):
         super().__init__()
@@ -181,6 +183,12 @@ class Coder(nn.Module):
         """Each group of features that write to the same space, as [dim, features]: one feature's decoder vector
         per column. One group, `w_dec` [d_in, n_features], unless a kind overrides it."""
         return [self.w_dec]
+
+    @torch.no_grad()
+    def raw_weights(self, s_in: list[float], s_out: list[float]) -> RawWeights:
+        """Its weights as they act on raw activations, given each array's training scale (`pipeline.coders.raw`):
+        an SAE's by default; a kind whose form differs overrides it."""
+        return sae_raw_weights(self, s_in[0])
 
     def encode_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The features of `layer` from its input alone, so splicing can run the coder inside the model layer by layer.

@@ -50,6 +50,7 @@ class BatchTopKConfig(TopKConfig):
 class BatchTopKSAE(TopKFamily):
     kind = "batchtopk"
     config_class = BatchTopKConfig
+    raw_activation = "jumprelu"  # at inference it keeps each pre-activation above its learned threshold
     rows_independent = False  # the selection spans the whole batch
 
     def __init__(

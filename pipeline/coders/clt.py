@@ -43,6 +43,7 @@ from torch import nn
 
 from pipeline.coders.base import Coder
 from pipeline.coders.jumprelu import RENAMED, JumpReluConfig, JumpReLUFunction, StepFunction
+from pipeline.coders.raw import RawWeights
 from pipeline.errors import ConfigError
 
 
@@ -60,6 +61,7 @@ def _random_directions(*shape: int, norm: float, dims: tuple[int, ...]) -> torch
 class CrossLayerTranscoder(Coder):
     kind = "clt"
     config_class = CLTConfig
+    raw_activation = "jumprelu"
     renamed = RENAMED
     stackable, per_arm_fields = True, ("l1_coefficient",)
     target_field = "layers"  # reads mlp_in.L and predicts mlp_out.L of each layer L of train.layers
@@ -194,6 +196,21 @@ class CrossLayerTranscoder(Coder):
         return parts, f.flatten(-2)
 
     @torch.no_grad()
+    @torch.no_grad()
+    def raw_weights(self, s_in: list[float], s_out: list[float]) -> RawWeights:
+        """Every layer's features, each input layer at its own scale and each target layer at its own."""
+        inputs, outputs = torch.tensor(s_in), torch.tensor(s_out)
+        return RawWeights(
+            activation=self.raw_activation,
+            w_enc=self.w_enc * inputs[:, None, None],
+            b_enc=self.b_enc.clone(),
+            pre_bias=torch.zeros(self.n_layers, self.d_in),
+            threshold=self.threshold,
+            w_dec=[w / outputs[s:, None, None] for s, w in enumerate(self.w_dec)],
+            b_dec=self.b_dec / outputs[:, None],
+            w_skip=self.w_skip * (inputs / outputs)[:, None, None] if self.skip_connection else None,
+        )
+
     def after_step(self) -> None:
         if self.penalty == "l0":
             for w, norm in zip(self.w_dec, self.decoder_norms().unbind(-2)):

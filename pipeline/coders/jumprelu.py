@@ -144,6 +144,7 @@ class StepFunction(torch.autograd.Function):
 class JumpReluSAE(Coder):
     kind = "jumprelu"
     config_class = JumpReluSAEConfig
+    raw_activation = "jumprelu"
     renamed = RENAMED
     stackable, per_arm_fields = True, ("l1_coefficient",)
     feature_sharding = True

@@ -255,6 +255,7 @@ class TopKFamily(Coder):
 class TopKSAE(TopKFamily):
     kind = "topk"
     config_class = TopKConfig
+    raw_activation = "topk"
 
     def __init__(
         self,

@@ -16,9 +16,9 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from pipeline.coders.raw import RawWeights
 from pipeline.errors import ConfigError
 from pipeline.export import hooks
-from pipeline.export.folding import Folded
 from pipeline.export.runs import Run
 
 NAME = "circuit-tracer"
@@ -60,7 +60,7 @@ def _padded(run: Run, tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def transcoder_set(run: Run, folded: Folded) -> dict[str, dict[str, torch.Tensor]]:
+def transcoder_set(run: Run, folded: RawWeights) -> dict[str, dict[str, torch.Tensor]]:
     """{file name: its tensors}: one transcoder per model layer."""
     w_enc, b_enc, threshold = (_padded(run, t) for t in (folded.w_enc, folded.b_enc, folded.threshold))
     w_dec, b_dec = _padded(run, folded.w_dec[0][0].mT.unsqueeze(0)), _padded(run, folded.b_dec)
@@ -77,7 +77,7 @@ def transcoder_set(run: Run, folded: Folded) -> dict[str, dict[str, torch.Tensor
     return files
 
 
-def cross_layer_transcoder(run: Run, folded: Folded) -> dict[str, dict[str, torch.Tensor]]:
+def cross_layer_transcoder(run: Run, folded: RawWeights) -> dict[str, dict[str, torch.Tensor]]:
     """{file name: its tensors}: the encoder and the decoders of each model layer's features."""
     w_enc, b_enc, threshold = (_padded(run, t) for t in (folded.w_enc, folded.b_enc, folded.threshold))
     b_dec, layers = _padded(run, folded.b_dec), run.source["layers"]
@@ -97,7 +97,7 @@ def cross_layer_transcoder(run: Run, folded: Folded) -> dict[str, dict[str, torc
     return files
 
 
-def write(run: Run, folded: Folded, folder: Path) -> None:
+def write(run: Run, folded: RawWeights, folder: Path) -> None:
     files = cross_layer_transcoder(run, folded) if run.coder.layered else transcoder_set(run, folded)
     for name, tensors in files.items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, folder / name)

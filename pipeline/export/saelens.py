@@ -4,7 +4,7 @@ relu -> standard, topk -> topk (with k), jumprelu -> jumprelu, batchtopk and mat
 their learned threshold (their inference rule), transcoder -> jumprelu_transcoder, or
 jumprelu_skip_transcoder with a skip connection. A CLT spans several layers, which no SAELens
 architecture does: circuit-tracer's format holds it. The weights act on raw activations (see
-`folding`); the SAE subtracts b_dec from its input only where the pipeline's coder does (topk, batchtopk).
+`pipeline.coders.raw`); the SAE subtracts b_dec from its input only where the pipeline's coder does (topk, batchtopk).
 """
 
 import json
@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from pipeline.coders.raw import RawWeights
 from pipeline.errors import ConfigError
 from pipeline.export import hooks
-from pipeline.export.folding import Folded
 from pipeline.export.runs import Run
 
 NAME = "saelens"
@@ -33,13 +33,13 @@ def check(run: Run) -> None:
         )
 
 
-def architecture(folded: Folded, transcodes: bool) -> str:
+def architecture(folded: RawWeights, transcodes: bool) -> str:
     if not transcodes:
         return {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}[folded.activation]
     return "jumprelu_skip_transcoder" if folded.w_skip is not None else "jumprelu_transcoder"
 
 
-def config(run: Run, folded: Folded) -> dict:
+def config(run: Run, folded: RawWeights) -> dict:
     source, arch = run.source, architecture(folded, run.transcodes)
     d_out, n, d_in = folded.w_dec[0].shape[1:] + folded.w_enc.shape[2:]
     cfg = {
@@ -69,7 +69,7 @@ def config(run: Run, folded: Folded) -> dict:
     return cfg | {"metadata": metadata}
 
 
-def tensors(folded: Folded) -> dict[str, torch.Tensor]:
+def tensors(folded: RawWeights) -> dict[str, torch.Tensor]:
     out = {
         "W_enc": folded.w_enc[0].T,
         "b_enc": folded.b_enc[0],
@@ -83,7 +83,7 @@ def tensors(folded: Folded) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def write(run: Run, folded: Folded, folder: Path) -> None:
+def write(run: Run, folded: RawWeights, folder: Path) -> None:
     save_file(tensors(folded), folder / "sae_weights.safetensors")
     (folder / "cfg.json").write_text(json.dumps(config(run, folded), indent=1))
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from pipeline.coders.raw import RawWeights
 from pipeline.coders.topk import TopKSAE
 from pipeline.errors import ConfigError
-from pipeline.export.folding import Folded
 from pipeline.export.runs import Run
 
 NAME = "sparsify"
@@ -28,7 +28,7 @@ def check(run: Run) -> None:
         )
 
 
-def tensors(folded: Folded) -> dict[str, torch.Tensor]:
+def tensors(folded: RawWeights) -> dict[str, torch.Tensor]:
     return {
         "encoder.weight": folded.w_enc[0],
         "encoder.bias": folded.b_enc[0],
@@ -37,7 +37,7 @@ def tensors(folded: Folded) -> dict[str, torch.Tensor]:
     }
 
 
-def config(folded: Folded) -> dict:
+def config(folded: RawWeights) -> dict:
     n, d = folded.w_enc.shape[1:]
     return {
         "activation": "topk", "expansion_factor": 0, "normalize_decoder": True, "num_latents": n, "k": folded.k,
@@ -45,7 +45,7 @@ def config(folded: Folded) -> dict:
     }  # fmt: skip
 
 
-def write(run: Run, folded: Folded, folder: Path) -> None:
+def write(run: Run, folded: RawWeights, folder: Path) -> None:
     save_file(tensors(folded), folder / "sae.safetensors")
     (folder / "cfg.json").write_text(json.dumps(config(folded), indent=1))
 
