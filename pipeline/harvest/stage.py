@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.distributed.cluster import check_address, connect
+from pipeline.distributed.cluster import check_address, check_fits, connect
 from pipeline.harvest.coordinator import run_actors
 from pipeline.layout import OutDir
 from pipeline.models.hooks import parse_hook
@@ -57,10 +57,22 @@ def validate(cfg: PipelineConfig) -> dict:
     info = describe(cfg.model)
     check_context_len(info, cfg.data.context_len)
     attrs = planned_attrs(cfg, info)
+    check_placeable(cfg, attrs["layout"]["n_contexts"] // cfg.harvest.contexts_per_shard)
     path = OutDir(cfg.out_dir).store
     if created(path):
         check_reusable(_existing_attrs(path), attrs, str(path))
     return attrs
+
+
+def check_placeable(cfg: PipelineConfig, n_shards: int) -> None:
+    """Refuses replicas that a local Ray instance could never place: one alone, or all of them at once (the
+    harvest places every replica before it leases shards)."""
+    h = cfg.harvest
+    one = {"CPU": h.cpus_per_replica, "GPU": h.gpus_per_replica}
+    check_fits(cfg.ray, one, {"CPU": "harvest.cpus_per_replica", "GPU": "harvest.gpus_per_replica"}, "a replica")
+    replicas = min(h.replicas, n_shards)
+    every = {resource: amount * replicas for resource, amount in one.items()}
+    check_fits(cfg.ray, every, dict.fromkeys(every, "harvest.replicas"), f"{replicas} replicas")
 
 
 def discard_corrupt(store: ActivationStore, mode: str) -> None:

@@ -41,6 +41,8 @@ def _write(folder: Path, name: str, text: str) -> str:
     return str(path)
 
 
+_NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # torch, and a local Ray instance, see no GPU
+
 # (case, the command line after `pipeline`, the environment it adds, what the line names); `{in}` is a folder of
 # inputs outside out_dir.
 CASES = [
@@ -55,6 +57,17 @@ CASES = [
     ("sweep file not YAML", ["run", "sweep.name={in}/broken.yaml"], {}, "broken.yaml"),
     ("sweep file a list", ["run", "sweep.name={in}/list.yaml"], {}, "list.yaml"),
     ("placement timeout zero", ["harvest", "harvest.place_timeout_s=0"], {}, "harvest.place_timeout_s"),
+    ("replica larger than the machine", ["harvest", "harvest.cpus_per_replica=999"], {}, "harvest.cpus_per_replica"),
+    ("replicas beyond the machine", ["harvest", "ray.num_cpus=1", "harvest.replicas=2"], {}, "harvest.replicas"),
+    ("replica GPU, none here", ["harvest", "harvest.gpus_per_replica=1"], _NO_GPU, "harvest.gpus_per_replica"),
+    ("ray launcher, closed port", ["sweep", "launcher=ray", "ray.address=127.0.0.1:1"], {}, "ray.address"),
+    ("ray launcher task GPU, none here", ["run", "launcher=ray", "launcher.gpus_per_arm=1"], _NO_GPU, "gpus_per_arm"),
+    (
+        "ray launcher workers, no GPU",
+        ["run", "launcher=ray", "launcher.gpus_per_arm=2", "train.parallel=ddp"],
+        _NO_GPU,
+        "launcher.gpus_per_arm",
+    ),
 ]
 
 
