@@ -122,3 +122,47 @@ def test_a_harvest_whose_actors_are_killed_at_random_instants_ends_with_the_stor
         harvested = harvest.result(timeout=600)
     assert len(set(killed)) == 3 and harvested.complete
     assert store_state(store) == store_state(reference.path)
+
+
+def _sweep_reached(runs: Path) -> int:
+    """How far a sweep has come: 2 per arm finished, and 1 more while an unfinished arm has a checkpoint."""
+    finished = {p.parent for p in runs.glob("*/result.json")}
+    midway = any(p.parent not in finished for p in runs.glob("*/checkpoint.safetensors"))
+    return 2 * len(finished) + int(midway)
+
+
+METRICS = ["run_id", "status", "steps", "tokens", "flops", "loss", "mse", "fvu", "l0", "dead_fraction", "attempts"]
+
+
+@pytest.mark.cluster
+def test_a_sweep_killed_at_random_instants_ends_with_one_done_row_per_arm_and_the_metrics_of_an_uninterrupted_one(
+    synthetic_store, tmp_path
+):
+    import pandas as pd
+
+    from pipeline.sweep.stage import run_sweep
+
+    sweep = tmp_path / "six.yaml"  # 6 arms of some tens of steps, one per job, each checkpointed on its way
+    spec = {"kind": "relu", "budgets": [6e7], "n_features": [32, 64], "lrs": [1e-3, 3e-3, 1e-2], "batch_size": 256}
+    sweep.write_text(json.dumps(spec))
+    settings = [f"sweep={sweep}", "model.name=synthetic", "tracking.mode=disabled", "sweep.pack=1",
+                "train.eval_tokens=512", "train.checkpoint_every=10"]  # fmt: skip
+    for name in ("reference", "killed"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "store.zarr").symlink_to(synthetic_store.path)
+    reference = run_sweep(compose(f"out_dir={tmp_path / 'reference'}", *settings))
+
+    out = OutDir(tmp_path / "killed")
+    command = [sys.executable, "-m", "pipeline", "sweep", f"out_dir={out.root}", *settings]
+    rng = random.Random(SEED)
+    for _ in range(3):
+        target = _sweep_reached(out.sweep.runs) + rng.randint(1, 2)
+        _killed_at(command, lambda: _sweep_reached(out.sweep.runs), target, rng.uniform(0, 0.5))
+    assert _sweep_reached(out.sweep.runs) < 2 * len(reference)  # the kills left arms to train
+
+    table = run_sweep(compose(f"out_dir={out.root}", *settings))
+    assert len(table) == len(reference) == 6 and (table.status == "done").all() and table.run_id.is_unique
+    assert len(pd.read_parquet(out.sweep.results)) == 6
+    # Resumed arms continue from their checkpoints exactly: the same metrics to the bit.
+    got, expected = (t[METRICS].sort_values("run_id").reset_index(drop=True) for t in (table, reference))
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
