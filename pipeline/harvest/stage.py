@@ -120,5 +120,6 @@ def run_harvest(cfg: PipelineConfig) -> ActivationStore:
         connect(cfg.ray)
         print(f"harvest: {len(pending)} of {store.layout.n_shards} shards to write into {path}", flush=True)
         run_actors(str(path), pending, cfg, attrs["model"]["n_layers"], store.layout.rows_per_shard)
+        store.remove_leftovers()  # of writes by actors that died midway in this harvest
     store.finalize()
     return store
