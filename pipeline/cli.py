@@ -38,6 +38,10 @@ STAGES = {
         "check every byte of every complete shard of <out_dir>/store.zarr against its checksums; exit 2 if any differs",
         ("out_dir",),
     ),
+    "export": Stage(
+        "write trained dictionaries for SAELens, circuit-tracer or sparsify into <out_dir>/export/<format>/<run id>",
+        ("out_dir", "export"),
+    ),
     "run": Stage(
         "harvest, sweep and fit in order, then print the fitted laws",
         tuple(f.name for f in dataclasses.fields(PipelineConfig)),

@@ -9,6 +9,8 @@ from pipeline.config import PipelineConfig
 from pipeline.distributed.process_group import process_group
 from pipeline.distributed.ray_train import run_as_launched
 from pipeline.errors import ConfigError
+from pipeline.export.stage import run_export
+from pipeline.fit.metric_laws import check_metric_names
 from pipeline.fit.stage import read_results, run_fit, summary_table
 from pipeline.harvest import stage as harvest_stage
 from pipeline.layout import OutDir
@@ -21,7 +23,9 @@ from pipeline.sweep import stage as sweep_stage
 from pipeline.sweep.arm import make_splicer
 from pipeline.sweep.launch import check_launcher
 from pipeline.sweep.plan import format_table
+from pipeline.sweep.results import METRIC_COLUMNS
 from pipeline.track.wandb_run import open_tracker, resolve_mode
+from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
 from pipeline.train.trainer import train_run
 
@@ -36,6 +40,7 @@ def train(cfg: PipelineConfig) -> None:
     hook = cfg.train.hook or store.hooks[0]
     check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
     check_kind(cfg.coder.kind, cfg.train.parallel)
+    check_center(cfg.coder.kind, cfg.train.center, store.attrs, hook)
     run = out.train_run(own_config(cfg.coder), replace(cfg.train, hook=hook))
     if run.finished():
         print(f"train {run.id}: finished in {run.folder}; nothing to do")
@@ -122,10 +127,15 @@ def track_fit(cfg: PipelineConfig, table, result: dict, out: Path) -> None:
     tracker.finish()
 
 
+def export(cfg: PipelineConfig) -> None:
+    run_export(cfg)
+
+
 def run(cfg: PipelineConfig) -> None:
     """All stages in order; the sweep is planned against the store the harvest will write, before any work."""
     if cfg.fit.results:
         raise ConfigError("fit.results: `pipeline run` fits its own sweep; use `pipeline fit` for other tables")
+    check_metric_names(list(cfg.fit.metrics), (*METRIC_COLUMNS, "tokens", "flops"), "a sweep's results table")
     attrs = harvest_stage.validate(cfg)
     spec, _, arms = sweep_stage.validate(cfg, attrs)
     if cfg.dry_run:
@@ -137,7 +147,9 @@ def run(cfg: PipelineConfig) -> None:
     fit(cfg)
 
 
-STAGES = {"harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run": run, "verify": verify}
+STAGES = {
+    "harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run": run, "verify": verify, "export": export,
+}  # fmt: skip
 
 
 def run_stage(name: str, cfg: PipelineConfig) -> None:

@@ -92,6 +92,37 @@ def open_arrays(store: ActivationStore, hook: str, cfg: TrainConfig) -> tuple[tu
     return arrays.arrays, d, scales
 
 
+def array_means(store: ActivationStore, arrays: tuple[str, ...]) -> dict[str, list[float] | None]:
+    """Each array's mean row, unscaled, as the store recorded it; None where its records predate the means."""
+    return {name: store.attrs["norm_stats"][name].get("mean") for name in arrays}
+
+
+def store_source(store: ActivationStore) -> dict:
+    """What a store's rows were harvested from: model, data set, contexts and the store's own path."""
+    attrs = store.attrs
+    model = {key: attrs["model"][key] for key in ("name", "revision", "dtype", "n_layers", "d_model", "has_lm_head")}
+    return {
+        "model": model,
+        "dataset": attrs["dataset"],
+        "context_len": attrs["layout"]["context_len"],
+        "prepend_bos": True,  # every context opens with the tokenizer's BOS (or CLS) token (`text.contexts`)
+        "bos_dropped": attrs["layout"]["drop_bos"],  # BOS positions were left out of the rows trained on
+        "store": str(store.path),
+    }
+
+
+def provenance(source: dict, arrays: CoderArrays, scales: dict[str, float]) -> dict:
+    """What a coder was trained on: the store's `source`, the hooks it read and predicted (one per layer) and the
+    factor each array was multiplied by to bring it to E||x||^2 = d, which an export folds into the weights."""
+    targets = arrays.targets or arrays.inputs
+    return source | {
+        "inputs": list(arrays.inputs),
+        "targets": list(targets),
+        "layers": [int(name.rpartition(".")[2]) for name in arrays.inputs],
+        "scales": {name: scales[name] for name in dict.fromkeys(arrays.inputs + targets)},
+    }
+
+
 def side_by_side(parts: list[torch.Tensor]) -> torch.Tensor:
     """[rows, d] arrays as one [rows, arrays * d] tensor; a single array is returned as is, not copied."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -108,17 +139,20 @@ def scale_columns(rows: torch.Tensor, scales: list[float]) -> torch.Tensor:
 class Columns:
     """Cuts one coder's inputs and target out of batches holding the arrays `held` side by side, each `d` wide."""
 
-    def __init__(self, arrays: CoderArrays, held: tuple[str, ...], d: int):
+    def __init__(self, arrays: CoderArrays, held: tuple[str, ...], d: int, centre: torch.Tensor | None = None):
         for name in arrays.arrays:
             if name not in held:
                 raise ConfigError(f"{_field_of(arrays, name)}: the training data holds {list(held)}, not {name!r}")
         self.inputs = [held.index(name) for name in arrays.inputs]
         self.targets = [held.index(name) for name in arrays.targets]
         self.layered, self.d = arrays.layered, d
+        self.centre = centre  # [d] subtracted from the inputs (train.center); None: they come as they are
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """(inputs, the keywords of `coder.loss` that name the target: {} for an SAE)."""
         x = self._take(batch, self.inputs)
+        if self.centre is not None:
+            x = x - self.centre
         return (x, {"target": self._take(batch, self.targets)}) if self.targets else (x, {})
 
     def _take(self, batch: torch.Tensor, positions: list[int]) -> torch.Tensor:

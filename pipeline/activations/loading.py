@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline.activations.arrays import data_arrays, open_arrays, scale_columns, side_by_side
+from pipeline.activations.arrays import array_means, data_arrays, open_arrays, scale_columns, side_by_side, store_source
 from pipeline.activations.stream import StreamingActivationData
 from pipeline.activations.transfer import batch_to_device
 from pipeline.config import TrainConfig
@@ -41,12 +41,14 @@ class ActivationData:
         n_rows = store.layout.n_rows
         n_train = training_rows(n_rows, cfg.eval_tokens)
         self.arrays, self.d, self.scales = open_arrays(store, hook, cfg)
+        self.means = array_means(store, self.arrays)
         parts = [read_checked(store, name, 0, n_rows) for name in self.arrays]
         rows = side_by_side(parts).to(device=storage_device or device, dtype=torch.float32)
         rows = scale_columns(rows, [self.scales[name] for name in self.arrays])
         self.train, self.eval = rows[:n_train], rows[n_train:]
         # The first array is the input of an SAE or transcoder: `hook` and `scale` name it.
         self.hook, self.scale, self.device = self.arrays[0], self.scales[self.arrays[0]], device
+        self.source = store_source(store)  # what the rows were harvested from, recorded beside each trained coder
 
     @property
     def n_train(self) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.activations.arrays import open_arrays, scale_columns, side_by_side
+from pipeline.activations.arrays import array_means, open_arrays, scale_columns, side_by_side, store_source
 from pipeline.activations.transfer import batch_to_device
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
@@ -135,6 +135,7 @@ class StreamingActivationData:
         n_rows = store.layout.n_rows
         n_train = training_rows(n_rows, cfg.eval_tokens)
         self.arrays, self.d, self.scales = open_arrays(store, hook, cfg)
+        self.means = array_means(store, self.arrays)
         self.chunk_rows = store.group[f"acts/{self.arrays[0]}"].chunks[0]
         self.n_chunks = n_train // self.chunk_rows
         if self.n_chunks == 0:
@@ -148,6 +149,7 @@ class StreamingActivationData:
         # The first array is the input of an SAE or transcoder: `hook` and `scale` name it.
         self.store, self.hook, self.scale, self.device = store, self.arrays[0], self.column_scales[0], device
         self.shuffle_chunks, self.prefetch_chunks = cfg.shuffle_chunks, cfg.prefetch_chunks
+        self.source = store_source(store)  # what the rows were harvested from, recorded beside each trained coder
 
     @property
     def n_train(self) -> int:

@@ -1,1 +1,2 @@
-"""Benchmarks: harvest, store codecs and training steps, each a `python -m pipeline.bench.<part>` command."""
+"""Benchmarks: `python -m pipeline.bench all` runs every figure in one process (suite.py); the parts (harvest, store
+codecs, training steps) also run alone as `python -m pipeline.bench.<part>`."""

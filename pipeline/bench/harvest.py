@@ -1,12 +1,15 @@
-"""Harvest benchmark: bare forward pass, raw store writes, and the two together, for one model and batch.
+"""Harvest benchmark: bare forward pass, store writes, plain Zarr writes, and harvest, for one model and batch.
 
     python -m pipeline.bench.harvest [key=value ...]   (the same overrides as `pipeline harvest`)
 
-All three run in this process on the configured model, hooks, batch and store settings, on
-contexts of random token ids (throughput does not depend on the text); `model.name=random:gpt2`
-is GPT-2 small with random weights. The bare forward pass keeps its activations on the device;
-harvest copies them to the host and writes them with a worker's two shards in flight, as a
-harvest actor does. Harvest should approach the slower of the other two.
+All run in this process on the configured model, hooks, batch and store settings, on contexts of
+random token ids (throughput does not depend on the text); `model.name=random:gpt2` is GPT-2 small
+with random weights. The bare forward pass keeps its activations on the device; the store write is
+`ActivationStore.write_shard` (read-back check, checksums and record included) and the plain Zarr
+write puts the same rows into an array of the same chunks, shards and codec with Zarr's defaults,
+shard by shard in turn with the store's so that both see the same machine load; harvest copies the
+activations to the host and writes them with a worker's two shards in flight, as a harvest actor
+does. Harvest should approach the slower of the forward pass and the plain write.
 """
 
 import sys
@@ -35,7 +38,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main(argv: list[str]) -> None:
+def measure(argv: list[str]) -> dict:
+    """Tokens/s (and GB/s of the writes) of the bare forward pass, the store's write, a plain Zarr write and harvest."""
     register_schema()
     cfg = compose(argv)
     info = describe(cfg.model)
@@ -53,24 +57,29 @@ def main(argv: list[str]) -> None:
         )
         rows = store.layout.rows_per_shard * SHARDS
         forward_s = _time_forward(worker, tokens)
-        write_s, n_bytes = _time_writes(store, info.d_model)
+        write_s, plain_s, n_bytes = _time_writes(store, info.d_model, Path(tmp) / "plain.zarr")
         with ThreadPoolExecutor(CONCURRENT) as pool:
             list(pool.map(worker.harvest, range(CONCURRENT)))  # warm-up
             start = time.perf_counter()
             list(pool.map(worker.harvest, range(SHARDS)))
             harvest_s = time.perf_counter() - start
-    print(
-        f"model {cfg.model.name} ({cfg.model.dtype}, {worker.device}), hooks {list(cfg.harvest.hooks)}, "
-        f"batch {cfg.harvest.batch_contexts} x {cfg.data.context_len} tokens, store {cfg.store.dtype}/{cfg.store.codec}"
-    )
-    print(f"bare forward   {rows / forward_s:>12,.0f} tokens/s")
-    print(
-        f"store write    {rows / write_s:>12,.0f} tokens/s  ({n_bytes / write_s / 1e9:.2f} GB/s, with read-back check)"
-    )
-    print(
-        f"harvest        {rows / harvest_s:>12,.0f} tokens/s  "
-        f"({rows / harvest_s / min(rows / forward_s, rows / write_s):.2f} x the slower)"
-    )
+    return {
+        "model": cfg.model.name,
+        "model_dtype": cfg.model.dtype,
+        "device": str(worker.device),
+        "hooks": list(cfg.harvest.hooks),
+        "batch_tokens": cfg.harvest.batch_contexts * cfg.data.context_len,
+        "store": f"{cfg.store.dtype}/{cfg.store.codec}",
+        "tokens": rows,
+        "forward_tokens_s": rows / forward_s,
+        "store_write_tokens_s": rows / write_s,
+        "store_write_gb_s": n_bytes / write_s / 1e9,
+        "plain_zarr_tokens_s": rows / plain_s,
+        "plain_zarr_gb_s": n_bytes / plain_s / 1e9,
+        "harvest_tokens_s": rows / harvest_s,
+        "store_of_plain": plain_s / write_s,
+        "harvest_of_slower": rows / harvest_s / min(rows / forward_s, rows / plain_s),
+    }
 
 
 def _time_forward(worker: HarvestWorker, tokens: np.ndarray) -> float:
@@ -86,14 +95,51 @@ def _time_forward(worker: HarvestWorker, tokens: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def _time_writes(store: ActivationStore, d_model: int) -> tuple[float, int]:
+def _time_writes(store: ActivationStore, d_model: int, plain_path: Path) -> tuple[float, float, int]:
+    """Seconds of SHARDS store writes and of SHARDS plain Zarr writes of the same rows, taken in turn; the bytes."""
+    import zarr
+
     logical = codecs.DTYPES[store.dtype][1]
     acts = torch.randn(store.layout.rows_per_shard, d_model).to(logical)
-    start = time.perf_counter()
+    array = store.group[f"acts/{store.hooks[0]}"]
+    plain = zarr.create_array(
+        str(plain_path),
+        shape=array.shape,
+        chunks=array.chunks,
+        shards=array.shards,
+        dtype=array.dtype,
+        compressors=array.compressors,
+        fill_value=array.fill_value,
+    )
+    write_s = plain_s = 0.0
     for shard in range(SHARDS):
+        start = time.perf_counter()
         store.write_shard(shard, {hook: acts for hook in store.hooks})
-    elapsed = time.perf_counter() - start
-    return elapsed, SHARDS * len(store.hooks) * acts.numel() * acts.element_size()
+        write_s += time.perf_counter() - start
+        start = time.perf_counter()
+        first, last = store.layout.rows(shard)
+        for _ in store.hooks:
+            plain[first:last] = codecs.encode(acts, store.dtype)
+        plain_s += time.perf_counter() - start
+    return write_s, plain_s, SHARDS * len(store.hooks) * acts.numel() * acts.element_size()
+
+
+def main(argv: list[str]) -> None:
+    r = measure(argv)
+    print(
+        f"model {r['model']} ({r['model_dtype']}, {r['device']}), hooks {r['hooks']}, "
+        f"batch {r['batch_tokens']} tokens, store {r['store']}"
+    )
+    print(f"bare forward   {r['forward_tokens_s']:>12,.0f} tokens/s")
+    print(
+        f"store write    {r['store_write_tokens_s']:>12,.0f} tokens/s  ({r['store_write_gb_s']:.2f} GB/s, "
+        f"with read-back check; {r['store_of_plain']:.2f} x the plain Zarr write)"
+    )
+    print(f"plain Zarr     {r['plain_zarr_tokens_s']:>12,.0f} tokens/s  ({r['plain_zarr_gb_s']:.2f} GB/s)")
+    print(
+        f"harvest        {r['harvest_tokens_s']:>12,.0f} tokens/s  "
+        f"({r['harvest_of_slower']:.2f} x the slower of the forward pass and the plain write)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def sparsify_step(kind: str, n_features: int, batch: int):
 
 def saelens_step(kind: str, n_features: int, batch: int):
     """One step of SAELens' training SAE of the same kind as its trainer runs it (bf16 autocast, clipping, Adam)."""
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -45,6 +46,7 @@ def saelens_step(kind: str, n_features: int, batch: int):
         "relu": lambda: (StandardTrainingSAE(StandardTrainingSAEConfig(**common)), {"l1": 5.0}),
         "jumprelu": lambda: (JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(**common)), {"l0": 5.0}),
         "topk": lambda: (TopKTrainingSAE(TopKTrainingSAEConfig(k=K, **common)), {}),
+        "batchtopk": lambda: (BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=K, **common)), {}),
     }[kind]()
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
     x = torch.randn(batch, D, device=DEVICE)

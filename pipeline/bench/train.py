@@ -25,23 +25,30 @@ from pipeline.bench.timing import CUDA, DEVICE, D, K, matrix_peak, sync, timed
 from pipeline.coders.registry import AnyCoderConfig, build
 from pipeline.train.arm_run import autocast
 
+CLT_LAYERS = 4  # layers of the CLT case
 # (kind, n_features, batch): the issue's shapes on a GPU, a small copy on CPU.
+KINDS = ("relu", "jumprelu", "topk", "batchtopk")
 CASES = (
-    [("relu", 32768, 4096), ("relu", 32768, 16384), ("jumprelu", 32768, 4096), ("jumprelu", 32768, 16384),
-     ("topk", 32768, 4096), ("topk", 32768, 16384), ("topk", 131072, 4096), ("topk", 131072, 16384)]
-    if CUDA else [("relu", 2048, 1024), ("jumprelu", 2048, 1024), ("topk", 2048, 1024), ("topk", 8192, 1024)]
-)  # fmt: skip
+    [(kind, n, batch) for kind in KINDS for n in (32768, 131072) for batch in (4096, 16384)]
+    if CUDA
+    else [(kind, n, 1024) for kind in KINDS for n in (2048, 8192)]
+)
+# One step each of a transcoder and a CLT (over CLT_LAYERS layers) of the first case's width.
+LAYERED = [(kind, *CASES[0][1:]) for kind in ("transcoder", "clt")]
 
 
 def own_step(kind: str, n_features: int, batch: int):
     """A closure running one trainer step of a fresh coder; its FLOPs per token."""
-    coder = build(AnyCoderConfig(kind=kind, n_features=n_features, k=K), D).to(DEVICE).train()
+    layers = CLT_LAYERS if kind == "clt" else 1
+    coder = build(AnyCoderConfig(kind=kind, n_features=n_features, k=K), D, layers).to(DEVICE).train()
     optimizer = torch.optim.Adam(coder.parameters(), lr=1e-4, fused=CUDA)
-    x = torch.randn(batch, D, device=DEVICE)
+    shape = (batch, layers, D) if kind == "clt" else (batch, D)
+    x = torch.randn(shape, device=DEVICE)
+    target = {"target": torch.randn(shape, device=DEVICE)} if coder.target_field else {}
 
     def step():
         with autocast(DEVICE, "auto"):
-            parts, _ = coder.loss(x, 1.0)
+            parts, _ = coder.loss(x, 1.0, **target)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(coder.parameters(), 1.0)
         optimizer.step()
@@ -51,9 +58,14 @@ def own_step(kind: str, n_features: int, batch: int):
     return step, coder.flops_per_token()
 
 
-def step_table(steps: int, peers: bool, peak: float) -> None:
-    print(f"{'kind':9} {'N':>7} {'batch':>6} {'tool':9} {'tokens/s':>11} {'TFLOP/s':>8} {'of peak':>8}")
-    for kind, n_features, batch in CASES:
+def step_rows(steps: int, peers: bool, peak: float, cases=CASES) -> list[dict]:
+    """Per case and tool, tokens/s, achieved TFLOP/s and their share of `peak`; printed as each is measured.
+
+    A peer that cannot run a case holds why in `failed`; a peer without the kind has no row.
+    """
+    print(f"{'kind':10} {'N':>7} {'batch':>6} {'tool':9} {'tokens/s':>11} {'TFLOP/s':>8} {'of peak':>8}")
+    rows = []
+    for kind, n_features, batch in cases:
         step, flops = own_step(kind, n_features, batch)
         runs = [("pipeline", step)]
         if peers:
@@ -62,18 +74,22 @@ def step_table(steps: int, peers: bool, peak: float) -> None:
                 for name, make in (("sparsify", sparsify_step), ("sae-lens", saelens_step))
             ]
         for tool, run in runs:
+            row = {"kind": kind, "n_features": n_features, "batch": batch, "tool": tool}
             if isinstance(run, str):
-                print(f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {run}")
+                rows.append({**row, "failed": run})
+                print(f"{kind:10} {n_features:>7} {batch:>6} {tool:9} {run}")
             elif run is not None:
                 rate = batch / timed(run, steps)
+                rows.append({**row, "tokens_s": rate, "tflops": rate * flops / 1e12, "of_peak": rate * flops / peak})
                 print(
-                    f"{kind:9} {n_features:>7} {batch:>6} {tool:9} {rate:>11,.0f} "
+                    f"{kind:10} {n_features:>7} {batch:>6} {tool:9} {rate:>11,.0f} "
                     f"{rate * flops / 1e12:>8.3g} {rate * flops / peak:>8.0%}",
                     flush=True,
                 )
         del step, runs
         if CUDA:
             torch.cuda.empty_cache()
+    return rows
 
 
 def step_profiles(steps: int, rows: int = 12) -> None:
@@ -115,7 +131,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if CUDA else "cpu"
     print(f"device {name}; matrix peak {peak / 1e12:.1f} TFLOP/s ({'bfloat16 8192^3' if CUDA else 'float32 1024^3'})")
     if not args.skip_steps:
-        step_table(args.steps, args.peers, peak)
+        step_rows(args.steps, args.peers, peak)
     if args.profile:
         step_profiles(min(args.steps, 5))
     if not args.skip_grid:

@@ -14,6 +14,7 @@ from pipeline.errors import ConfigError
 
 WEIGHTS = "coder.safetensors"
 CONFIG = "config.json"
+SOURCE = "source.json"  # what the coder was trained on (`activations.arrays.provenance`), so it exports without a store
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -114,6 +115,8 @@ class Coder(nn.Module):
     config_class: ClassVar[type[CoderConfig]] = CoderConfig  # its configuration: the fields it reads from `coder`
     sparsity_field: ClassVar[str] = "l1_coefficient"  # the field a sweep's `sparsity` list sets
     sparsity_tag: ClassVar[str] = "l1-{:g}"  # how a run id spells that setting (format string of its value)
+    # the sparsity field is itself the mean L0 per token (k), so a sweep's `target_l0` sets it; else a penalty
+    sparsity_is_l0: ClassVar[bool] = False
     stackable: ClassVar[bool] = False  # its loss takes weights stacked along a leading arm dimension (train.stack)
     per_arm_fields: ClassVar[tuple[str, ...]] = ()  # fields (and attributes) that may differ between stacked arms
     target_field: ClassVar[str] = ""  # train field naming the arrays it predicts; empty: it reconstructs train.hook
@@ -121,6 +124,7 @@ class Coder(nn.Module):
     rows_independent: ClassVar[bool] = True  # a row's loss ignores the other rows, so ddp may split a batch
     feature_sharding: ClassVar[bool] = False  # implements `sharded_loss`, for train.parallel=features
     renamed: ClassVar[dict[str, str]] = {}  # config field -> constructor keyword, where the two names differ
+    encodes_less_b_dec: ClassVar[bool] = False  # its encoder reads x - b_dec (so moving b_dec moves its input too)
 
     def __init__(self, d_in: int, n_features: int, **hparams):
         super().__init__()
@@ -158,6 +162,26 @@ class Coder(nn.Module):
     def after_step(self) -> None:
         """Called by the trainer after each optimiser step (e.g. to renormalise decoder columns); no-op by default."""
 
+    def calibrate(self, inputs: list[torch.Tensor]) -> None:
+        """Called by the trainer once training ends, before evaluation, with the held-out rows' inputs: a kind
+        whose inference differs from its training sets what inference reads from them; no-op by default."""
+
+    def sharded_calibrate(self, inputs: list[torch.Tensor], shard: FeatureShard) -> None:
+        """As `calibrate`, when this coder holds one rank's slice of the features (see `sharded_loss`)."""
+
+    @torch.no_grad()
+    def fold_input_mean(self, mean: torch.Tensor) -> None:
+        """Makes this coder, trained on inputs less `mean`, act on the inputs themselves: the same features from
+        x as it had from x - mean, and `mean` added back to its output (an SAE's; `train.center`)."""
+        if not self.encodes_less_b_dec:
+            self.b_enc -= self.w_enc @ mean
+        self.b_dec += mean
+
+    def decoder_columns(self) -> list[torch.Tensor]:
+        """Each group of features that write to the same space, as [dim, features]: one feature's decoder vector
+        per column. One group, `w_dec` [d_in, n_features], unless a kind overrides it."""
+        return [self.w_dec]
+
     def encode_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The features of `layer` from its input alone, so splicing can run the coder inside the model layer by layer.
 
@@ -191,9 +215,12 @@ class Coder(nn.Module):
     def config(self) -> dict:
         return {"kind": self.kind, "d_in": self.d_in, "n_features": self.n_features, **self.hparams}
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, source: dict | None = None) -> None:
+        """Weights and config into `folder`, and with `source` what the coder was trained on."""
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, folder / WEIGHTS)
         (folder / CONFIG).write_text(json.dumps(self.config(), indent=1))
+        if source is not None:
+            (folder / SOURCE).write_text(json.dumps(source, indent=1))

@@ -12,6 +12,12 @@ follows activations that drift during training). Until the first training step i
 ReLU. Call `.eval()` to encode with the threshold; in training mode `encode` and `loss` select per
 batch.
 
+Once training ends the threshold either stays the running average (`threshold_calibration=running`)
+or is calibrated on the held-out rows (`held_out`) to keep the training L0: it becomes the largest
+ReLU pre-activation that a selection of the k * rows largest over all held-out rows leaves out, so
+exactly k latents per row fire on average there (ties aside). Either way the saved coder encodes as
+a JumpReLU with one threshold for every feature, pre * (pre > threshold).
+
 Initialisation, the decoder renormalisation in `after_step`, the dead-latent count and the AuxK
 loss are those of `pipeline.coders.topk`.
 """
@@ -24,15 +30,21 @@ import torch
 from pipeline.coders.base import FeatureShard, expect
 from pipeline.coders.topk import TopKConfig, TopKFamily
 
+CALIBRATIONS = ("running", "held_out")
+
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
     kind: str = "batchtopk"  # this kind
     threshold_momentum: float = 0.9  # weight of the running threshold against each step's batch minimum, in [0, 1)
+    # inference threshold once training ends: running (the training average) or held_out (keeps k per held-out row)
+    threshold_calibration: str = "running"
 
     def __post_init__(self):
         super().__post_init__()
         expect(0 <= self.threshold_momentum < 1, "threshold_momentum", "a momentum in [0, 1)", self.threshold_momentum)
+        calibration = self.threshold_calibration
+        expect(calibration in CALIBRATIONS, "threshold_calibration", f"one of {', '.join(CALIBRATIONS)}", calibration)
 
 
 class BatchTopKSAE(TopKFamily):
@@ -49,11 +61,13 @@ class BatchTopKSAE(TopKFamily):
         aux_k_coefficient: float = 1 / 32,
         dead_tokens_threshold: int = 10_000_000,
         threshold_momentum: float = 0.9,
+        threshold_calibration: str = "running",
     ):
         super().__init__(
-            d_in, n_features, k, aux_k, aux_k_coefficient, dead_tokens_threshold, threshold_momentum=threshold_momentum
-        )
-        self.threshold_momentum = threshold_momentum
+            d_in, n_features, k, aux_k, aux_k_coefficient, dead_tokens_threshold,
+            threshold_momentum=threshold_momentum, threshold_calibration=threshold_calibration,
+        )  # fmt: skip
+        self.threshold_momentum, self.threshold_calibration = threshold_momentum, threshold_calibration
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
 
@@ -92,3 +106,33 @@ class BatchTopKSAE(TopKFamily):
         # it the minimum over all ranks makes every rank take the same step.
         positive = torch.where(f > 0, f, torch.full_like(f, math.inf))
         self.after_activation(shard.reduce(positive.min().reshape(1), "min"))
+
+    def held_out_candidates(self, inputs: list[torch.Tensor], pre_activation) -> torch.Tensor:
+        """The k * rows + 1 largest ReLU pre-activations over all rows of `inputs` (all of them where fewer), in
+        decreasing order: a running selection, so no [rows x features] tensor of all rows is kept."""
+        n = self.k * sum(len(x) for x in inputs) + 1
+        kept = torch.zeros(0, device=self.w_enc.device)
+        for x in inputs:
+            pool = torch.cat([kept, torch.relu(pre_activation(x)).flatten().float()])
+            kept = pool.topk(min(n, len(pool))).values
+        return kept
+
+    @torch.no_grad()
+    def calibrate(self, inputs: list[torch.Tensor]) -> None:
+        if self.threshold_calibration == "held_out":
+            kept, n = self.held_out_candidates(inputs, self.pre_activation), self.k * sum(len(x) for x in inputs)
+            # Fewer candidates than k per row and one: every positive activation is kept, a threshold of 0.
+            self.threshold.fill_(kept[n] if len(kept) > n else 0.0)
+
+    @torch.no_grad()
+    def sharded_calibrate(self, inputs: list[torch.Tensor], shard: FeatureShard) -> None:
+        # Each rank offers its own largest k * rows + 1; among all ranks' offers the smallest winner is the
+        # threshold, unless fewer of them than that are positive.
+        if self.threshold_calibration != "held_out":
+            return
+        kept = self.held_out_candidates(inputs, lambda x: self.sharded_pre_activation(x, shard))
+        n = self.k * sum(len(x) for x in inputs) + 1
+        winners = shard.top(torch.nn.functional.pad(kept, (0, n - len(kept))), n, n)
+        positive = shard.reduce((winners > 0).sum())
+        smallest = shard.reduce(torch.where(winners > 0, winners, math.inf).min().reshape(1), "min")
+        self.threshold.fill_(smallest[0] if positive >= n else 0.0)

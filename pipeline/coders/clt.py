@@ -123,6 +123,10 @@ class CrossLayerTranscoder(Coder):
         """[..., L, n]: the norm of each feature's decoder vectors concatenated over its target layers."""
         return torch.stack([w.norm(dim=(-3, -2)) for w in self.w_dec], dim=-2)
 
+    def decoder_columns(self) -> list[torch.Tensor]:
+        """One group per source layer: a feature's decoder vectors over its target layers, end to end."""
+        return [w.flatten(0, 1) for w in self.w_dec]
+
     # The weights may carry a leading arm dimension (a stack of coders, `pipeline.train.stack`); the
     # inputs never do, so the training path below is written for [..., rows, L, *] throughout.
 

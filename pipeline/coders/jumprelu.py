@@ -11,6 +11,7 @@ with lambda = `l1_coefficient` (the generic sparsity lambda shared with relu), l
 
     penalty = "l0":   S = mean_rows sum_i H(pre_i - theta_i)                     (Gemma Scope)
     penalty = "tanh": S = mean_rows sum_i tanh(c * f_i * ||W_dec[:, i]||)          (Circuit Tracing, c = tanh_scale)
+    penalty = "quadratic": S = mean_rows (2 / T) (sum_i H(pre_i - theta_i) - T)^2  (Gemma Scope 2, T = target_l0)
     P = mean_rows sum_i ReLU(theta_i - pre_i) * ||W_dec[:, i]||                  (0 unless preact_coefficient > 0)
 
 H has zero derivative almost everywhere, so theta learns through pseudo-derivatives with a rectangle
@@ -23,30 +24,35 @@ and d theta / d log_threshold = theta by the chain rule.
 
 Initialisation follows relu: decoder columns random directions of norm `init_decoder_norm`, encoder
 the decoder's transpose, biases zero, every theta = `init_threshold`. The L0 penalty cannot see the
-scale of a decoder column, so with penalty="l0" `after_step` holds every column at norm
+scale of a decoder column, so with penalty="l0" or "quadratic" `after_step` holds every column at norm
 `init_decoder_norm` (Gemma Scope holds them at 1; any fixed norm removes the symmetry). The tanh
 penalty weights by the decoder norm, so there `after_step` does nothing.
 """
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from pipeline.coders.base import Coder, FeatureShard, compute_dtype, expect
+from pipeline.coders.base import Coder, FeatureShard, affine, compute_dtype, expect, with_rows_axis
 from pipeline.coders.jumprelu_kernel import JumpReluSAELoss
 from pipeline.coders.relu import ReluConfig
 
-PENALTIES = ("l0", "tanh")
+STEP_PENALTIES = ("l0", "quadratic")  # the penalties on the count of active features, blind to decoder norms
 # The config fields whose constructor keyword drops the `jumprelu_` prefix the shared `coder` node needs.
 RENAMED = {"jumprelu_penalty": "penalty", "jumprelu_bandwidth": "bandwidth"}
 
 
 @dataclass
 class JumpReluConfig(ReluConfig):
+    """The fields of the JumpReLU kinds (jumprelu, and the transcoders extending this config)."""
+
+    penalties: ClassVar[tuple[str, ...]] = ("l0", "tanh")  # the values jumprelu_penalty may take
     kind: str = "jumprelu"  # this kind
-    jumprelu_penalty: str = "tanh"  # sparsity penalty: l0 (Gemma Scope) or tanh (Circuit Tracing)
+    # sparsity penalty: l0 (Gemma Scope), tanh (Circuit Tracing) or, for jumprelu, quadratic (Gemma Scope 2)
+    jumprelu_penalty: str = "tanh"
     jumprelu_bandwidth: float = 0.001  # width of the threshold gradient's rectangle kernel (pre-activation units)
     init_threshold: float = 0.001  # threshold theta of every feature at initialisation (pre-activation units)
     tanh_scale: float = 4.0  # c of the tanh penalty sum_i tanh(c * f_i * ||W_dec,i||) (per pre-activation unit)
@@ -55,11 +61,29 @@ class JumpReluConfig(ReluConfig):
     def __post_init__(self):
         super().__post_init__()
         penalty = self.jumprelu_penalty
-        expect(penalty in PENALTIES, "jumprelu_penalty", f"one of {', '.join(PENALTIES)}", penalty)
+        expect(penalty in self.penalties, "jumprelu_penalty", f"one of {', '.join(self.penalties)}", penalty)
         expect(self.jumprelu_bandwidth > 0, "jumprelu_bandwidth", "a positive width", self.jumprelu_bandwidth)
         expect(self.init_threshold > 0, "init_threshold", "a positive threshold", self.init_threshold)
         expect(self.tanh_scale > 0, "tanh_scale", "a positive scale", self.tanh_scale)
         expect(self.preact_coefficient >= 0, "preact_coefficient", "a coefficient >= 0", self.preact_coefficient)
+
+
+@dataclass
+class JumpReluSAEConfig(JumpReluConfig):
+    penalties: ClassVar[tuple[str, ...]] = ("l0", "tanh", "quadratic")
+    target_l0: float = 32.0  # T of the quadratic penalty: the active features per row it pulls towards
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.jumprelu_penalty == "quadratic":
+            n = self.n_features
+            expect(0 < self.target_l0 <= n, "target_l0", f"a count in (0, n_features={n}]", self.target_l0)
+
+
+def quadratic_penalty(counts: torch.Tensor, target: float) -> torch.Tensor:
+    """Gemma Scope 2's mean_rows (2 / T) (L0_row - T)^2 of [..., rows] active-feature counts (as SAELens 6.54's
+    `quadratic` mode)."""
+    return (2 / target * (counts - target).pow(2)).mean(-1)
 
 
 def _rectangle(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
@@ -107,7 +131,7 @@ class StepFunction(torch.autograd.Function):
 
 class JumpReluSAE(Coder):
     kind = "jumprelu"
-    config_class = JumpReluConfig
+    config_class = JumpReluSAEConfig
     renamed = RENAMED
     stackable, per_arm_fields = True, ("l1_coefficient",)
     feature_sharding = True
@@ -123,6 +147,7 @@ class JumpReluSAE(Coder):
         tanh_scale: float = 4.0,
         preact_coefficient: float = 0.0,
         init_decoder_norm: float = 0.1,
+        target_l0: float = 32.0,
     ):
         super().__init__(
             d_in,
@@ -134,7 +159,9 @@ class JumpReluSAE(Coder):
             tanh_scale=tanh_scale,
             preact_coefficient=preact_coefficient,
             init_decoder_norm=init_decoder_norm,
+            target_l0=target_l0,
         )
+        self.target_l0 = target_l0
         self.l1_coefficient, self.penalty, self.bandwidth = l1_coefficient, penalty, bandwidth
         self.tanh_scale, self.preact_coefficient = tanh_scale, preact_coefficient
         self.init_decoder_norm = init_decoder_norm
@@ -155,6 +182,8 @@ class JumpReluSAE(Coder):
         return nn.functional.linear(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
 
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self.penalty == "quadratic":
+            return self.quadratic_loss(x, sparsity_scale)
         hp = {"penalty": self.penalty, "tanh_scale": self.tanh_scale, "bandwidth": self.bandwidth}
         params = (self.w_enc, self.b_enc, self.w_dec, self.b_dec, self.log_threshold)
         reconstruction, sparsity, preact, f = JumpReluSAELoss.apply(x, *params, hp, compute_dtype(x))
@@ -163,9 +192,24 @@ class JumpReluSAE(Coder):
             total = total + self.preact_coefficient * preact
         return {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity, "preact": preact}, f
 
+    def quadratic_loss(self, x: torch.Tensor, sparsity_scale: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The loss with the quadratic penalty, through autograd (the fused kernel has the l0 and tanh penalties);
+        the weights may be a stack's."""
+        pre = affine(x, self.w_enc, self.b_enc)
+        theta, norm = with_rows_axis(self.threshold), with_rows_axis(self.w_dec.norm(dim=-2))
+        f = JumpReLUFunction.apply(pre, theta, self.bandwidth)
+        reconstruction = (x - affine(f, self.w_dec, self.b_dec)).pow(2).sum(-1).mean(-1)
+        sparsity = quadratic_penalty(StepFunction.apply(pre, theta, self.bandwidth).sum(-1), self.target_l0)
+        total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.preact_coefficient)):
+            preact = (torch.relu(theta - pre) * norm).sum(-1).mean(-1)
+        if self.preact_coefficient:
+            total = total + self.preact_coefficient * preact
+        return {"loss": total, "reconstruction": reconstruction, "sparsity": sparsity, "preact": preact}, f.detach()
+
     @torch.no_grad()
     def after_step(self) -> None:
-        if self.penalty == "l0":
+        if self.penalty in STEP_PENALTIES:
             self.w_dec *= self.init_decoder_norm / self.w_dec.norm(dim=-2, keepdim=True).clamp_min(1e-12)
 
     def flops_per_token(self) -> float:
@@ -183,6 +227,9 @@ class JumpReluSAE(Coder):
         decoder_norm, theta = self.w_dec.norm(dim=0), self.threshold
         if self.penalty == "l0":
             sparsity = shard.sum(StepFunction.apply(pre, theta, self.bandwidth).sum(-1).mean())
+        elif self.penalty == "quadratic":  # the penalty of each row's count over every rank's features
+            counts = shard.sum(StepFunction.apply(pre, theta, self.bandwidth).sum(-1))
+            sparsity = quadratic_penalty(counts, self.target_l0)
         else:
             sparsity = shard.sum(torch.tanh(self.tanh_scale * f * decoder_norm).sum(-1).mean())
         total = reconstruction + sparsity_scale * self.l1_coefficient * sparsity

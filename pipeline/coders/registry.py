@@ -8,7 +8,7 @@ configuration layer lies below the coders and never imports them.
 """
 
 import json
-from dataclasses import Field, field, fields, make_dataclass
+from dataclasses import MISSING, Field, field, fields, make_dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from pipeline.coders.base import CONFIG, WEIGHTS, Coder
 from pipeline.coders.batchtopk import BatchTopKSAE
 from pipeline.coders.clt import CrossLayerTranscoder
 from pipeline.coders.jumprelu import JumpReluSAE
+from pipeline.coders.matryoshka import MatryoshkaSAE
 from pipeline.coders.relu import ReluSAE
 from pipeline.coders.topk import TopKSAE
 from pipeline.coders.transcoder import Transcoder
@@ -32,6 +33,7 @@ KINDS: dict[str, type[Coder]] = {
         TopKSAE,
         BatchTopKSAE,
         JumpReluSAE,
+        MatryoshkaSAE,
         Transcoder,
         CrossLayerTranscoder,
     )
@@ -53,10 +55,16 @@ def _union_fields(kinds) -> list[tuple]:
         for f in fields(cls.config_class):
             first = union.setdefault(f.name, f)
             origin.setdefault(f.name, cls.config_class)
-            if f.name not in base and (first.type, first.default) != (f.type, f.default):
+            if f.name not in base and _declared(first) != _declared(f):
                 raise TypeError(f"{cls.kind}: field {f.name} differs from another kind's field of that name")
-    return [(name, f.type, field(default=f.default, metadata={"doc": field_doc(origin[name], name)}))
+    return [(name, f.type, field(default=f.default, default_factory=f.default_factory,
+                                 metadata={"doc": field_doc(origin[name], name)}))
             for name, f in union.items() if name not in base]  # fmt: skip
+
+
+def _declared(f: Field) -> tuple:
+    """A field's type and default (a list field's: the value its factory makes)."""
+    return f.type, f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def _check_own_fields(cfg: CoderConfig) -> None:

@@ -74,8 +74,8 @@ class TopKConfig(CoderConfig):
 class TopKFamily(Coder):
     """What topk and batchtopk share: initialisation, pre-bias encoder, decoder, dead-latent count, AuxK."""
 
-    sparsity_field, sparsity_tag = "k", "k{}"
-    stackable = feature_sharding = True
+    sparsity_field, sparsity_tag, sparsity_is_l0 = "k", "k{}", True
+    stackable = feature_sharding = encodes_less_b_dec = True
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ from pipeline.config.compose import CONF_DIR, compose
 from pipeline.config.schema import (
     CoderConfig,
     DataConfig,
+    ExportConfig,
     FitConfig,
     HarvestConfig,
     LauncherConfig,
@@ -19,7 +20,7 @@ from pipeline.config.schema import (
 )
 
 __all__ = [
-    "CONF_DIR", "CoderConfig", "DataConfig", "FitConfig", "HarvestConfig", "LauncherConfig", "ModelConfig",
-    "PipelineConfig", "RayConfig", "StoreConfig", "SweepConfig", "TrackingConfig", "TrainConfig", "compose",
-    "check", "checked", "register_configs",
+    "CONF_DIR", "CoderConfig", "DataConfig", "ExportConfig", "FitConfig", "HarvestConfig", "LauncherConfig",
+    "ModelConfig", "PipelineConfig", "RayConfig", "StoreConfig", "SweepConfig", "TrackingConfig", "TrainConfig",
+    "compose", "check", "checked", "register_configs",
 ]  # fmt: skip

@@ -26,6 +26,8 @@ CACHE_MODES = ("auto", "device", "host", "none")
 PARALLEL_MODES = ("none", "ddp", "features")
 LAUNCHERS = ("local", "ray", "slurm")
 TRACKING_MODES = ("disabled", "offline", "online", "auto")
+EXPORT_FORMATS = ("saelens", "circuit-tracer", "sparsify")  # of export.format; pipeline/export/formats.py writes each
+EXPORT_SELECTIONS = ("best", "all")
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"  # the torch devices a run may name
 
 
@@ -129,6 +131,8 @@ class TrainConfig:
     # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
     splice_contexts: int = checked(32, min=0)
     seed: int = 0  # seed of initialisation and data order
+    # SAEs: train on inputs less the store's mean of the hook; the saved coder has it folded into its biases
+    center: bool = False
     device: str = checked("auto", pattern=DEVICE)  # torch device; auto = cuda when present, else cpu
     # matrix products in bfloat16 or float32; auto = bfloat16 on CUDA, float32 on CPU
     precision: str = checked("auto", choices=PRECISIONS)
@@ -200,6 +204,23 @@ class FitConfig:
     results: list[str] = field(default_factory=list)  # results tables to fit; empty = <out_dir>/sweep/results.parquet
     n_bootstrap: int = checked(1000, min=0)  # bootstrap resamples behind each confidence interval
     seed: int = 0  # seed of the bootstrap
+    # results-table columns to fit against compute at each budget's lowest-loss run, e.g. [explained_variance]
+    metrics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExportConfig:
+    # the peer library whose folder format each dictionary is written in
+    format: str = checked("saelens", choices=EXPORT_FORMATS)
+    run: str = ""  # one run folder to export (holding coder/ and metrics.json); empty = arms of <out_dir>/sweep
+    arms: list[str] = field(default_factory=list)  # run ids of <out_dir>/sweep/runs to export; empty = export.select
+    # without run or arms: best (the lowest-loss finished arm of each budget) or all (every finished arm)
+    select: str = checked("best", choices=EXPORT_SELECTIONS)
+    dir: str = ""  # folder receiving one <run id>/ folder per dictionary; empty = <out_dir>/export/<format>
+
+    def validate(self, at: str) -> None:
+        if self.run and self.arms:
+            raise ConfigError(f"{at}arms: export.run names one run folder already; expected no arms, got {self.arms}")
 
 
 @dataclass
@@ -217,6 +238,7 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self, at: str) -> None:
         """The rules that tie fields of several groups together."""

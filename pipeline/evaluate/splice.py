@@ -13,6 +13,11 @@ Every kind is spliced the same way, through its `Coder.encode_layer` and `Coder.
 Runs on the store's last contexts, whose activations are the held-out rows. Models without a
 language-model head have no next-token loss, and are skipped. An exact coder changes nothing: both
 the loss change and the KL are 0.
+
+SAEBench's scores set the spliced model between the clean one (score 1) and one whose replaced
+arrays are zero (score 0): ce_loss_score = (CE_ablated - CE_spliced) / (CE_ablated - CE_clean) and
+kl_score = (KL_ablated - KL_spliced) / KL_ablated (KL_clean is 0). The zero ablation replaces the
+positions the coder replaces (not BOS when the store dropped it).
 """
 
 import math
@@ -48,32 +53,48 @@ class Splicer:
 
     @torch.no_grad()
     def __call__(self, coder: Coder, arrays: CoderArrays, scales: dict[str, float], batch_contexts: int = 8) -> dict:
-        """Per next-token prediction: "delta_loss", "kl" (spliced from clean), "clean_loss" and "spliced_loss".
+        """Per next-token prediction: "delta_loss", "kl" (spliced from clean), "clean_loss" and "spliced_loss";
+        the zero-ablated "ablated_loss" and "ablated_kl", and SAEBench's "ce_loss_score" and "kl_score".
 
         `arrays` says what the coder reads and predicts; `scales` maps each array to the factor that
         brought it to E||x||^2 = d for training.
         """
-        sums = {"clean": 0.0, "spliced": 0.0, "kl": 0.0}
+        sums = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0, "kl": 0.0, "ablated_kl": 0.0}
         count = 0
         for ids in self.tokens.split(batch_contexts):
-            clean = self.model(input_ids=ids).logits.float()
+            clean = self.model(input_ids=ids).logits.float()[:, :-1].log_softmax(-1)
             with self._spliced(coder, arrays, scales):
-                spliced = self.model(input_ids=ids).logits.float()
+                spliced = self.model(input_ids=ids).logits.float()[:, :-1].log_softmax(-1)
+            with self._ablated(arrays):
+                ablated = self.model(input_ids=ids).logits.float()[:, :-1].log_softmax(-1)
             targets = ids[:, 1:]
-            clean_lp, spliced_lp = clean[:, :-1].log_softmax(-1), spliced[:, :-1].log_softmax(-1)
-            sums["clean"] += _nll(clean_lp, targets).sum().item()
-            sums["spliced"] += _nll(spliced_lp, targets).sum().item()
-            sums["kl"] += F.kl_div(spliced_lp, clean_lp, log_target=True, reduction="none").sum(-1).sum().item()
+            for name, log_probs in (("clean", clean), ("spliced", spliced), ("ablated", ablated)):
+                sums[name] += _nll(log_probs, targets).sum().item()
+            sums["kl"] += _kl(clean, spliced)
+            sums["ablated_kl"] += _kl(clean, ablated)
             count += targets.numel()
         if not count:
-            return dict.fromkeys(("delta_loss", "kl", "clean_loss", "spliced_loss"), math.nan)
-        clean_loss, spliced_loss = sums["clean"] / count, sums["spliced"] / count
+            names = ("delta_loss", "kl", "clean_loss", "spliced_loss", "ablated_loss", "ablated_kl")
+            return dict.fromkeys((*names, "ce_loss_score", "kl_score"), math.nan)
+        mean = {name: total / count for name, total in sums.items()}
         return {
-            "delta_loss": spliced_loss - clean_loss,
-            "kl": sums["kl"] / count,
-            "clean_loss": clean_loss,
-            "spliced_loss": spliced_loss,
+            "delta_loss": mean["spliced"] - mean["clean"],
+            "kl": mean["kl"],
+            "clean_loss": mean["clean"],
+            "spliced_loss": mean["spliced"],
+            "ablated_loss": mean["ablated"],
+            "ablated_kl": mean["ablated_kl"],
+            "ce_loss_score": _ratio(mean["ablated"] - mean["spliced"], mean["ablated"] - mean["clean"]),
+            "kl_score": _ratio(mean["ablated_kl"] - mean["kl"], mean["ablated_kl"]),
         }
+
+    def _ablated(self, arrays: CoderArrays) -> ExitStack:
+        """The hooks that set every array the coder would replace to zero (the positions it replaces)."""
+        stack = ExitStack()
+        for target in arrays.targets or arrays.inputs:
+            zero = self._hook(target, lambda value: self._keep_bos(torch.zeros_like(value), value))
+            stack.callback(zero.remove)
+        return stack
 
     def _spliced(self, coder: Coder, arrays: CoderArrays, scales: dict[str, float]) -> ExitStack:
         """The model's hooks that splice `coder` in for one forward pass, removed when the context exits."""
@@ -124,6 +145,16 @@ class Splicer:
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return module.register_forward_hook(hook)
+
+
+def _kl(clean: torch.Tensor, other: torch.Tensor) -> float:
+    """The summed KL(clean || other) over positions, from log-probabilities."""
+    return F.kl_div(other, clean, log_target=True, reduction="none").sum(-1).sum().item()
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den; NaN when den is 0 (the ablation changes nothing, so there is no range to recover)."""
+    return num / den if den else math.nan
 
 
 def _nll(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

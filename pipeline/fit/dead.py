@@ -6,6 +6,8 @@ report; the published points (about 2%, 35%, 65% dead at 1M, 4M, 34M features) r
 linearly in ln N. The slope reads as "extra dead fraction per e-fold of width".
 """
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -17,32 +19,65 @@ def _least_squares(design: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     resid = y - design @ coef
     total = float(np.sum((y - y.mean()) ** 2))
-    return coef, (1.0 - float(resid @ resid) / total) if total > 0 else 1.0
+    return coef, (1.0 - float(resid @ resid) / total) if total > 0 else math.nan
 
 
-def fit_dead_fraction(runs: pd.DataFrame) -> tuple[dict | None, str | None]:
-    """The fit above, per-width means for plots, and the joint fit in ln N, ln T, ln lr.
+def cannot_measure(reason: str) -> tuple[dict, str]:
+    """A fit that was not made: its record and its warning both say why."""
+    return {"cannot_measure": reason}, f"dead-feature fit: cannot measure: {reason}"
 
-    Returns None and the reason when the table has no usable dead fractions or a single width.
+
+def measured_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The runs whose dead fraction means something, or none and why not.
+
+    A run no longer than its dead-feature window counts a feature dead only if it never fired at
+    all, early training included, so its dead fraction is near 0 whatever the width: it is left out.
     """
     if "dead_fraction" not in runs.columns:
-        return None, "dead-feature fit skipped: the results table has no dead_fraction column"
+        return runs.iloc[:0], "the results table has no dead_fraction column"
     dead = pd.to_numeric(runs["dead_fraction"], errors="coerce")
     rows = runs[np.isfinite(dead) & (dead >= 0) & (dead <= 1)]
+    if {"dead_window_tokens", "tokens"} <= set(rows.columns):
+        window = pd.to_numeric(rows["dead_window_tokens"], errors="coerce")
+        short = ~(window < pd.to_numeric(rows["tokens"], errors="coerce"))
+        if len(rows) and short.all():
+            return rows.iloc[:0], (
+                f"every run ({len(rows)}) is no longer than its dead-feature window (train.dead_window_tokens), "
+                "so a feature counts as dead only if it never fired at all"
+            )
+        rows = rows[~short]
     y = pd.to_numeric(rows["dead_fraction"]).to_numpy(float)
-    if len(rows) < 3 or rows["n_features"].nunique() < 2:
-        n_widths = rows["n_features"].nunique()
-        reason = f"{len(rows)} run(s) with a dead fraction over {n_widths} width(s), it needs >= 3 over >= 2"
-        return None, f"dead-feature fit skipped: {reason}"
+    if len(y) and np.ptp(y) == 0:
+        return rows.iloc[:0], f"every dead fraction is {y[0]:g} ({len(y)} runs): nothing varies to fit"
+    n_widths = rows["n_features"].nunique()
+    if len(rows) < 3 or n_widths < 2:
+        return rows.iloc[
+            :0
+        ], f"{len(rows)} run(s) with a dead fraction over {n_widths} width(s), it needs >= 3 over >= 2"
+    return rows, None
+
+
+def fit_dead_fraction(runs: pd.DataFrame) -> tuple[dict, str | None]:
+    """The fit above, per-width means for plots, and the joint fit in ln N, ln T, ln lr.
+
+    When it cannot be measured (see `measured_runs`) the record is {"cannot_measure": why}, and the
+    warning says the same.
+    """
+    rows, reason = measured_runs(runs)
+    if reason:
+        return cannot_measure(reason)
+    y = pd.to_numeric(rows["dead_fraction"]).to_numpy(float)
     ln_n = np.log(rows["n_features"].to_numpy(float))
     (intercept, slope), r2 = _least_squares(np.column_stack([np.ones_like(ln_n), ln_n]), y)
     by_width = rows.assign(dead_fraction=y).groupby("n_features")["dead_fraction"].agg(["mean", "min", "max", "size"])
+    n_left_out = len(runs) - len(rows)
     fit = {
         "form": FORM,
         "intercept": float(intercept),
         "slope": float(slope),
         "r2": r2,
         "n_points": len(y),
+        "n_left_out": n_left_out,
         "by_width": [
             {
                 "n_features": float(n),
@@ -55,7 +90,10 @@ def fit_dead_fraction(runs: pd.DataFrame) -> tuple[dict | None, str | None]:
         ],
         "joint": _joint_fit(rows, y, ln_n),
     }
-    return fit, None
+    note = (
+        f"dead-feature fit: {n_left_out} run(s) without a measured dead fraction were left out" if n_left_out else None
+    )
+    return fit, note
 
 
 def _joint_fit(rows: pd.DataFrame, y: np.ndarray, ln_n: np.ndarray) -> dict | None:

@@ -103,11 +103,13 @@ class BudgetRuns:
     lr_idx: np.ndarray  # per run: index into lrs
     loss: np.ndarray  # per run
     ln_tokens: np.ndarray  # per run
+    seed_idx: np.ndarray  # per run: index of its seed among the budget's distinct seeds (all 0 without a seed column)
 
     @classmethod
     def from_frame(cls, budget: float, rows: pd.DataFrame) -> "BudgetRuns":
         widths, width_idx = np.unique(rows["n_features"].to_numpy(float), return_inverse=True)
         lrs, lr_idx = np.unique(rows["lr"].to_numpy(float), return_inverse=True)
+        seeds = rows["seed"].to_numpy() if "seed" in rows.columns else np.zeros(len(rows), int)
         return cls(
             budget,
             widths,
@@ -116,6 +118,7 @@ class BudgetRuns:
             lr_idx,
             rows["loss"].to_numpy(float),
             np.log(rows["tokens"].to_numpy(float)),
+            np.unique(seeds, return_inverse=True)[1],
         )
 
     def __len__(self) -> int:

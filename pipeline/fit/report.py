@@ -5,7 +5,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.fit import kinds_report
+from pipeline.fit.dead import measured_runs
 from pipeline.fit.joint import joint_loss, joint_points
+from pipeline.fit.metric_laws import report_lines
 from pipeline.fit.optima import Optimum
 
 TITLES = {  # plot (file <name>.png) -> its title in report.md
@@ -15,6 +18,7 @@ TITLES = {  # plot (file <name>.png) -> its title in report.md
     "optima": "Optimal N, T, lr",
     "dead_features": "Dead features",
     "joint_nk": "Joint L(N, k)",
+    **kinds_report.TITLES,
 }
 
 
@@ -37,6 +41,8 @@ def write_plots(bundle, out: Path) -> list[str]:
         ("optima", _optima),
         ("dead_features", _dead),
         ("joint_nk", _joint),
+        ("kinds_frontier", kinds_report.draw_kinds_frontier),
+        ("kinds_l0_ev", kinds_report.draw_kinds_l0_ev),
     ):
         fig = draw(new_figure, bundle)
         if fig is None:
@@ -154,9 +160,9 @@ def _optima(new_figure, bundle):
 def _dead(new_figure, bundle):
     """Dead fraction of every run against width, with the fit in ln N."""
     dead = bundle.fit.get("dead_features")
-    if not dead:
+    if not dead or "cannot_measure" in dead:
         return None
-    rows = bundle.runs[np.isfinite(pd.to_numeric(bundle.runs["dead_fraction"], errors="coerce"))]
+    rows, _ = measured_runs(bundle.runs)
     fig, ax = new_figure(6.5, 4.5)
     ax.plot(rows["n_features"], rows["dead_fraction"], ".", color="0.6", label="runs")
     means = pd.DataFrame(dead["by_width"])
@@ -203,7 +209,7 @@ def law_table(fit: dict, markdown: bool = False) -> str:
     rows = [("quantity", "coefficient", "exponent", "95% CI")]
     for name, law in laws:
         if law is None:
-            rows.append((name, "-", "-", "(not fitted)"))
+            rows.append((name, "-", "-", _unfitted(fit.get("n_budgets", 0))))
             continue
         ci = law.get("ci95")
         ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
@@ -212,6 +218,13 @@ def law_table(fit: dict, markdown: bool = False) -> str:
         lines = ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join([lines[0], "|---|---|---|---|", *lines[1:]])
     return "\n".join(f"{name:<20} {coefficient:>12} {exponent:>9}  {ci}" for name, coefficient, exponent, ci in rows)
+
+
+def _unfitted(n_budgets: int) -> str:
+    """Why a power law in C (2 parameters) has no numbers."""
+    if n_budgets < 2:
+        return f"cannot measure: {n_budgets} budget(s), it needs >= 2"
+    return "cannot measure: fewer than 2 budgets with a finite positive value"
 
 
 def write_report(fit: dict) -> str:
@@ -240,9 +253,10 @@ def write_report(fit: dict) -> str:
         f"| {o['n_runs']} | {'yes' if o['at_grid_edge'] else 'no'} |"
         for o in fit["optima"]
     ]
-    lines += ["", "## Laws in compute", "", law_table(fit, markdown=True), ""]
+    lines += ["", "## Laws in compute", "", law_table(fit, markdown=True), ""] + kinds_report.seed_section(fit)
     lines += _extrapolation_section(fit.get("extrapolation")) + _dead_section(fit.get("dead_features"))
-    lines += _joint_section(fit.get("joint_nk"))
+    lines += _joint_section(fit.get("joint_nk")) + report_lines(fit.get("metric_laws") or {})
+    lines += kinds_report.kinds_section(fit)
     lines += ["## Plots", ""] + [f"![{TITLES.get(Path(p).stem, p)}]({p})" for p in fit.get("plots", [])] + [""]
     return "\n".join(lines)
 
@@ -266,6 +280,8 @@ def _extrapolation_section(ex: dict | None) -> list[str]:
 def _dead_section(dead: dict | None) -> list[str]:
     if not dead:
         return []
+    if "cannot_measure" in dead:
+        return ["## Dead features", "", f"Cannot measure: {dead['cannot_measure']}.", ""]
     lines = [
         "## Dead features",
         "",

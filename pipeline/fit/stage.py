@@ -6,7 +6,7 @@ exponent (loss and learning rate fall with compute, so theirs are negative).
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,14 @@ from pipeline.fit.bootstrap import MIN_SAMPLES, LawSamples, bootstrap_laws
 from pipeline.fit.dead import fit_dead_fraction
 from pipeline.fit.extrapolate import extrapolation_check
 from pipeline.fit.joint import fit_joint_nk
+from pipeline.fit.kinds import KindFit, compare_kinds
+from pipeline.fit.kinds_report import kinds_table
+from pipeline.fit.metric_laws import check_metrics, fit_metric_laws
 from pipeline.fit.optima import Optimum, find_optima, split_budgets
 from pipeline.fit.powerlaw import FloorLaw, PowerLaw, fit_power_law, fit_power_law_with_floor
 from pipeline.fit.report import law_table, write_plots, write_report
 from pipeline.fit.runs import analysis_slice, check_columns, finished_runs
+from pipeline.fit.seeds import seed_spread
 
 SCHEMA_VERSION = 1
 CONVENTION = (
@@ -62,11 +66,13 @@ class FitBundle:
     laws: dict[str, PowerLaw | None]  # optimum field -> its law in C
     floor: FloorLaw | None
     samples: dict[str, LawSamples]
+    kinds: list[KindFit] = field(default_factory=list)  # each kind's own fits, when the table holds several
 
 
 def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
     """All fits, without writing anything."""
     source = results.attrs.get("source", "results table")
+    check_metrics(results, list(cfg.metrics), source)
     finished, warnings = finished_runs(results, source)
     runs, analysis, notes = analysis_slice(finished)
     budgets = split_budgets(runs)
@@ -90,6 +96,7 @@ def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
     extrapolation, extrapolation_warning = extrapolation_check(optima)
     warnings += [w for w in (dead_note, extrapolation_warning) if w]
     notes += [n for n in (joint_note,) if n]
+    kinds, kind_fits = compare_kinds(finished, cfg.n_bootstrap, cfg.seed)
 
     fit = {
         "schema_version": SCHEMA_VERSION,
@@ -108,8 +115,11 @@ def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
             "with_floor": _floor_record(floor, samples["loss_floor"], cfg.n_bootstrap),
         },
         "dead_features": dead,
+        "metric_laws": fit_metric_laws(runs, list(cfg.metrics)),
         "joint_nk": joint,
         "extrapolation": extrapolation,
+        "seed_spread": seed_spread(budgets),
+        "kinds": kinds,
         "n_bootstrap": cfg.n_bootstrap,
         "bootstrap_seed": cfg.seed,
         "warnings": warnings,
@@ -122,7 +132,7 @@ def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
             record = fit[key] if key != "loss_frontier" else (fit[key] or {}).get("power_law")
             if record is not None and record["ci95"] is None:
                 warnings.append(f"{key}: too few successful bootstrap refits for a 95% interval")
-    return FitBundle(_json_safe(fit), runs, finished, optima, laws, floor, samples)
+    return FitBundle(_json_safe(fit), runs, finished, optima, laws, floor, samples, kind_fits)
 
 
 def _floor_notes(floor: FloorLaw | None, n_budgets: int) -> list[str]:
@@ -196,4 +206,4 @@ def summary_table(fit: dict) -> str:
     """The fitted laws as a plain-text table, and how many runs and budgets they rest on."""
     n_warn = len(fit.get("warnings", []))
     footer = f"{fit.get('n_runs', 0)} finished runs, {fit.get('n_budgets', 0)} budgets, {n_warn} warning(s)"
-    return law_table(fit) + "\n" + footer
+    return law_table(fit) + "\n" + kinds_table(fit.get("kinds")) + footer

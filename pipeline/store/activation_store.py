@@ -22,6 +22,7 @@ from pipeline.atomic import create_dir_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.schema import check_schema
+from pipeline.store.stats import hook_stats, sum_of_rows, sum_of_squares
 
 RECORDS = "completion"
 
@@ -68,9 +69,19 @@ def checksum(array: np.ndarray) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
-def sum_of_squares(rows: torch.Tensor) -> float:
-    """sum ||row||^2: row norms in float32 (no float32 copy of the rows), summed in float64."""
-    return float(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32).double().pow(2).sum())
+def _file_holds(path: Path, expected: np.ndarray) -> bool:
+    """Whether the file at `path` holds exactly the bytes of `expected`.
+
+    Read and compared 1 MiB at a time into one buffer, which stays in the CPU's cache: a whole-file read
+    and comparison would pass over three arrays of the file's size.
+    """
+    block = np.empty(min(1 << 20, expected.nbytes), np.uint8)
+    with open(path, "rb") as f:
+        for start in range(0, expected.nbytes, len(block)):
+            n = f.readinto(block)
+            if not np.array_equal(block[:n], expected[start : start + len(block)]):  # a short read differs in shape
+                return False
+        return f.read(1) == b""
 
 
 class ActivationStore:
@@ -87,6 +98,8 @@ class ActivationStore:
         )
         self.dtype = self.attrs["codec"]["dtype"]
         self.hooks: list[str] = self.attrs["hooks"]
+        # Each array is opened once: opening one reads its metadata file, which every shard written would repeat.
+        self.arrays = {name: self.group[name] for name in ["tokens", *(f"acts/{hook}" for hook in self.hooks)]}
 
     @classmethod
     def create(cls, path: Path, attrs: dict, d_model: int) -> "ActivationStore":
@@ -130,26 +143,24 @@ class ActivationStore:
     # -- activation shards -------------------------------------------------------------------
 
     def write_shard(self, shard: int, acts: dict[str, torch.Tensor]) -> dict:
-        """Writes one shard of every hook, verifies it by reading back, then records it complete."""
+        """Writes one shard of every hook, verifies it by reading back, then records it complete.
+
+        Each hook's checksum and norms are computed on a second thread while its shard file is encoded and written.
+        """
         start, stop = self.layout.rows(shard)
-        checksums, sizes, sum_sq = {}, {}, {}
-        for hook in self.hooks:
-            data = codecs.encode(acts[hook], self.dtype)
-            if data.shape[0] != stop - start:
-                raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
-            target = f"{self.path}/acts/{hook}"
-            try:
-                # Zarr merges a shard write into the file already there: a damaged one would fail it or survive in it.
-                self.shard_file(f"acts/{hook}", shard).unlink(missing_ok=True)
-                self.group[f"acts/{hook}"][start:stop] = data
-                written = self.group[f"acts/{hook}"][start:stop]
-            except OSError as err:
-                raise OSError(f"shard {shard}: writing {target} failed: {err}") from err
-            if not np.array_equal(written, data):
-                raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
-            checksums[f"acts/{hook}"] = checksum(written)
-            sizes[f"acts/{hook}"] = self.file_bytes(f"acts/{hook}", shard)
-            sum_sq[hook] = sum_of_squares(codecs.decode(written, self.dtype))
+        checksums, sizes, sum_sq, row_sums = {}, {}, {}, {}
+        with ThreadPoolExecutor(1) as pool:
+            for hook in self.hooks:
+                data = codecs.encode(acts[hook], self.dtype)
+                if data.shape[0] != stop - start:
+                    raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
+                digest = pool.submit(checksum, data)
+                rows = codecs.decode(data, self.dtype)
+                norms, sums = pool.submit(sum_of_squares, rows), pool.submit(sum_of_rows, rows)
+                self._write_checked(f"acts/{hook}", shard, data)
+                checksums[f"acts/{hook}"] = digest.result()
+                sizes[f"acts/{hook}"] = self.file_bytes(f"acts/{hook}", shard)
+                sum_sq[hook], row_sums[hook] = norms.result(), sums.result()
         record = {
             "shard": shard,
             "contexts": list(self.layout.contexts(shard)),
@@ -157,10 +168,32 @@ class ActivationStore:
             "checksums": checksums,
             "bytes": sizes,
             "sum_sq_norm": sum_sq,
+            "sum": row_sums,
             **_stamp(),
         }
         write_json_atomic(self.path / RECORDS / f"shard-{shard:06d}.json", record)
         return record
+
+    def _write_checked(self, name: str, shard: int, data: np.ndarray) -> None:
+        """Stores `data` as shard `shard` of array `name`, then reads its file back and compares it byte for byte.
+
+        The shard's file is encoded whole in memory and replaces the one on disk: Zarr would merge a slice write into
+        the file already there, where a damaged one would fail it or survive in it; and the bytes to compare with are
+        at hand without decoding the file again, which costs more than writing it.
+        """
+        from zarr.core.sync import sync
+
+        array = self.arrays[name]
+        encoded = codecs.encoded_shard(array, data)
+        target = f"{self.path}/{name}"
+        try:
+            sync(self.group.store.set(f"{name}/{array.metadata.encode_chunk_key((shard, 0))}", encoded))
+            same = _file_holds(self.shard_file(name, shard), encoded.as_numpy_array())
+        except OSError as err:
+            raise OSError(f"shard {shard}: writing {target} failed: {err}") from err
+        if not same:
+            start, stop = self.layout.rows(shard)
+            raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
 
     def tokens_record(self) -> dict | None:
         path = self.path / RECORDS / "tokens.json"
@@ -179,8 +212,9 @@ class ActivationStore:
         return [k for k in range(self.layout.n_shards) if k not in done]
 
     def shard_file(self, name: str, shard: int) -> Path:
-        """The file holding shard `shard` of array `name`; Zarr writes none for a shard of fill values alone."""
-        return self.path / name / self.group[name].metadata.encode_chunk_key((shard, 0))
+        """The file holding shard `shard` of array `name`; absent until it is written (and, in a store written by an
+        earlier version, for a shard of zeros alone, which Zarr left out)."""
+        return self.path / name / self.arrays[name].metadata.encode_chunk_key((shard, 0))
 
     def file_bytes(self, name: str, shard: int) -> int:
         file = self.shard_file(name, shard)
@@ -200,10 +234,12 @@ class ActivationStore:
         """Once every shard is complete: the normalisation statistics and the `complete` flag."""
         if self.incomplete_shards():
             raise RuntimeError(f"{self.path}: shards {self.incomplete_shards()[:5]} are not complete")
+        records = [self.record(k) for k in range(self.layout.n_shards)]
         stats = {}
         for hook in self.hooks:
-            total = sum(self.record(k)["sum_sq_norm"][hook] for k in range(self.layout.n_shards))
-            stats[hook] = {"mean_sq_norm": total / self.layout.n_rows, "n_rows": self.layout.n_rows}
+            total = sum(r["sum_sq_norm"][hook] for r in records)
+            row_sum = np.sum([r["sum"][hook] for r in records], axis=0) if all("sum" in r for r in records) else None
+            stats[hook] = hook_stats(total, row_sum, self.layout.n_rows)
         self.group.attrs.update({"norm_stats": stats, "complete": True})
         self.attrs = dict(self.group.attrs)
 
@@ -214,11 +250,11 @@ class ActivationStore:
         return bool(self.attrs.get("complete"))
 
     def d_model(self, hook: str) -> int:
-        return self.group[f"acts/{hook}"].shape[1]
+        return self.arrays[f"acts/{hook}"].shape[1]
 
     def read_rows(self, hook: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of one hook in the store's logical dtype."""
-        return codecs.decode(self.group[f"acts/{hook}"][start:stop], self.dtype)
+        return codecs.decode(self.arrays[f"acts/{hook}"][start:stop], self.dtype)
 
 
 def _lay_out(path: Path, attrs: dict, d_model: int) -> None:

@@ -1,4 +1,4 @@
-"""On-disk dtypes and compressors of the activation arrays.
+"""On-disk dtypes and compressors of the activation arrays, and the bytes of a shard's file.
 
 bfloat16 has no Zarr dtype, so its bits are stored as uint16 and the logical dtype is kept in the
 array's attributes; the round trip is exact.
@@ -38,3 +38,29 @@ def decode(stored: np.ndarray, dtype: str) -> torch.Tensor:
     """Stored rows back as a tensor of the logical dtype (a view for bfloat16, no copy)."""
     x = torch.from_numpy(np.ascontiguousarray(stored))
     return x.view(torch.bfloat16) if dtype == "bfloat16" else x
+
+
+def encoded_shard(array, data: np.ndarray):
+    """The bytes of the file Zarr writes for one whole shard of `array` holding `data`.
+
+    Every chunk is stored, one of zeros alone too: Zarr's default leaves such chunks out, which costs a
+    comparison of every chunk with zeros, a pass over the shard; activations are never all zeros.
+    """
+    import zarr
+    from zarr.storage import MemoryStore
+
+    files: dict = {}
+    shard = zarr.create_array(
+        MemoryStore(files),
+        shape=data.shape,
+        chunks=array.chunks,
+        shards=array.shards,
+        dtype=array.dtype,
+        filters=array.filters,
+        serializer=array.serializer,
+        compressors=array.compressors,
+        fill_value=array.fill_value,
+        config={"write_empty_chunks": True},
+    )
+    shard[:] = data
+    return files[shard.metadata.encode_chunk_key((0, 0))]

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from pipeline.coders.registry import AnyCoderConfig, coder_class, sparsity_setting, training_flops
 from pipeline.errors import ConfigError
-from pipeline.sweep.spec import SweepSpec
+from pipeline.sweep.spec import SweepSpec, kind_sparsities
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,15 @@ def widths(spec: SweepSpec, d_in: int) -> list[int]:
 
 
 def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
-    """Every arm, or ConfigError naming the first arm that cannot run on this store."""
-    kind = coder_class(spec.kind)
+    """Every arm, kind by kind, or ConfigError naming the first arm that cannot run on this store."""
+    arms = []
+    for kind, sparsities in kind_sparsities(spec).items():
+        arms += _plan_kind(spec, kind, sparsities, d_in, train_rows)
+    return arms
+
+
+def _plan_kind(spec: SweepSpec, kind_name: str, sparsities: list[float], d_in: int, train_rows: int) -> list[Arm]:
+    kind = coder_class(kind_name)
     n_layers = max(1, len(spec.layers))
     shared = {
         "hook": spec.hook,
@@ -55,17 +62,17 @@ def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
     }
     arms = []
     for budget, n, lr, sparsity, seed in itertools.product(
-        spec.budgets, widths(spec, d_in), spec.lrs, spec.sparsity, spec.seeds
+        spec.budgets, widths(spec, d_in), spec.lrs, sparsities, spec.seeds
     ):
-        setting = sparsity_setting(spec.kind, sparsity)
+        setting = sparsity_setting(kind_name, sparsity)
         tag = kind.sparsity_tag.format(setting[kind.sparsity_field])
-        run_id = f"{spec.kind}_C{budget:g}_N{n}_lr{lr:g}_{tag}_s{seed}"
+        run_id = f"{kind_name}_C{budget:g}_N{n}_lr{lr:g}_{tag}_s{seed}"
         if n % n_layers:
             raise ConfigError(
                 f"sweep: {spec.name}: arm {run_id}: {n} features do not split evenly over {n_layers} layers"
             )
         try:
-            coder = AnyCoderConfig(kind=spec.kind, n_features=n, skip_connection=spec.skip_connection, **setting)
+            coder = AnyCoderConfig(kind=kind_name, n_features=n, skip_connection=spec.skip_connection, **setting)
         except ConfigError as err:
             raise ConfigError(f"sweep: {spec.name}: arm {run_id}: {err}") from err
         fpt = training_flops(coder, d_in, n_layers)
@@ -84,7 +91,7 @@ def plan(spec: SweepSpec, d_in: int, train_rows: int) -> list[Arm]:
         arms.append(
             Arm(
                 run_id,
-                spec.kind,
+                kind_name,
                 budget,
                 n,
                 d_in,

@@ -24,6 +24,23 @@ METRIC_COLUMNS = (
     "flops_per_token",
     "delta_loss",
     "kl",
+    # SAEBench's core set (README, Metrics): the name of each says which formula it uses
+    "explained_variance",
+    "explained_variance_legacy",
+    "cossim",
+    "l2_ratio",
+    "relative_reconstruction_bias",
+    "frac_alive",
+    "freq_over_1_percent",
+    "freq_over_10_percent",
+    "max_decoder_cosine_sim",
+    "average_max_decoder_cosine_sim",
+    "clean_loss",
+    "spliced_loss",
+    "ablated_loss",
+    "ablated_kl",
+    "ce_loss_score",
+    "kl_score",
 )
 COLUMNS = (
     "run_id", "status", "kind", "budget", "n_features", "d_in", "lr", "sparsity", "seed", "batch_size",

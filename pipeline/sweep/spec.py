@@ -16,7 +16,12 @@ PACKAGED = Path(__file__).resolve().parents[2] / "sweeps"
 @dataclass
 class SweepSpec:
     name: str = ""  # sweep id, used to group runs (defaults to the file's stem)
-    kind: str = "relu"  # coder kind of every arm
+    kind: str = "relu"  # coder kind of every arm (or list several in `kinds`)
+    # kinds compared at one target L0, each with its own arms (instead of `kind` and `sparsity`)
+    kinds: list[str] = field(default_factory=list)
+    target_l0: int = 0  # with `kinds`: the mean active features per token every kind is set for
+    # with `kinds`: per penalty kind, the lambda recorded to give about target_l0 on this store
+    sparsity_by_kind: dict[str, float] = field(default_factory=dict)
     budgets: list[float] = field(default_factory=list)  # compute budgets C, in training FLOPs per arm
     n_features: list[int] = field(default_factory=list)  # dictionary widths N (or use `expansion`)
     # widths as multiples of the activation size d (per layer for a clt)
@@ -58,8 +63,25 @@ def load_spec(name: str) -> SweepSpec:
     except OmegaConfBaseException as err:
         raise ConfigError(f"sweep: {path}: {_first_line(err)}") from err
     spec = SweepSpec(**OmegaConf.to_container(merged))
+    given = set(loaded.keys())
+    if spec.kinds and given & {"kind", "sparsity"}:
+        raise ConfigError(
+            f"sweep: {path}: {min(given & {'kind', 'sparsity'})} is not used with kinds; expected target_l0 and "
+            "sparsity_by_kind instead"
+        )
     _validate(spec, path)
     return spec
+
+
+def kind_sparsities(spec: SweepSpec) -> dict[str, list[float]]:
+    """{kind: its arms' sparsity values}: `sparsity` for the one `kind`, or each of `kinds` set for `target_l0`
+    (k = target_l0 where the kind's sparsity is its L0, the recorded lambda where it is a penalty)."""
+    if not spec.kinds:
+        return {spec.kind: list(spec.sparsity)}
+    return {
+        kind: [spec.target_l0 if coder_class(kind).sparsity_is_l0 else spec.sparsity_by_kind[kind]]
+        for kind in spec.kinds
+    }
 
 
 def _first_line(err: Exception) -> str:
@@ -91,21 +113,53 @@ def _validate(spec: SweepSpec, path: Path) -> None:
         fail("seeds", "should list at least one seed")
     if spec.batch_size <= 0:
         fail("batch_size", f"should be positive, got {spec.batch_size}")
-    _validate_arrays(spec, fail)
+    if spec.kinds:
+        _validate_kinds(spec, fail)
+    elif spec.target_l0 or spec.sparsity_by_kind:
+        fail("target_l0" if spec.target_l0 else "sparsity_by_kind", "is only used with kinds; expected it unset")
+    for kind in spec.kinds or [spec.kind]:
+        _validate_arrays(spec, kind, fail)
 
 
-def _validate_arrays(spec: SweepSpec, fail) -> None:
+def _validate_kinds(spec: SweepSpec, fail) -> None:
+    """Distinct known kinds that read and predict the same arrays, each with its setting for target_l0."""
+    unknown = [k for k in spec.kinds if k not in KINDS]
+    if unknown:
+        fail("kinds", f"should name kinds among {', '.join(KINDS)}, got {unknown[0]!r}")
+    if len(set(spec.kinds)) != len(spec.kinds):
+        fail("kinds", f"should name each kind once, got {spec.kinds}")
+    shapes = {(KINDS[k].target_field, KINDS[k].layered) for k in spec.kinds}
+    if len(shapes) > 1:
+        fail("kinds", f"should all read and predict the same arrays (compare SAEs with SAEs), got {spec.kinds}")
+    if spec.target_l0 <= 0:
+        fail("target_l0", f"should be the positive L0 every kind is set for, got {spec.target_l0}")
+    for kind in spec.kinds:
+        recorded = spec.sparsity_by_kind.get(kind)
+        if KINDS[kind].sparsity_is_l0 and recorded is not None:
+            fail(f"sparsity_by_kind.{kind}", f"is not used: a {kind}'s {KINDS[kind].sparsity_field} is target_l0")
+        if not KINDS[kind].sparsity_is_l0 and (recorded is None or recorded < 0):
+            fail(
+                f"sparsity_by_kind.{kind}",
+                f"should be the {KINDS[kind].sparsity_field} (>= 0) that gives about target_l0={spec.target_l0} "
+                f"active features, got {recorded}",
+            )
+    extra = sorted(set(spec.sparsity_by_kind) - set(spec.kinds))
+    if extra:
+        fail(f"sparsity_by_kind.{extra[0]}", "names a kind that kinds does not list")
+
+
+def _validate_arrays(spec: SweepSpec, kind: str, fail) -> None:
     """The fields naming what the arms read and predict must fit the kind."""
-    needs = coder_class(spec.kind).target_field
+    needs = coder_class(kind).target_field
     for name, example in (("target_hook", "mlp_out.3"), ("layers", "[0, 1, 2]")):
         if name == needs and not getattr(spec, name):
-            fail(name, f"should say what a {spec.kind} predicts (e.g. {example})")
+            fail(name, f"should say what a {kind} predicts (e.g. {example})")
         if name != needs and getattr(spec, name):
-            fail(name, f"is not used by kind {spec.kind}; expected it empty")
+            fail(name, f"is not used by kind {kind}; expected it empty")
     if spec.layers and (spec.layers != sorted(set(spec.layers)) or spec.layers[0] < 0):
         fail("layers", f"should be distinct layer numbers >= 0 in increasing order, got {spec.layers}")
     if spec.layers and spec.hook:
         fail("hook", "is not used by a clt, which reads mlp_in.L of its layers; expected it empty")
     with_skip = [kind for kind, cls in KINDS.items() if "skip_connection" in {f.name for f in fields(cls.config_class)}]
-    if spec.skip_connection and spec.kind not in with_skip:
-        fail("skip_connection", f"is only for kinds {', '.join(with_skip)}, not {spec.kind}")
+    if spec.skip_connection and kind not in with_skip:
+        fail("skip_connection", f"is only for kinds {', '.join(with_skip)}, not {kind}")

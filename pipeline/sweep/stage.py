@@ -12,8 +12,9 @@ from pipeline.sweep.configs import write_arm_configs
 from pipeline.sweep.launch import check_launcher, launch
 from pipeline.sweep.plan import Arm, format_table, plan
 from pipeline.sweep.results import gather, read_row
-from pipeline.sweep.spec import SweepSpec, load_spec
+from pipeline.sweep.spec import SweepSpec, kind_sparsities, load_spec
 from pipeline.track.wandb_run import open_tracker
+from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
 
 
@@ -28,8 +29,10 @@ def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[
 
 def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, list[Arm]]:
     spec = load_spec(cfg.sweep.name)
-    check_kind(spec.kind, cfg.train.parallel)
+    for kind in kind_sparsities(spec):
+        check_kind(kind, cfg.train.parallel)
     hook, arms = plan_arms(cfg, spec, store_attrs)
+    check_center(spec.kind, cfg.train.center, store_attrs, hook)
     unknown = set(cfg.sweep.arms) - {a.run_id for a in arms}
     if unknown:
         raise ConfigError(f"sweep.arms: {min(unknown)} is not an arm of sweep {spec.name}")

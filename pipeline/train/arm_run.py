@@ -11,14 +11,16 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.activations.arrays import Columns, coder_arrays
+from pipeline.activations.arrays import Columns, coder_arrays, provenance
 from pipeline.activations.loading import ActivationData
 from pipeline.atomic import write_json_atomic
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.evaluate.decoder import decoder_similarity
 from pipeline.layout import METRICS
 from pipeline.track.wandb_run import open_tracker
 from pipeline.train import checkpoint
+from pipeline.train.centre import fold_centre, input_centre
 from pipeline.train.parallel import parallel_for
 
 
@@ -64,7 +66,8 @@ class ArmRun:
             raise ConfigError(f"train.tokens: {self.cfg.tokens} is less than one batch of {self.cfg.batch_size}")
         # Which of the data's arrays this arm reads and predicts (an SAE: one; a transcoder: two; a CLT: two per layer).
         self.arrays = coder_arrays(spec.coder.kind, self.cfg.hook or data.hook, self.cfg)
-        self.columns = Columns(self.arrays, data.arrays, data.d)
+        self.centre = input_centre(self.cfg.center, self.arrays, data)
+        self.columns = Columns(self.arrays, data.arrays, data.d, self.centre)
         torch.manual_seed(self.cfg.seed)
         self.parallel = parallel_for(self.cfg)  # train.parallel: how this arm's work splits over ranks
         self.coder = self.parallel.build(spec.coder, data.d, len(self.arrays.inputs), data.device)
@@ -150,9 +153,16 @@ class ArmRun:
             self.last_good = f"step {done}"
 
     def finish(self, data: ActivationData, splicer=None) -> dict:
-        """Evaluates on the held-out rows and writes the run folder; the checkpoint is then removed."""
-        metrics = self.parallel.evaluate(self.coder.eval(), data.eval_batches(self.cfg.batch_size), self.columns)
+        """Calibrates the coder's inference (`Coder.calibrate`) and evaluates it on the held-out rows, writes the run
+        folder; the checkpoint is then removed."""
+        if self.centre is not None:  # from here on the coder acts on the uncentred inputs
+            fold_centre(self.coder, self.centre)
+        uncentred = Columns(self.arrays, data.arrays, data.d)
+        self.coder.calibrate([uncentred(batch)[0] for batch in data.eval_batches(self.cfg.batch_size)])
+        metrics = self.parallel.evaluate(self.coder.eval(), data.eval_batches(self.cfg.batch_size), uncentred)
         whole = self.parallel.whole(self.coder)  # the ordinary coder, on the main rank only: it writes the run folder
+        if whole is not None:
+            metrics |= decoder_similarity(whole)
         if splicer is not None and whole is not None:
             metrics |= splicer(whole.to(data.device), self.arrays, data.scales)
         dead, window = self.firing.dead_fraction(self.cfg.dead_window_tokens)
@@ -173,7 +183,7 @@ class ArmRun:
             "wandb_run_id": self.tracker.id if self.tracker else "",
         }
         if whole is not None:
-            whole.save(self.spec.run_dir / "coder")
+            whole.save(self.spec.run_dir / "coder", provenance(data.source, self.arrays, data.scales))
             write_json_atomic(self.spec.run_dir / METRICS, metrics)
             checkpoint.remove(self.spec.run_dir)
         if self.tracker:

@@ -18,7 +18,7 @@ from pipeline.coders.registry import build, coder_class
 from pipeline.config import CoderConfig, TrainConfig
 from pipeline.distributed.process_group import World, all_gather, all_reduce_, world
 from pipeline.errors import ConfigError
-from pipeline.evaluate.metrics import FiringTracker, density_histogram, evaluate
+from pipeline.evaluate.metrics import FiringTracker, density_metrics, evaluate
 from pipeline.train import checkpoint
 from pipeline.train.sharded import ShardedCoder, bounds, check_shardable, gather_whole
 
@@ -117,6 +117,9 @@ class ReplicatedCoder(torch.nn.Module):
     def after_step(self) -> None:
         self.local.after_step()
 
+    def calibrate(self, inputs: list[torch.Tensor]) -> None:
+        self.local.calibrate(inputs)  # every rank sees every held-out row, so every rank sets the same
+
     def flops_per_token(self) -> float:
         return self.local.flops_per_token()
 
@@ -212,7 +215,7 @@ class FeatureParallel(Parallel):
         batches = [split(batch)[0] for batch in batches]  # a sharded coder is an SAE: its input is its target
         metrics = evaluate(coder, batches)
         density = _feature_density(coder, batches)
-        return metrics | {"l0": float(density.sum()), "density_histogram": density_histogram(density)}
+        return metrics | density_metrics(density)
 
     def whole(self, coder: ShardedCoder):
         return gather_whole(coder)

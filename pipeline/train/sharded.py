@@ -123,6 +123,9 @@ class ShardedCoder(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return self.local.sharded_decode(f, self.collectives)
 
+    def calibrate(self, inputs: list[torch.Tensor]) -> None:
+        self.local.sharded_calibrate(inputs, self.collectives)
+
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The whole coder's loss parts (equal on every rank) and this rank's feature activations."""
         return self.local.sharded_loss(x, sparsity_scale, self.collectives)

@@ -69,6 +69,7 @@ CASES = [
         _NO_GPU,
         "launcher.gpus_per_arm",
     ),
+    ("fit metric a sweep does not record", ["run", "fit.metrics=[nope]"], {}, "fit.metrics"),
 ]
 
 

@@ -15,7 +15,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_stages_and_a_stage_shows_its_config():
     top = _run("--help")
     assert top.returncode == 0
-    for stage in ("harvest", "train", "sweep", "fit", "verify", "run"):
+    for stage in ("harvest", "train", "sweep", "fit", "verify", "export", "run"):
         assert f"  {stage} " in top.stdout
     stage = _run("harvest", "--help", "harvest.n_tokens=123")
     assert stage.returncode == 0 and "n_tokens: 123" in stage.stdout and "store:" in stage.stdout

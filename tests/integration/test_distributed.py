@@ -45,7 +45,22 @@ RUNS = {
     "features-jumprelu": (AnyCoderConfig(kind="jumprelu", n_features=32, preact_coefficient=0.1), "features", {}),
     "features-jumprelu-l0": (AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="l0"), "features", {}),
     "features-batchtopk": (AnyCoderConfig(kind="batchtopk", n_features=32, k=4), "features", {}),
+    "features-batchtopk-held-out": (
+        AnyCoderConfig(kind="batchtopk", n_features=32, k=4, threshold_calibration="held_out"),
+        "features",
+        {},
+    ),  # the threshold chosen among both ranks' held-out activations
+    "features-jumprelu-quadratic": (
+        AnyCoderConfig(kind="jumprelu", n_features=32, jumprelu_penalty="quadratic", target_l0=4.0),
+        "features",
+        {},
+    ),
+    # train.center: each rank folds the mean into its coder, or its slice of one
+    "ddp-relu-centred": (AnyCoderConfig(n_features=32, l1_coefficient=1.0), "ddp", {"center": True}),
+    "features-topk-centred": (AnyCoderConfig(kind="topk", n_features=32, k=4), "features", {"center": True}),
+    "features-relu-centred": (AnyCoderConfig(n_features=32, l1_coefficient=1.0), "features", {"center": True}),
 }
+CORE = ("explained_variance_legacy", "cossim", "l2_ratio", "relative_reconstruction_bias", "frac_alive")
 
 
 RESUMED = (AnyCoderConfig(kind="topk", n_features=30, k=4), {"checkpoint_every": 5})  # 30 features: 15 a rank, then 30
@@ -150,7 +165,7 @@ def test_a_two_rank_run_equals_one_process(name, two_ranks, one_process):
     coder, _, fields = RUNS[name]
     alone, alone_dir = one_process(coder, _train("none", **fields), name)
     metrics = json.loads((two_ranks / name / "metrics.json").read_text())
-    for key in ("loss", "mse", "fvu", "l0"):
+    for key in ("loss", "mse", "fvu", "l0", *CORE, "average_max_decoder_cosine_sim", "max_decoder_cosine_sim"):
         assert metrics[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
     assert metrics["dead_fraction"] == alone["dead_fraction"] and metrics["flops"] == alone["flops"]
     assert metrics["density_histogram"] == alone["density_histogram"]

@@ -31,7 +31,10 @@ LAW_KEYS = {"coefficient", "exponent", "ci95"}
 
 def test_pipeline_run_smoke_writes_store_results_and_fit(ray_session, tmp_path, capsys):
     out = tmp_path / "smoke"
-    args = ["run", f"out_dir={out}", "sweep=smoke", "harvest.n_tokens=20000", "tracking.mode=disabled"]
+    args = [
+        "run", f"out_dir={out}", "sweep=smoke", "harvest.n_tokens=20000", "tracking.mode=disabled",
+        "fit.metrics=[explained_variance,cossim]",
+    ]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "N*(C)" in printed and "report.md" in printed
@@ -45,6 +48,10 @@ def test_pipeline_run_smoke_writes_store_results_and_fit(ray_session, tmp_path, 
     assert ROW_COLUMNS <= set(table.columns)
     assert len(table) == len(spec.budgets) * len(spec.expansion) * len(spec.lrs)
     assert (table.status == "done").all() and (table.fvu < 1.5).all() and (table.flops <= table.budget).all()
+    assert (table.explained_variance == 1 - table.fvu).all() and table.frac_alive.between(0, 1).all()
+    assert (
+        table[["explained_variance_legacy", "cossim", "l2_ratio", "average_max_decoder_cosine_sim"]].notna().all().all()
+    )
 
     fit = json.loads((out / "fit" / "fit.json").read_text())
     assert len(fit["optima"]) == len(spec.budgets)
@@ -52,6 +59,8 @@ def test_pipeline_run_smoke_writes_store_results_and_fit(ray_session, tmp_path, 
     for law in ("n_opt", "tokens_opt", "lr_opt"):
         assert LAW_KEYS <= set(fit[law])
     assert fit["loss_frontier"]["power_law"]["exponent"] < 0
+    assert set(fit["metric_laws"]) == {"explained_variance", "cossim"}
+    assert "cannot_measure" in fit["dead_features"]  # the smoke runs are far shorter than the dead-feature window
     report = (out / "fit" / "report.md").read_text()
     for png in ("isoflop.png", "frontier.png", "optima.png"):
         assert (out / "fit" / png).stat().st_size > 0 and png in report

@@ -26,6 +26,7 @@ def _write_sweep(folder, **fields) -> str:
         "batch_size": 32,
         **fields,
     }
+    spec = {k: v for k, v in spec.items() if v is not None}  # None leaves a default field out
     path = folder / "tiny.yaml"
     path.write_text(json.dumps(spec))  # JSON is valid YAML
     return str(path)
@@ -182,3 +183,36 @@ def test_a_sweep_whose_kind_its_parallel_mode_cannot_train_is_refused_before_any
     with pytest.raises(ConfigError, match=r"^train.parallel: ddp cannot train batchtopk"):
         run_sweep(cfg)
     assert sorted(p.name for p in (root / "ddp").iterdir()) == ["store.zarr"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_sweep_of_two_kinds_trains_each_at_the_target_l0_and_its_fit_compares_them(harvested, capsys):
+    from pipeline.stages import fit
+
+    root, overrides = harvested
+    sweep = _write_sweep(root, kind=None, kinds=["relu", "topk"], target_l0=4, sparsity_by_kind={"relu": 5.0},
+                         seeds=[0, 1], lrs=[1e-3])  # fmt: skip
+    cfg = compose(*overrides, f"sweep={sweep}", f"out_dir={root / 'kinds'}", "fit.n_bootstrap=50")
+    (root / "kinds").mkdir()
+    (root / "kinds" / "store.zarr").symlink_to(root / "run" / "store.zarr")
+    table = run_sweep(cfg)
+    assert len(table) == 2 * 2 * 2 * 2 and (table.status == "done").all()
+    assert set(table[table.kind == "topk"].sparsity) == {4.0} and set(table[table.kind == "relu"].sparsity) == {5.0}
+    assert (table[table.kind == "topk"].l0 <= 4 + 1e-6).all()
+    capsys.readouterr()
+    result = fit(cfg)
+    assert "kinds compared on fvu" in capsys.readouterr().out
+    kinds = result["kinds"]
+    assert set(kinds["kinds"]) == {"relu", "topk"}
+    for k in kinds["kinds"].values():
+        assert k["n_runs"] == 8 and k["n_budgets"] == 2 and k["frontier"] is not None
+        assert [s["n_seeds"] for s in k["seed_spread"]] == [2, 2]
+        assert all(0 < o["loss"] < 1.5 for o in k["optima"])  # FVU
+    assert kinds["reference_budget"] == 6e7 and set(kinds["compute_for_reference"]) == {"relu", "topk"}
+    fit_dir = root / "kinds" / "fit"
+    assert json.loads((fit_dir / "fit.json").read_text())["kinds"]["metric"] == "fvu"
+    report = (fit_dir / "report.md").read_text()
+    assert "## Kinds at equal compute" in report and "## Seed-to-seed spread of the optima" in report
+    for png in ("kinds_frontier.png", "kinds_l0_ev.png"):
+        assert (fit_dir / png).stat().st_size > 0 and png in report

@@ -32,7 +32,9 @@ def test_each_kind_gets_exactly_its_own_hparams_from_the_config():
     cfg |= dict(preact_coefficient=0.1)
     topk = dict(k=5, aux_k=7, aux_k_coefficient=0.5, dead_tokens_threshold=99)
     assert _coder("topk", **cfg).hparams == topk
-    assert _coder("batchtopk", **cfg).hparams == topk | {"threshold_momentum": 0.9}
+    batchtopk = topk | {"threshold_momentum": 0.9, "threshold_calibration": "running"}
+    assert _coder("batchtopk", **cfg).hparams == batchtopk
+    assert _coder("matryoshka", **cfg).hparams == batchtopk | {"prefix_fractions": [0.0625, 0.25]}
     assert _coder("relu", **cfg).hparams == {"l1_coefficient": 2.0, "init_decoder_norm": 0.2}
     assert _coder("jumprelu", **cfg).hparams == {
         "l1_coefficient": 2.0,
@@ -42,6 +44,7 @@ def test_each_kind_gets_exactly_its_own_hparams_from_the_config():
         "tanh_scale": 3.0,
         "preact_coefficient": 0.1,
         "init_decoder_norm": 0.2,
+        "target_l0": 32.0,
     }
 
 

@@ -308,3 +308,54 @@ def test_run_fit_rejects_table_without_columns(tmp_path):
     with pytest.raises(ConfigError, match="missing column.*budget"):
         run_fit(synthetic_sweep(budgets=(1e12,)).drop(columns=["budget"]), tmp_path, FAST)
     assert not (tmp_path / "fit.json").exists()
+
+
+def test_dead_fractions_all_zero_cannot_be_measured_and_the_report_says_so(tmp_path):
+    table = synthetic_sweep(budgets=BUDGETS[:3]).assign(dead_fraction=0.0)
+    fit = run_fit(table, tmp_path, FitConfig(n_bootstrap=0))
+    assert "every dead fraction is 0" in fit["dead_features"]["cannot_measure"]
+    assert any(w.startswith("dead-feature fit: cannot measure: every dead fraction is 0") for w in fit["warnings"])
+    report = (tmp_path / "report.md").read_text()
+    assert "Cannot measure: every dead fraction is 0" in report and "R²" not in report.split("## Dead features")[1]
+    assert "dead_features.png" not in fit["plots"]
+
+
+def test_runs_no_longer_than_the_dead_window_cannot_measure_dead_features():
+    table = synthetic_sweep(budgets=BUDGETS[:3])
+    short = table.assign(dead_window_tokens=table["tokens"])  # the window used is the whole run
+    fit = fit_results(short, FitConfig(n_bootstrap=0)).fit
+    assert "no longer than its dead-feature window" in fit["dead_features"]["cannot_measure"]
+    # Runs longer than the window are measured; the others are left out and counted.
+    long = table["n_features"] < table["n_features"].median()
+    mixed = table.assign(dead_window_tokens=np.where(long, table["tokens"] // 2, table["tokens"]))
+    dead = fit_results(mixed, FitConfig(n_bootstrap=0)).fit["dead_features"]
+    assert dead["n_points"] == int(long.sum()) and dead["n_left_out"] == len(table) - int(long.sum()) > 0
+
+
+def test_a_law_through_too_few_budgets_says_cannot_measure():
+    fit = fit_results(synthetic_sweep(budgets=(1e12,)), FitConfig(n_bootstrap=0)).fit
+    assert fit["n_opt"] is None
+    assert "cannot measure: 1 budget(s), it needs >= 2" in summary_table(fit)
+
+
+def test_any_recorded_metric_is_fitted_against_compute():
+    table = synthetic_sweep(budgets=BUDGETS[:4])
+    table["explained_variance"] = 0.5 * (table["budget"] / 1e12) ** 0.05  # a known law in C
+    table["kl_score"] = 0.0
+    cfg = FitConfig(n_bootstrap=0, metrics=["explained_variance", "kl_score", "l0"])
+    fit = fit_results(table, cfg).fit
+    law = fit["metric_laws"]["explained_variance"]
+    assert law["exponent"] == pytest.approx(0.05) and law["coefficient"] == pytest.approx(0.5 * 1e12**-0.05)
+    assert law["n_points"] == 4 and law["rms_log_residual"] < 1e-9
+    assert "not positive" in fit["metric_laws"]["kl_score"]["cannot_measure"]
+    assert "nothing varies" in fit["metric_laws"]["l0"]["cannot_measure"]
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("no_such_metric", "fit.metrics: 'no_such_metric' is not a column"), ("kind", "fit.metrics: 'kind'")],
+)
+def test_fit_metrics_naming_a_missing_or_text_column_is_refused(tmp_path, name, expected):
+    with pytest.raises(ConfigError, match=expected):
+        run_fit(synthetic_sweep(budgets=BUDGETS[:3]), tmp_path / "fit", FitConfig(metrics=[name]))
+    assert not (tmp_path / "fit").exists()

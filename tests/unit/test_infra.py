@@ -288,7 +288,7 @@ SHELL_SCRIPTS = sorted(p for p in INFRA.rglob("*") if p.is_file() and p.read_tex
 
 
 def test_infra_has_the_shell_scripts():
-    assert {p.name for p in SHELL_SCRIPTS} == {"run.sh", "ray_sweep.sbatch"}
+    assert {p.name for p in SHELL_SCRIPTS} == {"run.sh", "ray_sweep.sbatch", "bench.sh", "peer-wheels.sh"}
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)

@@ -41,6 +41,26 @@ def test_an_exact_reconstruction_changes_nothing_and_a_poor_one_does(gpt2_store,
     torch.manual_seed(0)
     poor = splicer(build(AnyCoderConfig(n_features=8), 32), arrays, data.scales)
     assert poor["kl"] > 1e-4 and poor["delta_loss"] == pytest.approx(poor["spliced_loss"] - poor["clean_loss"])
+    assert poor["ce_loss_score"] == pytest.approx(
+        (poor["ablated_loss"] - poor["spliced_loss"]) / (poor["ablated_loss"] - poor["clean_loss"])
+    )
+    assert poor["kl_score"] == pytest.approx((poor["ablated_kl"] - poor["kl"]) / poor["ablated_kl"])
+    assert exact["ce_loss_score"] == pytest.approx(1.0, abs=1e-4) and exact["kl_score"] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_coder_that_outputs_zero_scores_zero_against_the_zero_ablation(gpt2_store, hook):
+    data = ActivationData(gpt2_store, hook, TrainConfig(eval_tokens=30), torch.device("cpu"))
+    splicer = Splicer(gpt2_store, n_contexts=4, device=torch.device("cpu"))
+    zero = _identity(32)
+    with torch.no_grad():
+        zero.w_dec.zero_()
+    scores = splicer(zero, CoderArrays((hook,)), data.scales)
+    assert scores["spliced_loss"] == pytest.approx(scores["ablated_loss"], rel=1e-6)
+    assert scores["kl"] == pytest.approx(scores["ablated_kl"], rel=1e-5) and scores["ablated_kl"] > 0
+    assert scores["ce_loss_score"] == pytest.approx(0.0, abs=1e-4) and scores["kl_score"] == pytest.approx(
+        0.0, abs=1e-4
+    )
 
 
 def test_the_splicer_refuses_tokens_that_differ_from_their_checksum(tiny_models, tmp_path):

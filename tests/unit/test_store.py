@@ -4,11 +4,12 @@ import os
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from pipeline.atomic import write_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
-from pipeline.store.activation_store import ActivationStore, open_store
+from pipeline.store.activation_store import ActivationStore, checksum, open_store
 from pipeline.store.schema import base_attrs, check_reusable, check_trainable, training_rows
 from pipeline.store.verify import data_damage
 
@@ -59,6 +60,29 @@ def test_round_trip_is_exact_in_the_logical_dtype(tmp_path, dtype, codec):
         assert torch.equal(read, acts.to(logical))
 
 
+@pytest.mark.parametrize("codec", codecs.CODECS)
+@pytest.mark.parametrize("dtype", list(codecs.DTYPES))
+def test_shard_files_hold_the_bytes_of_a_plain_zarr_write_and_records_their_checksums(tmp_path, dtype, codec):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(dtype, codec), d_model=8)
+    written = _fill(store)
+    array = store.group["acts/resid_post.1"]
+    plain = zarr.create_array(
+        str(tmp_path / "plain.zarr"),
+        shape=array.shape,
+        chunks=array.chunks,
+        shards=array.shards,
+        dtype=array.dtype,
+        compressors=array.compressors,
+        fill_value=0,
+    )
+    for shard, acts in written.items():
+        start, stop = store.layout.rows(shard)
+        plain[start:stop] = codecs.encode(acts, dtype)
+        key = array.metadata.encode_chunk_key((shard, 0))
+        assert store.shard_file("acts/resid_post.1", shard).read_bytes() == (tmp_path / "plain.zarr" / key).read_bytes()
+        assert store.record(shard)["checksums"]["acts/resid_post.1"] == checksum(array[start:stop])
+
+
 def test_bfloat16_is_stored_as_uint16_bits_with_its_logical_dtype_named(tmp_path):
     store = ActivationStore.create(tmp_path / "s.zarr", _attrs("bfloat16"), d_model=8)
     array = store.group["acts/resid_post.1"]
@@ -77,6 +101,21 @@ def test_shards_count_only_once_their_record_exists_and_records_hold_checksums(t
     assert record["sum_sq_norm"]["resid_post.1"] == pytest.approx(16 * 8)
     with pytest.raises(RuntimeError, match="not complete"):
         store.finalize()
+
+
+def test_finalize_records_each_hooks_mean_and_mean_to_spread_ratio(tmp_path):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(dtype="float32"), d_model=8)
+    for shard in range(store.layout.n_shards):
+        acts = torch.randn(store.layout.rows_per_shard, 8, generator=torch.Generator().manual_seed(shard)) + 2.0
+        store.write_shard(shard, {"resid_post.1": acts})
+    store.finalize()
+    rows = store.read_rows("resid_post.1", 0, store.layout.n_rows).double().numpy()
+    stats = open_store(tmp_path / "s.zarr").attrs["norm_stats"]["resid_post.1"]
+    assert stats["mean"] == pytest.approx(rows.mean(0).tolist(), rel=1e-9)
+    spread = np.linalg.norm(rows.std(0))  # per-dimension standard deviations over every row
+    assert stats["std_norm"] == pytest.approx(spread, rel=1e-6)  # squared norms are summed from float32 norms
+    assert stats["mean_to_spread"] == pytest.approx(np.linalg.norm(rows.mean(0)) / spread, rel=1e-6)
+    assert stats["mean_to_spread"] > 1.5  # a mean of 2 in 8 dimensions against unit spread: about 2
 
 
 def test_finalize_records_mean_squared_norm_and_verify_catches_corruption(tmp_path):
@@ -167,3 +206,15 @@ def test_a_store_of_an_unknown_schema_is_refused(tmp_path):
     store.group.attrs["schema_version"] = 99
     with pytest.raises(ConfigError, match="schema version 99"):
         ActivationStore(tmp_path / "s.zarr")
+
+
+def test_the_read_back_check_finds_a_changed_missing_or_extra_byte(tmp_path):
+    from pipeline.store.activation_store import _file_holds
+
+    expected = np.random.default_rng(0).integers(0, 255, (3 << 20) + 5, dtype=np.uint8)
+    path = tmp_path / "shard"
+    changed = expected.copy()
+    changed[(2 << 20) + 1] ^= 1
+    for data, holds in ((expected, True), (changed, False), (expected[:-1], False), (np.append(expected, 0), False)):
+        data.tofile(path)
+        assert _file_holds(path, expected) is holds

@@ -1,10 +1,12 @@
 """Planning a sweep: its arms, its files and its packs (the sweeps that run are in tests/integration/test_sweep.py)."""
 
+import json
+
 import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.sweep.plan import plan
-from pipeline.sweep.spec import SweepSpec, load_spec
+from pipeline.sweep.spec import SweepSpec, kind_sparsities, load_spec
 
 from integration.test_sweep import _write_sweep
 
@@ -77,3 +79,73 @@ def test_packs_put_arms_that_stack_side_by_side():
     )
     ks = [tuple({a.sparsity for a in g}) for g in packs(sorted(topk, key=lambda a: a.lr), 2)]
     assert sorted(ks) == [(8,), (32,)]
+
+
+def _write_kinds_sweep(folder, **fields) -> str:
+    spec = {
+        "kinds": ["relu", "topk", "batchtopk", "jumprelu"],
+        "target_l0": 16,
+        "sparsity_by_kind": {"relu": 3.0, "jumprelu": 0.5},
+        "budgets": [1e9],
+        "n_features": [64, 128],
+        "lrs": [1e-3],
+        "seeds": [0, 1],
+        "batch_size": 10,
+        **fields,
+    }
+    path = folder / "kinds.yaml"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def test_a_sweep_of_several_kinds_sets_each_for_the_target_l0(tmp_path):
+    spec = load_spec(_write_kinds_sweep(tmp_path))
+    assert kind_sparsities(spec) == {"relu": [3.0], "topk": [16], "batchtopk": [16], "jumprelu": [0.5]}
+    arms = plan(spec, d_in=32, train_rows=10**6)
+    assert len(arms) == 4 * 2 * 2
+    by_kind = {kind: [a for a in arms if a.kind == kind] for kind in spec.kinds}
+    assert [len(a) for a in by_kind.values()] == [4, 4, 4, 4]
+    assert {a.sparsity for a in by_kind["topk"] + by_kind["batchtopk"]} == {16}
+    assert {a.sparsity for a in by_kind["relu"]} == {3.0} and {a.sparsity for a in by_kind["jumprelu"]} == {0.5}
+    assert "batchtopk_C1e+09_N128_lr0.001_k16_s1" in {a.run_id for a in arms}
+    assert "jumprelu_C1e+09_N64_lr0.001_l1-0.5_s0" in {a.run_id for a in arms}
+    for arm in by_kind["topk"]:  # each kind's own FLOPs per token buys its tokens
+        assert arm.steps == int(1e9 // (3 * (2 * 32 * arm.n_features + 2 * 32 * 16))) // 10
+    for arm in by_kind["relu"]:
+        assert arm.steps == int(1e9 // (12 * 32 * arm.n_features)) // 10
+    from pipeline.sweep.launch import packs
+
+    # Arms of every kind that see the same batches (one seed) share packs, those of one kind side by side.
+    grouped = packs(arms, 4)
+    assert len(grouped) == 4 and all(len({a.seed for a in g}) == 1 for g in grouped)
+    assert [[a.kind for a in g] for g in grouped[:2]] == [
+        ["batchtopk"] * 2 + ["jumprelu"] * 2,
+        ["relu"] * 2 + ["topk"] * 2,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "relu"}, "kind is not used with kinds"),
+        ({"sparsity": [5.0]}, "sparsity is not used with kinds"),
+        ({"kinds": ["relu", "nope"]}, "kinds should name kinds among .* got 'nope'"),
+        ({"kinds": ["topk", "topk"]}, "should name each kind once"),
+        ({"kinds": ["relu", "transcoder"], "target_hook": "mlp_out.1"}, "should all read and predict the same"),
+        ({"target_l0": 0}, "target_l0 should be the positive L0"),
+        (
+            {"sparsity_by_kind": {"relu": 3.0}},
+            r"sparsity_by_kind.jumprelu should be the l1_coefficient .* target_l0=16",
+        ),
+        ({"sparsity_by_kind": {"relu": 3.0, "jumprelu": 1.0, "topk": 8}}, "sparsity_by_kind.topk is not used"),
+        ({"kinds": ["relu"], "sparsity_by_kind": {"relu": 1.0, "jumprelu": 1.0}}, "names a kind that kinds does not"),
+    ],
+)
+def test_bad_kinds_sweeps_are_refused_with_the_field_named(tmp_path, fields, message):
+    with pytest.raises(ConfigError, match=message):
+        load_spec(_write_kinds_sweep(tmp_path, **fields))
+
+
+def test_target_l0_needs_kinds(tmp_path):
+    with pytest.raises(ConfigError, match="target_l0 is only used with kinds"):
+        load_spec(_write_sweep(tmp_path, target_l0=16))

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -77,6 +79,21 @@ def test_same_seed_gives_the_same_weights(store, tmp_path):
     assert runs[0]["loss"] == runs[1]["loss"]
     a, b = load(tmp_path / "r0" / "coder"), load(tmp_path / "r1" / "coder")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_run_records_what_its_coder_was_trained_on(store, tmp_path):
+    data = _data(store)
+    cfg = TrainConfig(tokens=512, batch_size=256)
+    train_run(AnyCoderConfig(n_features=32), cfg, data, tmp_path / "r", TrackingConfig(mode="disabled"), "r", "g")
+    source = json.loads((tmp_path / "r" / "coder" / "source.json").read_text())
+    model = {"name": "synthetic", "revision": "", "dtype": "float32", "n_layers": 1, "d_model": D, "has_lm_head": False}
+    assert source["model"] == model
+    assert (source["inputs"], source["targets"], source["layers"]) == (["resid_post.0"], ["resid_post.0"], [0])
+    assert source["scales"] == {"resid_post.0": data.scale} and data.scale != 1.0
+    assert (
+        source["dataset"]["source"] == "synthetic" and source["context_len"] == 9 and source["store"] == str(store.path)
+    )
+    assert source["prepend_bos"] is True and source["bos_dropped"] is True
 
 
 def test_a_diverging_run_stops_with_the_step_named(store, tmp_path):

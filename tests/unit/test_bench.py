@@ -1,0 +1,63 @@
+"""The benchmark suite's verdicts: each target is a ratio of two figures of the same run."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.bench.suite import targets
+
+
+def _figures(peer_rate: float) -> dict:
+    own = {"tool": "pipeline", "n_features": 32768, "batch": 4096}
+    return {
+        "harvest": {"harvest_of_slower": 0.95, "store_of_plain": 0.5},
+        "grid": {"arms": 8, "stacked_speedup": 6.5},
+        "steps": [
+            {**own, "kind": "relu", "tokens_s": 1e6, "of_peak": 0.61},
+            {**own, "kind": "jumprelu", "tokens_s": 1e6, "of_peak": 0.4},
+            {**own, "kind": "relu", "batch": 16384, "tokens_s": 1e6, "of_peak": 0.3},  # only batch 4096 has a target
+            {**own, "kind": "topk", "tokens_s": 1e6, "of_peak": 0.2},
+            {**own, "kind": "topk", "tool": "sparsify", "tokens_s": peer_rate},
+            {**own, "kind": "topk", "tool": "sae-lens", "tokens_s": peer_rate / 2},
+            {**own, "kind": "batchtopk", "tokens_s": 1e6, "of_peak": 0.2},
+            {**own, "kind": "batchtopk", "tool": "sae-lens", "failed": "failed: ImportError: no sae_lens"},
+        ],
+    }
+
+
+def test_each_target_is_a_ratio_of_this_run_against_its_threshold():
+    found = {t["what"]: (round(t["ratio"], 3), t["target"], t["met"]) for t in targets(_figures(4e5))}
+    assert found == {
+        "harvest / slower of forward and plain Zarr": (0.95, 0.9, True),
+        "store write / plain Zarr write": (0.5, 0.8, False),
+        "grid of 8 stacked / one after another": (6.5, 6.0, True),
+        "relu N 32768 batch 4096: of matrix peak": (0.61, 0.6, True),
+        "jumprelu N 32768 batch 4096: of matrix peak": (0.4, 0.6, False),
+        "topk N 32768 batch 4096: over the faster peer": (2.5, 2.0, True),
+    }  # batchtopk: no peer ran, so no ratio
+
+
+def test_sparse_kinds_are_set_against_the_faster_peer():
+    [topk] = [t for t in targets(_figures(6e5)) if t["what"].startswith("topk")]
+    assert topk["ratio"] == pytest.approx(1e6 / 6e5) and not topk["met"]
+
+
+@pytest.mark.parametrize(
+    "option, error",
+    [
+        (["--steps", "0"], "--steps: expected at least 1, got 0"),
+        (["--out", "no/such/folder/b.json"], "--out: expected a file in a writable folder, got no/such/folder/b.json"),
+    ],
+)
+def test_a_bad_option_is_refused_in_one_line_before_any_work(tmp_path, option, error):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench", "all", *option],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"python -m pipeline.bench: error: {error}"
+    assert not list(tmp_path.iterdir())
