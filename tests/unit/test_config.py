@@ -60,7 +60,7 @@ BAD = [
     ("train", ["train.batch_sise=8"], "train.batch_sise: Key 'batch_sise' not in 'TrainConfig'"),
     ("train", ["launcher=ray", "launcher.gpus_per_arm=2"], "train.parallel: launcher.gpus_per_arm=2 gives an arm"),
     ("train", ["launcher=ray", "launcher.gpus_per_arm=1.5", "train.parallel=ddp"], "launcher.gpus_per_arm: above 1"),
-    ("train", ["coder.kind=dense"], "coder.kind: expected one of relu, topk, batchtopk, jumprelu, transcoder, clt"),
+    ("train", ["coder.kind=dense"], "coder.kind: expected one of relu, topk, batchtopk, jumprelu"),
     ("train", ["coder.n_features=0"], "coder.n_features: expected a positive width, got 0"),
     ("train", ["coder.l1_coefficient=-1"], "coder.l1_coefficient: expected a penalty coefficient >= 0, got -1.0"),
     ("train", ["coder=topk", "coder.k=0"], "coder.k: expected between 1 and n_features=1536, got 0"),
