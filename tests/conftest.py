@@ -1,5 +1,6 @@
 """Shared fixtures: one local Ray instance per test session, tiny models built in-process."""
 
+import json
 import os
 from pathlib import Path
 
@@ -210,3 +211,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+_RECORDED_BY_WHOM_AND_WHEN = ("writer", "time")
+
+
+def store_state(store_path: Path) -> dict:
+    """Every file of a store, its completion records without their writer and time: what two harvests of one
+    configuration that both finished leave the same."""
+    state = {}
+    for path in sorted(Path(store_path).rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.parent.name == "completion":
+                data = {k: v for k, v in json.loads(data).items() if k not in _RECORDED_BY_WHOM_AND_WHEN}
+            state[str(path.relative_to(store_path))] = data
+    return state

@@ -66,7 +66,7 @@ class RayTaskLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        self._connect(ray)
+        self._connect()
         task = ray.remote(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job, max_retries=self.max_retries)(
             run_hydra_job
         )
@@ -77,12 +77,13 @@ class RayTaskLauncher(Launcher):
         refs = [task.remote(self.hydra_context, self.task_function, c, state) for c in configs]
         return [self._result(ray, ref, overrides) for ref, overrides in zip(refs, job_overrides)]
 
-    def _connect(self, ray) -> None:
-        if ray.is_initialized():  # a driver already on a cluster (a Ray job, a test session) keeps it
-            return
-        local = not self.address
-        ray.init(address=self.address or None, num_cpus=(self.num_cpus or None) if local else None,
-                 include_dashboard=False, logging_level=logging.WARNING)  # fmt: skip
+    def _connect(self) -> None:
+        """As every stage joins Ray: a host:port that does not answer is refused in seconds, a local instance
+        does not outlive this process, and a driver already on a cluster (a Ray job, a test session) keeps it."""
+        from pipeline.config import RayConfig
+        from pipeline.distributed.cluster import connect
+
+        connect(RayConfig(address=self.address, num_cpus=self.num_cpus))
 
     def _job_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None

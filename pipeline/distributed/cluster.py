@@ -1,11 +1,15 @@
 """Joining a Ray cluster, or starting a local instance when none is configured."""
 
 import logging
+import os
+import sys
 
 from pipeline.config import RayConfig
 from pipeline.distributed.reaper import watch
 from pipeline.errors import ConfigError
 
+# How `local_resources` counts each resource, for the messages that name it.
+_COUNTED = {"CPU": "ray.num_cpus, else this machine's CPUs", "GPU": "the GPUs torch sees"}
 PROBE_TIMEOUT_S = 5.0  # how long a ray.address host:port may take to accept a connection
 
 
@@ -69,3 +73,31 @@ def _no_client_server(target: str) -> str | None:
         except grpc.FutureTimeoutError:
             return "no connection"
     return None
+
+
+def local_resources(cfg: RayConfig) -> dict[str, float] | None:
+    """The CPUs and GPUs of the local instance `connect` would start here, on its one node; None when it would
+    join a cluster instead (`ray.address`, `RAY_ADDRESS`, or a connection this process already holds).
+
+    A joined cluster may grow (an autoscaler adds nodes), so only the placement timeout can tell what it cannot
+    hold. The count is an upper bound of Ray's own (which also heeds container limits): nothing it could hold
+    is refused.
+    """
+    ray = sys.modules.get("ray")  # not imported yet: not connected either
+    if cfg.address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+        return None
+    import torch
+
+    return {"CPU": cfg.num_cpus or os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+
+
+def check_fits(cfg: RayConfig, asked: dict[str, float], fields: dict[str, str], what: str) -> None:
+    """ConfigError before any work when the local instance could never hold `asked` (resource -> amount, on one
+    node) at once; `fields` names the field behind each resource, `what` what asks for them."""
+    have = local_resources(cfg)
+    for resource, amount in asked.items():
+        if have is not None and amount > have[resource]:
+            raise ConfigError(
+                f"{fields[resource]}: {resource} {amount:g} asked for {what} at once; the local Ray instance "
+                f"started here has {resource} {have[resource]:g} ({_COUNTED[resource]}), so it could never place it"
+            )

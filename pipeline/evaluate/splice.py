@@ -33,6 +33,7 @@ from pipeline.config import ModelConfig
 from pipeline.models.hooks import find_blocks, first_input, is_input_site, module_of, parse_hook
 from pipeline.models.loading import load_model
 from pipeline.store.activation_store import ActivationStore
+from pipeline.store.verify import read_tokens_checked
 
 # Sees the activation at a hook point and returns its replacement, or None to leave it as it is.
 Rewrite = Callable[[torch.Tensor], torch.Tensor | None]
@@ -47,11 +48,8 @@ class Splicer:
         self.blocks = find_blocks(self.model, self.n_layers)
         self.drop_bos = store.attrs["layout"]["drop_bos"]
         n_contexts = min(n_contexts, store.layout.n_contexts)
-        self.tokens = (
-            torch.from_numpy(store.read_tokens(store.layout.n_contexts - n_contexts, store.layout.n_contexts))
-            .long()
-            .to(device)
-        )
+        first = store.layout.n_contexts - n_contexts
+        self.tokens = torch.from_numpy(read_tokens_checked(store, first, store.layout.n_contexts)).long().to(device)
 
     @torch.no_grad()
     def __call__(self, coder: Coder, arrays: CoderArrays, scales: dict[str, float], batch_contexts: int = 8) -> dict:

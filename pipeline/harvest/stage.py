@@ -4,16 +4,16 @@ import math
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.distributed.cluster import check_address, connect
+from pipeline.distributed.cluster import check_address, check_fits, connect
 from pipeline.harvest.coordinator import run_actors
 from pipeline.layout import OutDir
 from pipeline.models.hooks import parse_hook
-from pipeline.models.loading import ModelInfo, check_context_len, describe, load_tokenizer
+from pipeline.models.loading import ModelInfo, check_context_len, describe, hub_reachable, load_tokenizer
 from pipeline.store.activation_store import ActivationStore, created
 from pipeline.store.schema import base_attrs, check_reusable
 from pipeline.store.verify import corrupt_shards, tokens_damage
 from pipeline.text.contexts import build_contexts
-from pipeline.text.corpus import documents
+from pipeline.text.corpus import check_source, documents
 
 
 def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
@@ -54,13 +54,27 @@ def planned_attrs(cfg: PipelineConfig, info: ModelInfo) -> dict:
 def validate(cfg: PipelineConfig) -> dict:
     """Checks everything the harvest needs before any work; returns the planned attributes."""
     check_address(cfg.ray)
+    check_source(cfg.data, hub_reachable)
     info = describe(cfg.model)
     check_context_len(info, cfg.data.context_len)
+    load_tokenizer(cfg.model)  # its files, before the store is made
     attrs = planned_attrs(cfg, info)
+    check_placeable(cfg, attrs["layout"]["n_contexts"] // cfg.harvest.contexts_per_shard)
     path = OutDir(cfg.out_dir).store
     if created(path):
         check_reusable(_existing_attrs(path), attrs, str(path))
     return attrs
+
+
+def check_placeable(cfg: PipelineConfig, n_shards: int) -> None:
+    """Refuses replicas that a local Ray instance could never place: one alone, or all of them at once (the
+    harvest places every replica before it leases shards)."""
+    h = cfg.harvest
+    one = {"CPU": h.cpus_per_replica, "GPU": h.gpus_per_replica}
+    check_fits(cfg.ray, one, {"CPU": "harvest.cpus_per_replica", "GPU": "harvest.gpus_per_replica"}, "a replica")
+    replicas = min(h.replicas, n_shards)
+    every = {resource: amount * replicas for resource, amount in one.items()}
+    check_fits(cfg.ray, every, dict.fromkeys(every, "harvest.replicas"), f"{replicas} replicas")
 
 
 def discard_corrupt(store: ActivationStore, mode: str) -> None:
@@ -106,5 +120,6 @@ def run_harvest(cfg: PipelineConfig) -> ActivationStore:
         connect(cfg.ray)
         print(f"harvest: {len(pending)} of {store.layout.n_shards} shards to write into {path}", flush=True)
         run_actors(str(path), pending, cfg, attrs["model"]["n_layers"], store.layout.rows_per_shard)
+        store.remove_leftovers()  # of writes by actors that died midway in this harvest
     store.finalize()
     return store

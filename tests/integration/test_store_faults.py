@@ -1,7 +1,6 @@
 """Faults injected from outside into a harvest and its store: a harvest SIGKILLed while it creates the store,
 and a shard corrupted on disk after the harvest."""
 
-import json
 import os
 import shlex
 import signal
@@ -15,23 +14,9 @@ from pipeline.cli import main
 from pipeline.harvest.stage import run_harvest, validate
 from pipeline.layout import OutDir
 
-from conftest import compose, tiny_overrides
+from conftest import compose, store_state, tiny_overrides
 
 pytestmark = pytest.mark.ray
-
-_RECORDED_BY_WHOM_AND_WHEN = ("writer", "time")
-
-
-def _state(store_path) -> dict:
-    """Every file of the store, records without their writer and time: what an uninterrupted harvest leaves."""
-    state = {}
-    for path in sorted(store_path.rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.parent.name == "completion":
-                data = {k: v for k, v in json.loads(data).items() if k not in _RECORDED_BY_WHOM_AND_WHEN}
-            state[str(path.relative_to(store_path))] = data
-    return state
 
 
 def _kill_when(overrides: list[str], appeared, timeout_s: float = 300) -> None:
@@ -67,7 +52,7 @@ def test_a_harvest_killed_while_it_creates_the_store_then_run_again_ends_as_an_u
         _kill_when(overrides, point)
     harvested = run_harvest(compose(*overrides))
     assert harvested.complete and not harvested.incomplete_shards()
-    assert _state(store) == _state(reference.path)
+    assert store_state(store) == store_state(reference.path)
     assert sorted(p.name for p in store.parent.iterdir()) == ["store.zarr"]  # no temporary folder left
 
 
@@ -85,7 +70,7 @@ def test_a_corrupt_shard_is_reported_refused_by_training_and_rewritten_by_a_reha
     out = tmp_path / "run"
     overrides = tiny_overrides(tiny_models["gpt2"], out)
     store = run_harvest(compose(*overrides))
-    intact = _state(store.path)
+    intact = store_state(store.path)
     _flip(store.shard_file("acts/resid_post.1", 1))
     capsys.readouterr()
 
@@ -109,10 +94,10 @@ def test_a_corrupt_shard_is_reported_refused_by_training_and_rewritten_by_a_reha
 
     # A changed byte is found by the full check, a file cut short by the default (fast) one.
     store = run_harvest(compose(*overrides, "harvest.verify=full"))
-    assert _state(store.path) == intact
+    assert store_state(store.path) == intact
     file = store.shard_file("acts/resid_post.1", 0)
     file.write_bytes(file.read_bytes()[:-7])
     store = run_harvest(compose(*overrides))
     assert "harvest: shard 0 is corrupt (acts/resid_post.1 holds" in capsys.readouterr().out
-    assert _state(store.path) == intact
+    assert store_state(store.path) == intact
     assert main(["verify", f"out_dir={out}"]) == 0

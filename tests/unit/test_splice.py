@@ -5,6 +5,7 @@ from pipeline.activations.arrays import CoderArrays
 from pipeline.activations.loading import ActivationData
 from pipeline.coders.registry import AnyCoderConfig, build
 from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
 from pipeline.evaluate.splice import Splicer
 from pipeline.store.activation_store import ActivationStore
 
@@ -59,4 +60,22 @@ def test_a_coder_that_outputs_zero_scores_zero_against_the_zero_ablation(gpt2_st
     assert scores["kl"] == pytest.approx(scores["ablated_kl"], rel=1e-5) and scores["ablated_kl"] > 0
     assert scores["ce_loss_score"] == pytest.approx(0.0, abs=1e-4) and scores["kl_score"] == pytest.approx(
         0.0, abs=1e-4
+    )
+
+
+def test_the_splicer_refuses_tokens_that_differ_from_their_checksum(tiny_models, tmp_path):
+    store = harvest_in_process(tiny_models["gpt2"], tmp_path, ["resid_post.1"])
+    Splicer(store, n_contexts=4, device=torch.device("cpu"))
+    # Shard 0's tokens: the splicer reads only the last shard's contexts, but checks all the tokens.
+    with open(store.shard_file("tokens", 0), "r+b") as f:
+        f.seek(8)
+        byte = f.read(1)
+        f.seek(8)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ConfigError) as refused:
+        Splicer(store, n_contexts=4, device=torch.device("cpu"))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(
+        f"out_dir: the tokens of the store at {store.path} are corrupt (tokens differ from their checksum); "
+        f"repair them with: pipeline harvest out_dir={tmp_path} "
     )
