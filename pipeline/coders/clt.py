@@ -196,7 +196,6 @@ class CrossLayerTranscoder(Coder):
         return parts, f.flatten(-2)
 
     @torch.no_grad()
-    @torch.no_grad()
     def raw_weights(self, s_in: list[float], s_out: list[float]) -> RawWeights:
         """Every layer's features, each input layer at its own scale and each target layer at its own."""
         inputs, outputs = torch.tensor(s_in), torch.tensor(s_out)
@@ -211,6 +210,7 @@ class CrossLayerTranscoder(Coder):
             w_skip=self.w_skip * (inputs / outputs)[:, None, None] if self.skip_connection else None,
         )
 
+    @torch.no_grad()
     def after_step(self) -> None:
         if self.penalty == "l0":
             for w, norm in zip(self.w_dec, self.decoder_norms().unbind(-2)):
