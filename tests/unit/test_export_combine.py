@@ -56,14 +56,15 @@ def test_two_transcoders_of_different_layers_make_one_set_each_layer_its_runs_we
     paths = {i: str(folder / f"layer_{i}.safetensors") for i in range(3)}
     transcoders = load_transcoder_set(paths, "tiny", "mlp.hook_in", "mlp.hook_out", device=torch.device("cpu"),
                                       lazy_encoder=False, lazy_decoder=False)  # fmt: skip
-    for layer, run in ((0, load_run(a, "a")), (2, load_run(b, "b"))):
-        folded, loaded = fold(run.coder, run.source), transcoders[layer]
+    folds = {layer: fold(run.coder, run.source) for layer, run in ((0, load_run(a, "a")), (2, load_run(b, "b")))}
+    for layer, folded in folds.items():
+        loaded = transcoders[layer]
         torch.testing.assert_close(loaded.W_enc, folded.w_enc[0], rtol=0, atol=0)
         torch.testing.assert_close(loaded.W_dec, folded.w_dec[0][0].T, rtol=0, atol=0)
         torch.testing.assert_close(loaded.b_enc, folded.b_enc[0], rtol=0, atol=0)
         torch.testing.assert_close(loaded.b_dec, folded.b_dec[0], rtol=0, atol=0)
         torch.testing.assert_close(loaded.activation_function.threshold, folded.threshold[0], rtol=0, atol=0)
-    torch.testing.assert_close(transcoders[2].W_skip, fold(load_run(b, "b").coder, load_run(b, "b").source).w_skip[0])
+    torch.testing.assert_close(transcoders[2].W_skip, folds[2].w_skip[0], rtol=0, atol=0)
     assert not transcoders[0].W_skip.any() and not any(p.any() for p in transcoders[1].parameters())
     assert transcoders.skip_connection and transcoders.d_transcoder == N
     assert _attributed_layers(transcoders) == {0, 2}  # layer 1, which no run covers, has no active feature
