@@ -213,14 +213,26 @@ class ExportConfig:
     # the peer library whose folder format each dictionary is written in
     format: str = checked("saelens", choices=EXPORT_FORMATS)
     run: str = ""  # one run folder to export (holding coder/ and metrics.json); empty = arms of <out_dir>/sweep
+    runs: list[str] = checked(default_factory=list, pattern=".+")  # run folders to export, as export.run each
     arms: list[str] = field(default_factory=list)  # run ids of <out_dir>/sweep/runs to export; empty = export.select
     # without run or arms: best (the lowest-loss finished arm of each budget) or all (every finished arm)
     select: str = checked("best", choices=EXPORT_SELECTIONS)
     dir: str = ""  # folder receiving one <run id>/ folder per dictionary; empty = <out_dir>/export/<format>
+    # circuit-tracer: the selected single-layer transcoders (one per layer) as one transcoder set, not one set each
+    combine: bool = False
 
     def validate(self, at: str) -> None:
         if self.run and self.arms:
             raise ConfigError(f"{at}arms: export.run names one run folder already; expected no arms, got {self.arms}")
+        if self.runs and (self.run or self.arms):
+            raise ConfigError(
+                f"{at}runs: names the run folders to export; expected no export.run or export.arms beside it"
+            )
+        if self.combine and self.format != "circuit-tracer":
+            raise ConfigError(
+                f"{at}combine: combines transcoders into one circuit-tracer transcoder set; "
+                f"expected export.format=circuit-tracer, got {self.format}"
+            )
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The model card (README.md) of an exported folder: what was trained on what, its metrics, the sweep and its
-fitted laws, and how to load it, so the folder uploads to the Hugging Face Hub as it is."""
+fitted laws, and how to load it, so the folder uploads to the Hugging Face Hub as it is. The card of a set
+combined from several runs lists each layer's run, what it was trained on and its metrics."""
 
 import json
 
@@ -11,8 +12,7 @@ LAWS = {"n_opt": "N*(C)", "tokens_opt": "T*(C)", "lr_opt": "lr*(C)"}  # fit.json
 
 
 def _table(pairs: list[tuple[str, object]]) -> str:
-    rows = "\n".join(f"| {key} | {value:.6g} |" if isinstance(value, float) else f"| {key} | {value} |"
-                     for key, value in pairs)  # fmt: skip
+    rows = "\n".join(f"| {key} | {_cell(value)} |" for key, value in pairs)
     return "| | |\n|---|---|\n" + rows
 
 
@@ -30,7 +30,7 @@ def model_card(run: Run, library: str, usage: str, fit: dict | None) -> str:
         ("kind", coder.kind), ("features", coder.n_features), ("d_in", coder.d_in),
         ("model", f"{model['name']} (revision {model['revision'] or 'unknown'})"),
         ("reads", ", ".join(source["inputs"])), ("predicts", ", ".join(source["targets"])),
-        ("data set", f"{data['source']}: {data['name']} (split {data['split']}, seed {data['seed']})"),
+        ("data set", _dataset(data)),
         ("context length", source["context_len"]), ("BOS prepended", source["prepend_bos"]),
         ("BOS positions trained on", not source["bos_dropped"]),
     ]  # fmt: skip
@@ -71,3 +71,51 @@ Input scales folded into the weights: `{json.dumps(source["scales"])}`
 
 Upload this folder as it is: `hf upload <user>/<repo> <this folder> .`
 """
+
+
+def set_card(name: str, runs: list[Run], library: str, usage: str) -> str:
+    """The card of the transcoder set `name` made of `runs` (single-layer transcoders, in layer order)."""
+    model = runs[0].source["model"]
+    metrics = [key for key in METRICS if any(key in run.metrics for run in runs)]
+    header = ["layer", "run", "kind", "features", "reads", "predicts", "data set", "scales", *metrics]
+    rows = [
+        [run.source["layers"][0], run.id, run.coder.kind, run.coder.n_features, run.source["inputs"][0],
+         run.source["targets"][0], _dataset(run.source["dataset"]), json.dumps(run.source["scales"]),
+         *(_cell(run.metrics.get(key, "")) for key in metrics)]
+        for run in runs
+    ]  # fmt: skip
+    covered, n_layers = ", ".join(str(row[0]) for row in rows), model["n_layers"]
+    lines = ["| " + " | ".join(map(str, row)) + " |" for row in [header, ["---"] * len(header), *rows]]
+    return f"""---
+library_name: {library}
+tags:
+- sparse-autoencoder
+- transcoder
+---
+# {name}
+
+A set of {len(runs)} transcoders on {model["name"]} (revision {model["revision"] or "unknown"}), one run per
+layer, exported from their run folders. It covers layers {covered} of {n_layers}; the other layers' weights
+are all zero, so no feature fires there. Its weights act on the model's raw activations (each run's
+training input scales are folded in).
+
+## Layers (metrics on each run's held-out rows)
+
+{chr(10).join(lines)}
+
+## Loading
+
+```python
+{usage}
+```
+
+Upload this folder as it is: `hf upload <user>/<repo> <this folder> .`
+"""
+
+
+def _dataset(data: dict) -> str:
+    return f"{data['source']}: {data['name']} (split {data['split']}, seed {data['seed']})"
+
+
+def _cell(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -7,7 +7,8 @@ no feature there ever fires). A CLT run becomes `model_kind: cross_layer_transco
 `W_enc_{i}.safetensors` and `W_dec_{i}.safetensors` per model layer, W_dec_i of shape
 [features, layers - i, d_model], zero where the CLT has no layer or no decoder. circuit-tracer 0.5.0
 reads a transcoder's skip connection (`W_skip`) but not a CLT's, so a CLT with one is refused. SAEs
-replace no MLP and are refused.
+replace no MLP and are refused. Several single-layer transcoder runs, one per layer, also make one set
+(`write_set`; the export stage decides which runs do).
 """
 
 from pathlib import Path
@@ -41,6 +42,12 @@ def check(run: Run) -> None:
         hooks.circuit_tracer(name, "input")
     for name in run.source["targets"]:
         hooks.circuit_tracer(name, "output")
+    for read, predicted in zip(run.source["inputs"], run.source["targets"], strict=True):
+        if hooks.split(read)[1] != hooks.split(predicted)[1]:
+            raise ConfigError(
+                f"export.format: circuit-tracer's transcoder of layer L predicts mlp_out.L from mlp_in.L; "
+                f"{run.id} predicts {predicted} from {read}"
+            )
 
 
 def config(run: Run) -> dict:
@@ -60,21 +67,27 @@ def _padded(run: Run, tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def transcoder_set(run: Run, folded: RawWeights) -> dict[str, dict[str, torch.Tensor]]:
-    """{file name: its tensors}: one transcoder per model layer."""
-    w_enc, b_enc, threshold = (_padded(run, t) for t in (folded.w_enc, folded.b_enc, folded.threshold))
-    w_dec, b_dec = _padded(run, folded.w_dec[0][0].mT.unsqueeze(0)), _padded(run, folded.b_dec)
-    w_skip = _padded(run, folded.w_skip) if folded.w_skip is not None else None
-    files = {}
-    for layer in range(len(w_enc)):
-        tensors = {
-            "W_enc": w_enc[layer], "W_dec": w_dec[layer], "b_enc": b_enc[layer], "b_dec": b_dec[layer],
-            "activation_function.threshold": threshold[layer],
-        }  # fmt: skip
-        if w_skip is not None:
-            tensors["W_skip"] = w_skip[layer]
-        files[f"layer_{layer}.safetensors"] = tensors
-    return files
+def _transcoder(folded: RawWeights, skip: bool) -> dict[str, torch.Tensor]:
+    """One layer's file of a set: a single-layer coder's weights; with `skip`, a zero `W_skip` where it has none
+    (circuit-tracer gives every layer a skip connection when the first layer has one)."""
+    tensors = {
+        "W_enc": folded.w_enc[0], "W_dec": folded.w_dec[0][0].mT, "b_enc": folded.b_enc[0], "b_dec": folded.b_dec[0],
+        "activation_function.threshold": folded.threshold[0],
+    }  # fmt: skip
+    if skip:
+        no_skip = folded.b_dec.new_zeros(folded.b_dec.shape[1], folded.w_enc.shape[2])
+        tensors["W_skip"] = folded.w_skip[0] if folded.w_skip is not None else no_skip
+    return tensors
+
+
+def transcoder_set(members: list[tuple[Run, RawWeights]]) -> dict[str, dict[str, torch.Tensor]]:
+    """{file name: its tensors}: one transcoder per model layer, each member's (single-layer runs of one model and
+    width, with their folded weights, of distinct layers) at its layer; zeros, which never fire, elsewhere."""
+    skip = any(folded.w_skip is not None for _, folded in members)
+    at = {run.source["layers"][0]: _transcoder(folded, skip) for run, folded in members}
+    zeros = {name: torch.zeros_like(t) for name, t in next(iter(at.values())).items()}
+    n_layers = members[0][0].source["model"]["n_layers"]
+    return {f"layer_{layer}.safetensors": at.get(layer, zeros) for layer in range(n_layers)}
 
 
 def cross_layer_transcoder(run: Run, folded: RawWeights) -> dict[str, dict[str, torch.Tensor]]:
@@ -98,10 +111,19 @@ def cross_layer_transcoder(run: Run, folded: RawWeights) -> dict[str, dict[str, 
 
 
 def write(run: Run, folded: RawWeights, folder: Path) -> None:
-    files = cross_layer_transcoder(run, folded) if run.coder.layered else transcoder_set(run, folded)
+    files = cross_layer_transcoder(run, folded) if run.coder.layered else transcoder_set([(run, folded)])
+    _save(files, config(run), folder)
+
+
+def write_set(members: list[tuple[Run, RawWeights]], folder: Path) -> None:
+    """Several single-layer transcoder runs (see `transcoder_set`) as one transcoder set in `folder`."""
+    _save(transcoder_set(members), config(members[0][0]), folder)
+
+
+def _save(files: dict[str, dict[str, torch.Tensor]], cfg: dict, folder: Path) -> None:
     for name, tensors in files.items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, folder / name)
-    (folder / CONFIG).write_text(yaml.safe_dump(config(run), sort_keys=False))
+    (folder / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def usage(run: Run) -> str:

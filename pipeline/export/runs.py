@@ -1,4 +1,5 @@
-"""Which run folders an export reads (`export.run`, `export.arms`, `export.select`), each loaded and checked.
+"""Which run folders an export reads (`export.run`, `export.runs`, `export.arms`, `export.select`), each loaded and
+checked.
 
 A run folder is finished when it holds `metrics.json` (written last); its `coder/` folder holds the
 weights, the config and `source.json`, what it was trained on, so no store is needed.
@@ -65,6 +66,8 @@ def selected_runs(cfg: PipelineConfig) -> list[Run]:
     export = cfg.export
     if export.run:
         return [load_run(Path(export.run), "export.run")]
+    if export.runs:
+        return [load_run(Path(folder), "export.runs") for folder in export.runs]
     sweep = OutDir(cfg.out_dir).sweep
     ids = list(export.arms) or _from_results(sweep.results, export.select)
     return [load_run(sweep.run(run_id), "export.arms" if export.arms else "export.select") for run_id in ids]
