@@ -27,9 +27,10 @@ def _run(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float
     return done, time.monotonic() - start
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def startup_s() -> float:
-    """What `pipeline harvest --help` takes on this machine now: the start-up every refusal pays first."""
+    """What `pipeline harvest --help` takes on this machine now, just before the case: the start-up every refusal pays
+    first. Measured again for each case, as other work on the machine may slow both alike."""
     done, elapsed = _run(["harvest", "--help"], dict(os.environ))
     assert done.returncode == 0, done.stderr
     return elapsed
