@@ -3,7 +3,8 @@
 Both replace the MLP of every layer of the model, so a transcoder reads `mlp_in.L` and predicts
 `mlp_out.L`. A transcoder run becomes a set (`config.yaml` with `model_kind: transcoder_set` and
 `layer_{i}.safetensors` for each of the model's layers, the layers it does not cover all zeros:
-no feature there ever fires). A CLT run becomes `model_kind: cross_layer_transcoder` with
+no feature there ever fires); so does a run of per-layer transcoders (a PLT), one file per layer it
+spans. A CLT run becomes `model_kind: cross_layer_transcoder` with
 `W_enc_{i}.safetensors` and `W_dec_{i}.safetensors` per model layer, W_dec_i of shape
 [features, layers - i, d_model], zero where the CLT has no layer or no decoder. circuit-tracer 0.5.0
 reads a transcoder's skip connection (`W_skip`) but not a CLT's, so a CLT with one is refused. SAEs
@@ -11,6 +12,7 @@ replace no MLP and are refused. Several single-layer transcoder runs, one per la
 (`write_set`; the export stage decides which runs do).
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ def check(run: Run) -> None:
             f"export.format: circuit-tracer replaces MLPs with transcoders, not with a {run.coder.kind} SAE "
             f"({run.id}); use export.format=saelens"
         )
-    if run.coder.layered and run.coder.skip_connection:
+    if run.coder.cross_layer and run.coder.skip_connection:
         raise ConfigError(
             f"export.format: circuit-tracer reads no skip connection of a cross-layer transcoder from disk, and "
             f"{run.id} has one; train it with coder.skip_connection=false"
@@ -53,7 +55,7 @@ def check(run: Run) -> None:
 def config(run: Run) -> dict:
     source = run.source
     return {
-        "model_kind": "cross_layer_transcoder" if run.coder.layered else "transcoder_set",
+        "model_kind": "cross_layer_transcoder" if run.coder.cross_layer else "transcoder_set",
         "model_name": source["model"]["name"],
         "feature_input_hook": hooks.circuit_tracer(source["inputs"][0], "input"),
         "feature_output_hook": hooks.circuit_tracer(source["targets"][0], "output"),
@@ -111,8 +113,14 @@ def cross_layer_transcoder(run: Run, folded: RawWeights) -> dict[str, dict[str, 
 
 
 def write(run: Run, folded: RawWeights, folder: Path) -> None:
-    files = cross_layer_transcoder(run, folded) if run.coder.layered else transcoder_set([(run, folded)])
+    files = cross_layer_transcoder(run, folded) if run.coder.cross_layer else transcoder_set(_per_layer(run, folded))
     _save(files, config(run), folder)
+
+
+def _per_layer(run: Run, folded: RawWeights) -> list[tuple[Run, RawWeights]]:
+    """A run whose layers write only to themselves as single-layer members of a set, one per layer it spans."""
+    layers = run.source["layers"]
+    return [(replace(run, source=run.source | {"layers": [layer]}), folded.layer(i)) for i, layer in enumerate(layers)]
 
 
 def write_set(members: list[tuple[Run, RawWeights]], folder: Path) -> None:
