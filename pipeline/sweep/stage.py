@@ -32,7 +32,8 @@ def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, li
     for kind in kind_sparsities(spec):
         check_kind(kind, cfg.train.parallel)
     hook, arms = plan_arms(cfg, spec, store_attrs)
-    check_center(spec.kind, cfg.train.center, store_attrs, hook)
+    for kind in kind_sparsities(spec):
+        check_center(kind, cfg.train.center, store_attrs, hook)
     unknown = set(cfg.sweep.arms) - {a.run_id for a in arms}
     if unknown:
         raise ConfigError(f"sweep.arms: {min(unknown)} is not an arm of sweep {spec.name}")

@@ -1,5 +1,5 @@
-"""Per-layer transcoders (`coder.kind=plt`): the sum of one transcoder per layer, stacked, exported as a
-circuit-tracer transcoder set."""
+"""Per-layer transcoders (`coder.kind=plt`): the sum of one transcoder per layer, stacked and swept beside CLTs,
+exported as a circuit-tracer transcoder set."""
 
 import json
 from dataclasses import replace
@@ -17,10 +17,16 @@ from pipeline.evaluate.splice import Splicer
 from pipeline.export.folding import fold
 from pipeline.export.formats import FORMATS
 from pipeline.export.runs import Run
+from pipeline.sweep.arm import run_arms
+from pipeline.sweep.configs import arm_config
+from pipeline.sweep.plan import plan
+from pipeline.sweep.spec import find_sweep, load_spec
+from pipeline.sweep.stage import validate
 from pipeline.train.arm_run import ArmRun, ArmSpec
 from pipeline.train.stack import build_stacks
 from pipeline.train.trainer import train_grid, train_run
 
+from conftest import compose, tiny_overrides
 from unit import test_transcoders
 from unit.test_export_attribution import _attributed_layers
 from unit.test_export_formats import _perturbed, _raw, _source, _written
@@ -186,6 +192,43 @@ def test_stacked_plt_arms_each_equal_the_arm_trained_alone(relu_store, tmp_path)
         a, b = load(tmp_path / f"grid{i}" / "coder").state_dict(), load(tmp_path / f"alone{i}" / "coder").state_dict()
         for name, tensor in a.items():
             torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_circuits_sweep_in_small_trains_clt_and_plt_arms_side_by_side(relu_store, relu_gpt2, tmp_path):
+    packaged = load_spec("circuits")
+    assert packaged.kinds == ["clt", "plt"] and packaged.layers == list(range(12)) and not packaged.target_l0
+    small = {"layers": LAYERS, "budgets": [3e8], "expansion": [1], "lrs": [1e-2], "batch_size": 64}
+    path = tmp_path / "circuits.yaml"
+    small["sparsity_by_kind"] = {"clt": 0.1, "plt": 0.1}
+    path.write_text(yaml.safe_dump(yaml.safe_load(find_sweep("circuits").read_text()) | small))
+    out_dir = relu_store.path.parent
+    overrides = tiny_overrides(relu_gpt2, out_dir, **{"train.eval_tokens": 256, "train.splice_contexts": 2})
+    cfg = compose(*overrides, f"sweep.name={path}")
+    with pytest.raises(ConfigError, match="^train.center: a clt predicts another array"):
+        validate(compose(*overrides, f"sweep.name={path}", "train.center=true"), relu_store.attrs)
+    _, hook, arms = validate(cfg, relu_store.attrs)
+    assert [a.kind for a in arms] == ["clt", "plt"] and {a.n_features for a in arms} == {96}
+    # At one budget and width the PLT (12 d N FLOPs per token) sees (L + 3) / 4 = 1.5 times the CLT's tokens.
+    assert arms[1].steps == int(3e8 // (12 * 32 * 96)) // 64 and arms[0].steps == int(3e8 // (18 * 32 * 96)) // 64
+    rows = run_arms(arms, [arm_config(cfg, a) for a in arms], hook, out_dir / "circuits", "g")
+    assert [(r["kind"], r["status"]) for r in rows] == [("clt", "done"), ("plt", "done")], rows
+    assert all(r["fvu"] < 0.6 and r["kl"] > 0 and r["flops"] <= 3e8 for r in rows)
+    config = load(out_dir / "circuits" / "runs" / arms[1].run_id / "coder").config()
+    assert (config["kind"], config["n_layers"], config["l1_coefficient"]) == ("plt", 3, 0.1)
+
+
+def test_a_kinds_sweep_of_penalty_kinds_needs_no_target_l0_but_one_with_k_does(tmp_path):
+    path = tmp_path / "s.yaml"
+    fields = {"budgets": [1e10], "n_features": [96], "lrs": [1e-3], "layers": LAYERS, "kinds": ["clt", "plt"]}
+    path.write_text(json.dumps(fields | {"sparsity_by_kind": {"clt": 1.0}}))
+    with pytest.raises(ConfigError, match=r"sparsity_by_kind.plt should be the l1_coefficient \(>= 0\) of its arms"):
+        load_spec(str(path))
+    path.write_text(json.dumps(fields | {"sparsity_by_kind": {"clt": 1.0, "plt": 2.0}}))
+    assert {a.kind: a.sparsity for a in plan(load_spec(str(path)), 32, 10**6)} == {"clt": 1.0, "plt": 2.0}
+    path.write_text(json.dumps(fields | {"kinds": ["relu", "topk"], "layers": [], "sparsity_by_kind": {"relu": 1.0}}))
+    with pytest.raises(ConfigError, match="target_l0 should be the positive L0"):
+        load_spec(str(path))
+    assert load_spec("plt").kind == "plt" and load_spec("plt").layers == load_spec("clt").layers
 
 
 # --- export ------------------------------------------------------------------------------------------------
