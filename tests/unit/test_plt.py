@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from pipeline.activations.arrays import Columns, coder_arrays
+from pipeline.cli import main
 from pipeline.coders.registry import AnyCoderConfig, build, load, training_flops
 from pipeline.errors import ConfigError
 from pipeline.evaluate.metrics import evaluate
@@ -194,7 +195,7 @@ def test_stacked_plt_arms_each_equal_the_arm_trained_alone(relu_store, tmp_path)
             torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=1e-5)
 
 
-def test_the_circuits_sweep_in_small_trains_clt_and_plt_arms_side_by_side(relu_store, relu_gpt2, tmp_path):
+def test_the_circuits_sweep_in_small_trains_clt_and_plt_arms_side_by_side(relu_store, relu_gpt2, tmp_path, capsys):
     packaged = load_spec("circuits")
     assert packaged.kinds == ["clt", "plt"] and packaged.layers == list(range(12)) and not packaged.target_l0
     small = {"layers": LAYERS, "budgets": [3e8], "expansion": [1], "lrs": [1e-2], "batch_size": 64}
@@ -215,6 +216,23 @@ def test_the_circuits_sweep_in_small_trains_clt_and_plt_arms_side_by_side(relu_s
     assert all(r["fvu"] < 0.6 and r["kl"] > 0 and r["flops"] <= 3e8 for r in rows)
     config = load(out_dir / "circuits" / "runs" / arms[1].run_id / "coder").config()
     assert (config["kind"], config["n_layers"], config["l1_coefficient"]) == ("plt", 3, 0.1)
+    _exports_as_a_set_and_not_to_saelens(out_dir / "circuits" / "runs" / arms[1].run_id, tmp_path, capsys)
+
+
+def _exports_as_a_set_and_not_to_saelens(run, tmp_path, capsys):
+    """The export stage writes a trained PLT run as circuit-tracer's transcoder set, every layer's features in it."""
+    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+
+    assert main(["export", f"out_dir={tmp_path}", f"export.run={run}", "export.format=saelens"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "export").exists()
+    assert main(["export", f"out_dir={tmp_path}", f"export.run={run}", "export.format=circuit-tracer"]) == 0
+    folder = tmp_path / "export" / "circuit-tracer" / run.name
+    paths = {i: str(folder / f"layer_{i}.safetensors") for i in range(3)}
+    transcoders = load_transcoder_set(paths, "tiny", "mlp.hook_in", "mlp.hook_out", device=torch.device("cpu"),
+                                      lazy_encoder=False, lazy_decoder=False)  # fmt: skip
+    coder = load(run / "coder")
+    for layer, ours in enumerate(transcoders.transcoders):
+        assert ours.W_dec.abs().sum() > 0 and torch.equal(ours.b_enc, coder.b_enc[layer])
 
 
 def test_a_kinds_sweep_of_penalty_kinds_needs_no_target_l0_but_one_with_k_does(tmp_path):
