@@ -2,10 +2,12 @@
 
 A card is `<cantor(layer, feature)>.json` in circuit-tracer's feature format
 (`circuit_tracer.frontend.feature_models.Model`), the name its graph files give a feature node.
-The store is read a shard at a time (fewer contexts where a shard's activations would pass
-`_CHUNK_BYTES`), its rows of the hook each layer reads encoded as training and splicing do: times
-the array's training scale, through `Coder.encode_layer`, which the exported weights reproduce on raw
-activations. Activation frequency is the share of all the store's rows where a feature fires;
+The store is read a shard at a time (fewer contexts where a shard's rows would pass `_CHUNK_BYTES`),
+its raw rows of the hook each layer reads encoded with the run's folded weights
+(`pipeline.export.folding.fold`), which circuit-tracer's graphs are computed with: the same features
+the coder gives the rows at their training scale. Under relu and jumprelu a feature's activation
+depends on its own encoder row alone, so only the chosen features' rows are applied: 50 features cost
+50 of a layer's thousands. Activation frequency is the share of all the store's rows where a feature fires;
 act_min is 0 (every transcoder's features are non-negative) and act_max the largest activation; the
 quantiles and the histogram (`_HISTOGRAM_BINS` bins over [0, act_max]) count its positive
 activations, to within 1/512 of act_max (`pipeline.trace.histogram`). top_logits and
@@ -17,14 +19,16 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import write_json_atomic
+from pipeline.coders.raw import RawWeights
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
+from pipeline.export.folding import fold
 from pipeline.export.runs import Run
 from pipeline.models.loading import load_tokenizer
 from pipeline.store.activation_store import ActivationStore
 from pipeline.trace.histogram import Histograms
 
-_CHUNK_BYTES = 1 << 28  # the most bytes of one layer's feature activations held at once (float32)
+_CHUNK_BYTES = 1 << 28  # the most bytes of one hook's rows held at once (float32)
 _HISTOGRAM_BINS = 40
 _QUANTILES = torch.arange(1, 101) / 100  # the frontend places a node's activation at the first one it is below
 
@@ -71,11 +75,13 @@ def write_features(
         if hook not in store.hooks:
             raise ConfigError(f"trace.run: {run.id} reads {hook}, which the store at {store.path} does not hold")
     tokenizer = load_tokenizer(ModelConfig(name=run.source["model"]["name"], revision=run.source["model"]["revision"]))
+    folded = fold(run.coder, run.source)
+    if folded.activation not in ("relu", "jumprelu"):
+        raise ValueError(f"{run.id}: feature cards read relu or jumprelu features, not {folded.activation}")
     tops = {layer: _Top(len(ids), n_examples, store.layout.rows_per_context) for layer, ids in wanted.items()}
-    run.coder.eval()
-    for start, stop in _chunks(store, run.coder.n_features // len(run.source["layers"])):
+    for start, stop in _chunks(store, store.d_model(run.source["inputs"][0])):
         for layer, ids in wanted.items():
-            tops[layer].add(_encoded(run, store, layer, start, stop)[..., ids], start)
+            tops[layer].add(_encoded(run, folded, store, layer, ids, start, stop), start)
     folder.mkdir(parents=True, exist_ok=True)
     for layer, ids in wanted.items():
         for i, feature in enumerate(ids):
@@ -95,22 +101,26 @@ def _by_layer(run: Run, features: set[tuple[int, int]]) -> dict[int, list[int]]:
     return wanted
 
 
-def _chunks(store: ActivationStore, per_layer: int) -> list[tuple[int, int]]:
-    """[start, stop) context ranges covering the store: its shards, cut where one layer's `per_layer` features
-    on a shard would exceed `_CHUNK_BYTES`."""
+def _chunks(store: ActivationStore, d: int) -> list[tuple[int, int]]:
+    """[start, stop) context ranges covering the store: its shards, cut where one hook's rows of width `d` on a
+    shard would exceed `_CHUNK_BYTES`."""
     layout = store.layout
-    fits = max(1, _CHUNK_BYTES // (4 * per_layer * layout.rows_per_context))
+    fits = max(1, _CHUNK_BYTES // (4 * d * layout.rows_per_context))
     step = min(layout.contexts_per_shard, fits)
     return [(start, min(start + step, layout.n_contexts)) for start in range(0, layout.n_contexts, step)]
 
 
 @torch.no_grad()
-def _encoded(run: Run, store: ActivationStore, layer: int, start: int, stop: int) -> torch.Tensor:
-    """[contexts, rows per context, features of `layer`]: the coder's features on contexts [start, stop)."""
-    source, rpc = run.source, store.layout.rows_per_context
-    hook = source["inputs"][source["layers"].index(layer)]
-    rows = store.read_rows(hook, start * rpc, stop * rpc).float() * source["scales"][hook]
-    return run.coder.encode_layer(source["layers"].index(layer), rows).view(stop - start, rpc, -1)
+def _encoded(
+    run: Run, folded: RawWeights, store: ActivationStore, layer: int, ids: list[int], start: int, stop: int
+) -> torch.Tensor:
+    """[contexts, rows per context, len(ids)]: features `ids` of model layer `layer` on contexts [start, stop)."""
+    s = run.source["layers"].index(layer)
+    rpc = store.layout.rows_per_context
+    rows = store.read_rows(run.source["inputs"][s], start * rpc, stop * rpc).float()
+    pre = torch.nn.functional.linear(rows - folded.pre_bias[s], folded.w_enc[s][ids], folded.b_enc[s][ids])
+    acts = pre.clamp(min=0) if folded.activation == "relu" else pre * (pre > folded.threshold[s][ids])
+    return acts.view(stop - start, rpc, len(ids))
 
 
 def _card(run_id: str, layer: int, feature: int, top: _Top, i: int, store: ActivationStore, tokenizer) -> dict:
