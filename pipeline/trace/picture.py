@@ -3,7 +3,7 @@
 Token positions run across (labelled with the prompt's tokens), rows go up from the embeddings
 through the model's layers to the top logits (labelled with their `clerp`). Within a cell of one
 position and one row, features sit to the left and the error node, a grey diamond, to the right.
-An edge's width grows with |weight| (relative to the graph's largest) and its colour gives the sign.
+An edge's width and opacity grow with |weight| (relative to the graph's largest); its colour gives the sign.
 """
 
 import json
@@ -81,16 +81,21 @@ def _spread(i: int, n: int, left: float, right: float) -> float:
 
 
 def _draw_links(ax, links: list[dict], places: dict[str, tuple[float, float]]) -> None:
+    """Each edge as a line, wider and more opaque as its |weight| nears the graph's largest."""
     from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_rgba
 
     drawn = [link for link in links if link["source"] in places and link["target"] in places]
     strongest = max((abs(link["weight"]) for link in drawn), default=0.0) or 1.0
+    shares = [abs(link["weight"]) / strongest for link in drawn]
     ax.add_collection(
         LineCollection(
             [(places[link["source"]], places[link["target"]]) for link in drawn],
-            linewidths=[0.2 + _MAX_WIDTH * abs(link["weight"]) / strongest for link in drawn],
-            colors=[_POSITIVE if link["weight"] > 0 else _NEGATIVE for link in drawn],
-            alpha=0.5,
+            linewidths=[0.2 + _MAX_WIDTH * share for share in shares],
+            colors=[
+                to_rgba(_POSITIVE if link["weight"] > 0 else _NEGATIVE, 0.15 + 0.6 * share)
+                for link, share in zip(drawn, shares, strict=True)
+            ],
             zorder=1,
         )
     )
