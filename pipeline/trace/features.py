@@ -126,11 +126,12 @@ def _encoded(
 def _card(run_id: str, layer: int, feature: int, top: _Top, i: int, store: ActivationStore, tokenizer) -> dict:
     """The frontend's card of the `i`th chosen feature of `top` (feature `feature` of model layer `layer`)."""
     act_max = top.values[i, 0].item() if top.values.shape[1] else 0.0
-    examples = [
-        _example(store, tokenizer, context, acts)
-        for value, context, acts in zip(top.values[i].tolist(), top.contexts[i].tolist(), top.acts[i], strict=True)
-        if value > 0
-    ]
+    examples, seen = [], set()
+    for value, context, acts in zip(top.values[i].tolist(), top.contexts[i].tolist(), top.acts[i], strict=True):
+        if value > 0:
+            ids = tuple(store.read_tokens(context, context + 1)[0].tolist())
+            examples.append(_example(tokenizer, ids, acts, repeated=ids in seen))
+            seen.add(ids)
     quantiles = top.histograms.quantiles(i, _QUANTILES)
     return {
         "transcoder_id": run_id,
@@ -146,13 +147,13 @@ def _card(run_id: str, layer: int, feature: int, top: _Top, i: int, store: Activ
     }
 
 
-def _example(store: ActivationStore, tokenizer, context: int, acts: torch.Tensor) -> dict:
-    """One context's tokens and the feature's activation on each; 0 on a BOS position the store left out."""
-    ids = store.read_tokens(context, context + 1)[0].tolist()
+def _example(tokenizer, ids: tuple[int, ...], acts: torch.Tensor, repeated: bool) -> dict:
+    """One context's tokens and the feature's activation on each (0 on a BOS position the store left out);
+    `repeated`: a context of the same tokens came before it, which the frontend shows faded."""
     per_token = [0.0] * (len(ids) - len(acts)) + acts.tolist()
     return {
         "tokens": tokenizer.batch_decode([[token] for token in ids]),
         "tokens_acts_list": per_token,
         "train_token_ind": max(range(len(per_token)), key=per_token.__getitem__),
-        "is_repeated_datapoint": False,
+        "is_repeated_datapoint": repeated,
     }

@@ -88,6 +88,9 @@ def _check_cards(run, store, folder, features):
         assert len(best.tokens_acts_list) == len(best.tokens) == store.layout.rows_per_context + 1
         assert best.tokens_acts_list[1:] == pytest.approx(f[context].tolist(), rel=1e-5, abs=1e-6)
         assert best.tokens_acts_list[0] == 0.0 and best.train_token_ind == 1 + int(f[context].argmax())  # BOS left out
+        assert [e.is_repeated_datapoint for e in examples] == [
+            e.tokens in [earlier.tokens for earlier in examples[:i]] for i, e in enumerate(examples)
+        ]
         maxima = [max(example.tokens_acts_list) for example in examples]
         assert maxima == sorted(maxima, reverse=True) and maxima == pytest.approx(
             f.amax(1).sort(descending=True)[0][:K].tolist()[: len(maxima)], rel=1e-5
