@@ -1,6 +1,6 @@
-"""Feature cards of a transcoder and a CLT trained briefly on a store harvested from a tiny GPT-2: they parse with
-circuit-tracer's feature model, are named by its cantor pairing, and hold the top contexts with the activations the
-coder gives the store's rows."""
+"""Feature cards of a transcoder, a CLT and per-layer transcoders trained briefly on a store harvested from a tiny
+GPT-2: they parse with circuit-tracer's feature model, are named by its cantor pairing, and hold the top contexts
+with the activations the coder gives the store's rows."""
 
 import pytest
 import torch
@@ -51,7 +51,7 @@ def _all_features(run, store) -> dict[int, torch.Tensor]:
     source, layout = run.source, store.layout
     x = torch.stack([store.read_rows(h, 0, layout.n_rows).float() * source["scales"][h] for h in source["inputs"]], 1)
     with torch.no_grad():
-        f = run.coder.eval().encode(x if run.coder.kind == "clt" else x[:, 0])
+        f = run.coder.eval().encode(x if run.coder.layered else x[:, 0])
     per_layer = f.view(layout.n_contexts, layout.rows_per_context, len(source["layers"]), -1)
     return {layer: per_layer[:, :, i] for i, layer in enumerate(source["layers"])}
 
@@ -117,8 +117,9 @@ def test_cards_of_a_transcoders_features(store, transcoder, tmp_path):
     _check_cards(run, store, tmp_path / "cards", [(layer, f) for layer, f in features if layer == 1])
 
 
-def test_cards_of_a_clts_features_in_each_of_its_layers(store, tmp_path):
-    run = _trained(store, tmp_path / "clt", "clt", {"layers": LAYERS}, 48)
+@pytest.mark.parametrize("kind", ["clt", "plt"])
+def test_cards_of_a_layered_coders_features_in_each_of_its_layers(store, tmp_path, kind):
+    run = _trained(store, tmp_path / kind, kind, {"layers": LAYERS}, 48)
     features = _chosen(run, store, 3)
     write_features(tmp_path / "cards", run, store, features, K)
     assert len(list((tmp_path / "cards").iterdir())) == len(features) >= 9
