@@ -1,21 +1,21 @@
 """The trace stage: the dictionary, the model and the prompts checked before any work, then each prompt's
-attribution graph (circuit-tracer) written under the trace folder, with report.md and scores.json.
+attribution graph (circuit-tracer), and only when every prompt has one, the graph files, report.md and
+scores.json written under the trace folder.
 
-The trace folder (`trace.dir`, default <out_dir>/trace) is the data folder circuit-tracer's graph
-server reads: the graph files (`<slug>.json`, `graph-metadata.json`) at its top, the dictionary in
-circuit-tracer's format in `dictionary/<dictionary id>/` (written once, atomically, and read back
-with circuit-tracer's loaders), and the feature cards under `features/<dictionary id>/`, which the
-graphs name as their scan `./data/features/<dictionary id>`.
+The dictionary goes through circuit-tracer's format (`replacement.dictionary_model`). The trace folder
+(`trace.dir`, default <out_dir>/trace) is the data folder circuit-tracer's graph server reads: the
+graph files (`<slug>.json`, `graph-metadata.json`) at its top and the feature cards under
+`features/<dictionary id>/`, which the graphs name as their scan `./data/features/<dictionary id>`.
 """
 
 from pathlib import Path
 
-from pipeline.atomic import create_dir_atomic, write_json_atomic, write_text_atomic
+from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.circuits import replacement
 from pipeline.circuits.attribution import PromptTrace, TraceOptions, trace_prompt
 from pipeline.circuits.lens import convert, hooked_config
-from pipeline.circuits.transcoders import load_folder, write_folder
 from pipeline.config import PipelineConfig, TraceConfig
+from pipeline.errors import ConfigError
 from pipeline.layout import OutDir
 from pipeline.models.loading import load_tokenizer, pick_device
 from pipeline.trace.dictionary import Dictionary, selected_dictionary
@@ -52,18 +52,12 @@ def run_trace(cfg: PipelineConfig) -> dict:
     """Traces every prompt; returns scores.json's payload."""
     dictionary, prompts = validate(cfg)
     out, device = trace_dir(cfg), pick_device(cfg.model.device)
-    model = _replacement_model(cfg, dictionary, out, device)
-    traces, slugs = [], []
-    for i, prompt in enumerate(prompts):
-        traced = trace_prompt(model, prompt, replacement.tokens(model, prompt), options(cfg.trace))
-        slugs.append(f"prompt-{i}")
-        _graph_files(traced, slugs[-1], out, dictionary.id, cfg.trace)
-        traces.append(traced)
-        numbers = traced.numbers()
-        print(
-            f"trace {slugs[-1]}: replacement {numbers['replacement_score']:.3f}, completeness "
-            f"{numbers['completeness_score']:.3f}, nodes {numbers['nodes']} -> {numbers['pruned_nodes']}"
-        )
+    lens = convert(cfg.model, device)
+    model = replacement.dictionary_model(lens, dictionary.members, _scan(dictionary.id), device)
+    traces = [_traced(model, dictionary, i, prompt, options(cfg.trace)) for i, prompt in enumerate(prompts)]
+    slugs = [f"prompt-{i}" for i in range(len(prompts))]
+    for traced, slug in zip(traces, slugs, strict=True):
+        _graph_files(traced, slug, out, dictionary.id, cfg.trace)
     runs = [run.id for run in dictionary.runs]
     payload = scores_payload(dictionary.id, runs, cfg.model.name, [t.numbers() for t in traces])
     write_json_atomic(out / "scores.json", payload)
@@ -73,16 +67,20 @@ def run_trace(cfg: PipelineConfig) -> dict:
     return payload
 
 
-def _replacement_model(cfg: PipelineConfig, dictionary: Dictionary, out: Path, device):
-    """circuit-tracer's replacement model with the dictionary, read back from its folder in the trace folder."""
-    folder = out / "dictionary" / dictionary.id
-    if not folder.exists():  # a run id names its weights, so an existing folder holds the same dictionary
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        create_dir_atomic(folder, lambda tmp: write_folder(dictionary.members, tmp))
-    lens = convert(cfg.model, device)
-    n_layers, dtype = lens.config.n_layers, lens.config.dtype
-    transcoders = load_folder(folder, n_layers, _scan(dictionary.id), device, dtype)
-    return replacement.replacement_model(lens, transcoders)
+def _traced(model, dictionary: Dictionary, i: int, prompt: str, opts: TraceOptions) -> PromptTrace:
+    token_ids = replacement.tokens(model, prompt)
+    if not replacement.active_features(model, token_ids):
+        raise ConfigError(
+            f"trace.prompts: no feature of {dictionary.id} fires on prompt {i} ({prompt[:40]!r}), so it has no "
+            "attribution graph; trace another prompt or a dictionary with live features"
+        )
+    traced = trace_prompt(model, prompt, token_ids, opts)
+    numbers = traced.numbers()
+    print(
+        f"trace prompt-{i}: replacement {numbers['replacement_score']:.3f}, completeness "
+        f"{numbers['completeness_score']:.3f}, nodes {numbers['nodes']} -> {numbers['pruned_nodes']}"
+    )
+    return traced
 
 
 def _scan(dictionary_id: str) -> str:

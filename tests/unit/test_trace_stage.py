@@ -4,6 +4,7 @@ set of runs, one per layer; bad input refused with one line, exit 2 and nothing 
 import json
 
 import pytest
+import torch
 
 from pipeline.cli import main
 
@@ -52,10 +53,8 @@ def test_an_exact_clt_traces_into_graph_files_a_report_and_scores_of_one(relu_gp
     assert graph.metadata.scan == "./data/features/clt" and graph.metadata.prompt == PROMPT
     listed = json.loads((trace / "graph-metadata.json").read_text())["graphs"]
     assert sorted(g["slug"] for g in listed) == ["prompt-0", "prompt-1"]
-    assert sorted(p.name for p in (trace / "dictionary" / "clt").iterdir())[:2] == [
-        "W_dec_0.safetensors",
-        "W_dec_1.safetensors",
-    ]
+    written = ["graph-metadata.json", "prompt-0.json", "prompt-1.json", "report.md", "scores.json"]
+    assert sorted(p.name for p in trace.iterdir()) == written
     assert "trace clt: 2 graphs" in capsys.readouterr().out
 
 
@@ -79,6 +78,7 @@ def test_single_layer_transcoder_runs_trace_as_one_set(relu_gpt2, tmp_path):
         ("no lm head", "model.name: {bert} has no language-model head"),
         ("two names", "trace.runs: trace.run names the dictionary already"),
         ("no file", "trace.prompts_file: {missing} is not a file"),
+        ("dead", "trace.prompts: no feature of clt fires on prompt 0 ("),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(relu_gpt2, tiny_models, tmp_path, capsys, case, says):
@@ -92,6 +92,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(relu_gpt2, tiny_mode
     if case == "sae":
         coder, source = build(AnyCoderConfig(n_features=16), 32), _source(relu_gpt2, [1])
         source["targets"] = source["inputs"]
+    if case == "dead":
+        with torch.no_grad():
+            coder.log_threshold.fill_(50.0)
     if case == "no lm head":
         model, source = tiny_models["bert"], _source(tiny_models["bert"], [0, 1, 2])
     _run_folder(run, coder, source)
