@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.coders.registry import AnyCoderConfig, build
+from pipeline.sweep.results import gather
 
 from unit.test_circuits import _exact_clt, _exact_transcoders, _source
 
@@ -82,8 +84,6 @@ def test_single_layer_transcoder_runs_trace_as_one_set(relu_gpt2, tmp_path):
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(relu_gpt2, tiny_models, tmp_path, capsys, case, says):
-    from pipeline.coders.registry import AnyCoderConfig, build
-
     coder, source = _exact_clt(relu_gpt2)
     model, prompts = relu_gpt2, [f"trace.prompts=['{PROMPT}']"]
     run = tmp_path / ("sae" if case == "sae" else "clt")
@@ -110,3 +110,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(relu_gpt2, tiny_mode
     expected = says.format(other=relu_gpt2, model=model, bert=tiny_models["bert"], missing=tmp_path / "missing.txt")
     assert err.startswith(f"error: {expected}") and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_select_best_traces_the_lowest_loss_arm_of_the_largest_budget(relu_gpt2, tmp_path):
+    sae = build(AnyCoderConfig(n_features=16), 32), {**_source(relu_gpt2, [1]), "targets": ["mlp_in.1"]}
+    for run_id, budget, loss, (coder, source) in (
+        ("a", 1e9, 0.2, _exact_clt(relu_gpt2)), ("b", 2e9, 0.3, _exact_clt(relu_gpt2)), ("c", 2e9, 0.5, sae)
+    ):  # fmt: skip
+        folder = _run_folder(tmp_path / "sweep" / "runs" / run_id, coder, source)
+        row = {"run_id": run_id, "status": "done", "loss": loss, "budget": budget, "n_features": 384, "lr": 1e-3,
+               "tokens": 1000, "kind": "clt"}  # fmt: skip
+        (folder / "result.json").write_text(json.dumps(row))
+    gather(tmp_path / "sweep")
+    assert _trace(tmp_path, relu_gpt2, f"trace.prompts=['{PROMPT}']") == 0
+    assert json.loads((tmp_path / "trace" / "scores.json").read_text())["runs"] == ["b"]
