@@ -28,6 +28,8 @@ class TraceOptions:
 
 @dataclass
 class PromptTrace:
+    """A prompt's graph and pruning masks, kept on the CPU (the device's memory is freed for the next prompt)."""
+
     prompt: str
     graph: object  # circuit_tracer.graph.Graph
     node_mask: torch.Tensor  # [nodes] bool: kept by pruning
@@ -87,7 +89,8 @@ def trace_prompt(model, prompt: str, token_ids: torch.Tensor, options: TraceOpti
     replacement, completeness = scores(graph)
     probabilities = graph.logit_probabilities.tolist()
     logits = [(target.token_str, p) for target, p in zip(graph.logit_targets, probabilities, strict=True)]
+    graph.to("cpu")
     return PromptTrace(
-        prompt, graph, pruned.node_mask, pruned.edge_mask, replacement, completeness,
+        prompt, graph, pruned.node_mask.cpu(), pruned.edge_mask.cpu(), replacement, completeness,
         sorted(logits, key=lambda t: -t[1]),
     )  # fmt: skip
