@@ -1,1 +1,1 @@
-"""Circuit tracing: attribution graphs of the trained transcoders and CLTs, their pictures, feature cards and server."""
+"""`pipeline trace`: attribution graphs of prompts through a trained CLT or transcoder set, with circuit-tracer."""
