@@ -8,10 +8,10 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.atomic import create_dir_atomic
+from pipeline.coders.folding import fold
 from pipeline.config import PipelineConfig
 from pipeline.export.card import model_card, set_card
 from pipeline.export.combine import combined, set_id
-from pipeline.export.folding import fold
 from pipeline.export.formats import FORMATS
 from pipeline.export.runs import Run, selected_runs
 from pipeline.layout import OutDir

@@ -19,6 +19,7 @@ from pipeline.export.runs import Run, chosen_runs
 class Dictionary:
     id: str  # the run id, or the transcoder set's id (`set_id`)
     runs: list[Run]  # in layer order for a set
+    field: str  # the trace.* field that chose it, which errors about its runs name
 
     @property
     def members(self) -> list[Member]:
@@ -44,6 +45,6 @@ def selected_dictionary(cfg: PipelineConfig) -> Dictionary:
             )
         check(run.coder, run.source, run.id, field)
     if len(runs) == 1:
-        return Dictionary(runs[0].id, runs)
+        return Dictionary(runs[0].id, runs, field)
     runs = combined(runs, field)
-    return Dictionary(set_id(runs), runs)
+    return Dictionary(set_id(runs), runs, field)

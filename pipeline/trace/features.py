@@ -4,7 +4,7 @@ A card is `<cantor(layer, feature)>.json` in circuit-tracer's feature format
 (`circuit_tracer.frontend.feature_models.Model`), the name its graph files give a feature node.
 The store is read a shard at a time (fewer contexts where a shard's rows would pass `_CHUNK_BYTES`),
 its raw rows of the hook each layer reads encoded with the run's folded weights
-(`pipeline.export.folding.fold`), which circuit-tracer's graphs are computed with: the same features
+(`pipeline.coders.folding.fold`), which circuit-tracer's graphs are computed with: the same features
 the coder gives the rows at their training scale. Under relu and jumprelu a feature's activation
 depends on its own encoder row alone, so only the chosen features' rows are applied: 50 features cost
 50 of a layer's thousands. Activation frequency is the share of all the store's rows where a feature fires;
@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import write_json_atomic
+from pipeline.coders.folding import fold
 from pipeline.coders.raw import RawWeights
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
-from pipeline.export.folding import fold
 from pipeline.export.runs import Run
 from pipeline.models.loading import load_tokenizer
 from pipeline.store.activation_store import ActivationStore

@@ -7,6 +7,7 @@ An edge's width and opacity grow with |weight| (relative to the graph's largest)
 """
 
 import json
+import warnings
 from pathlib import Path
 
 from pipeline.atomic import write_atomic
@@ -20,7 +21,9 @@ _DPI = 110
 def draw(graph_json: Path, out: Path) -> None:
     """Writes the picture of the graph in `graph_json` to the PNG `out`, whole or not at all."""
     fig = figure(graph_json)
-    write_atomic(Path(out), lambda tmp: fig.savefig(tmp, dpi=_DPI, format="png"))
+    with warnings.catch_warnings():  # a token the font has no glyph for is drawn as a box, not worth a warning
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        write_atomic(Path(out), lambda tmp: fig.savefig(tmp, dpi=_DPI, format="png"))
 
 
 def figure(graph_json: Path):

@@ -8,6 +8,8 @@ graph files (`<slug>.json`, `graph-metadata.json`) at its top and the feature ca
 `features/<dictionary id>/`, which the graphs name as their scan `./data/features/<dictionary id>`.
 """
 
+import json
+import threading
 from pathlib import Path
 
 from pipeline.atomic import write_json_atomic, write_text_atomic
@@ -18,9 +20,15 @@ from pipeline.config import PipelineConfig, TraceConfig
 from pipeline.errors import ConfigError
 from pipeline.layout import OutDir
 from pipeline.models.loading import load_tokenizer, pick_device
+from pipeline.store.activation_store import ActivationStore, created
 from pipeline.trace.dictionary import Dictionary, selected_dictionary
+from pipeline.trace.features import write_features
+from pipeline.trace.picture import draw
 from pipeline.trace.prompts import check_lengths, read_prompts
 from pipeline.trace.report import report_text, scores_payload
+from pipeline.trace.server import serve
+
+FEATURE_NODE = "cross layer transcoder"  # circuit-tracer's feature_type of every feature node, CLT or not
 
 
 def trace_dir(cfg: PipelineConfig) -> Path:
@@ -45,6 +53,7 @@ def validate(cfg: PipelineConfig) -> tuple[Dictionary, list[str]]:
     prompts = read_prompts(cfg)
     n_ctx = hooked_config(cfg.model, pick_device("cpu")).n_ctx
     check_lengths(prompts, load_tokenizer(cfg.model), cfg.model.name, n_ctx)
+    _stores(dictionary)  # the feature cards' contexts come from the training stores
     return dictionary, prompts
 
 
@@ -98,7 +107,43 @@ def _graph_files(traced: PromptTrace, slug: str, out: Path, dictionary_id: str, 
 
 
 def _views(cfg: PipelineConfig, dictionary: Dictionary, traces: list[PromptTrace], slugs: list[str], out: Path):
-    """MERGER: the call site of the views of issue 16 part (a), not written here: the picture of each pruned
-    graph (`pipeline/trace/picture.py`), the feature cards under `out/features/<dictionary.id>/`
-    (`pipeline/trace/features.py`, `cfg.trace.n_examples` contexts each) and, with `cfg.trace.serve`, the graph
-    server on loopback at `cfg.trace.port` (`pipeline/trace/server.py`)."""
+    """The picture of each pruned graph, the feature cards of every feature a pruned graph keeps, and with
+    `trace.serve` the graph server on loopback until interrupted."""
+    for slug in slugs:
+        draw(out / f"{slug}.json", out / f"{slug}.png")
+    kept = set().union(*(_kept_features(out / f"{slug}.json") for slug in slugs))
+    cards = out / "features" / dictionary.id
+    for run, store in zip(dictionary.runs, _stores(dictionary), strict=True):
+        write_features(cards, run, store, kept, cfg.trace.n_examples)
+    print(f"trace {dictionary.id}: pictures <slug>.png and {len(kept)} feature cards in {cards}")
+    if cfg.trace.serve:
+        _serve(out, cfg.trace.port)
+
+
+def _kept_features(graph_json: Path) -> set[tuple[int, int]]:
+    """(layer, feature) of the feature nodes in a written graph file (node ids `<layer>_<feature>_<position>`)."""
+    nodes = json.loads(graph_json.read_text())["nodes"]
+    return {tuple(map(int, n["node_id"].split("_")[:2])) for n in nodes if n["feature_type"] == FEATURE_NODE}
+
+
+def _stores(dictionary: Dictionary) -> list[ActivationStore]:
+    """Each run's training store, which its feature cards read their contexts from."""
+    stores = []
+    for run in dictionary.runs:
+        path = Path(run.source["store"])
+        if not (created(path) and ActivationStore(path).complete):
+            raise ConfigError(
+                f"{dictionary.field}: {run.id} was trained on the store at {path}, which is missing or incomplete; "
+                "the feature cards read their contexts from it"
+            )
+        stores.append(ActivationStore(path))
+    return stores
+
+
+def _serve(out: Path, port: int) -> None:
+    server = serve(out, port)
+    print(f"trace: serving {out} at {server.url} (Ctrl-C stops)")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()

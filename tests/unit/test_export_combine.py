@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.coders.folding import fold
 from pipeline.coders.registry import AnyCoderConfig, build
-from pipeline.export.folding import fold
 from pipeline.export.runs import load_run
 
 from unit.test_export_attribution import D, N, _attributed_layers

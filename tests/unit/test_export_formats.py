@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.coders.folding import fold
 from pipeline.coders.registry import AnyCoderConfig, build
 from pipeline.errors import ConfigError
-from pipeline.export.folding import fold
 from pipeline.export.formats import FORMATS
 from pipeline.export.runs import Run
 

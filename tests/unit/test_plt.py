@@ -11,11 +11,11 @@ import yaml
 
 from pipeline.activations.arrays import Columns, coder_arrays
 from pipeline.cli import main
+from pipeline.coders.folding import fold
 from pipeline.coders.registry import AnyCoderConfig, build, load, training_flops
 from pipeline.errors import ConfigError
 from pipeline.evaluate.metrics import evaluate
 from pipeline.evaluate.splice import Splicer
-from pipeline.export.folding import fold
 from pipeline.export.formats import FORMATS
 from pipeline.export.runs import Run
 from pipeline.sweep.arm import run_arms

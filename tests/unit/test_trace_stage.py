@@ -5,21 +5,33 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.cli import main
 from pipeline.coders.registry import AnyCoderConfig, build
 from pipeline.sweep.results import gather
 
+from conftest import harvest_in_process
 from unit.test_circuits import _exact_clt, _exact_transcoders, _source
 
 PROMPT = "def add(a, b): return a + b"
 
 
-def _run_folder(folder, coder, source):
-    """A finished run folder as training leaves it: coder/ (weights, config, source.json) and metrics.json."""
-    coder.save(folder / "coder", source)
-    (folder / "metrics.json").write_text(json.dumps({"loss": 0.1, "fvu": 0.0, "l0": 4.0}))
-    return folder
+@pytest.fixture(scope="module")
+def relu_store(relu_gpt2, tmp_path_factory):
+    """The store the runs say they were trained on: the feature cards read their contexts from it."""
+    return harvest_in_process(relu_gpt2, tmp_path_factory.mktemp("store"), [f"mlp_in.{layer}" for layer in range(3)])
+
+
+@pytest.fixture
+def run_folder(relu_store):
+    def make(folder, coder, source):
+        """A finished run folder as training leaves it: coder/ (weights, config, source.json) and metrics.json."""
+        coder.save(folder / "coder", {**source, "store": str(relu_store.path)})
+        (folder / "metrics.json").write_text(json.dumps({"loss": 0.1, "fvu": 0.0, "l0": 4.0}))
+        return folder
+
+    return make
 
 
 def _trace(out, model, *overrides) -> int:
@@ -27,10 +39,10 @@ def _trace(out, model, *overrides) -> int:
                  *overrides])  # fmt: skip
 
 
-def test_an_exact_clt_traces_into_graph_files_a_report_and_scores_of_one(relu_gpt2, tmp_path, capsys):
+def test_an_exact_clt_traces_into_graph_files_a_report_and_scores_of_one(relu_gpt2, run_folder, tmp_path, capsys):
     from circuit_tracer.frontend.graph_models import Model
 
-    run = _run_folder(tmp_path / "clt", *_exact_clt(relu_gpt2))
+    run = run_folder(tmp_path / "clt", *_exact_clt(relu_gpt2))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("import os\n\n")
     out = tmp_path / "out"
@@ -55,13 +67,18 @@ def test_an_exact_clt_traces_into_graph_files_a_report_and_scores_of_one(relu_gp
     assert graph.metadata.scan == "./data/features/clt" and graph.metadata.prompt == PROMPT
     listed = json.loads((trace / "graph-metadata.json").read_text())["graphs"]
     assert sorted(g["slug"] for g in listed) == ["prompt-0", "prompt-1"]
-    written = ["graph-metadata.json", "prompt-0.json", "prompt-1.json", "report.md", "scores.json"]
+    written = ["features", "graph-metadata.json", "prompt-0.json", "prompt-0.png", "prompt-1.json", "prompt-1.png",
+               "report.md", "scores.json"]  # fmt: skip
     assert sorted(p.name for p in trace.iterdir()) == written
+    kept = {(n.layer, n.feature) for n in graph.nodes if n.feature_type == "cross layer transcoder"}
+    cards = {int(p.stem) for p in (trace / "features" / "clt").iterdir()}
+    assert kept and {n for _, n in kept} <= cards  # a card for every feature the pruned graphs keep
+    assert Image.open(trace / "prompt-0.png").size[0] > 100
     assert "trace clt: 2 graphs" in capsys.readouterr().out
 
 
-def test_single_layer_transcoder_runs_trace_as_one_set(relu_gpt2, tmp_path):
-    runs = [_run_folder(tmp_path / f"t{i}", *member) for i, member in enumerate(_exact_transcoders(relu_gpt2))]
+def test_single_layer_transcoder_runs_trace_as_one_set(relu_gpt2, run_folder, tmp_path):
+    runs = [run_folder(tmp_path / f"t{i}", *member) for i, member in enumerate(_exact_transcoders(relu_gpt2))]
     out = tmp_path / "out"
     listed = ",".join(str(r) for r in reversed(runs))
     assert _trace(out, relu_gpt2, f"trace.runs=[{listed}]", f"trace.prompts=['{PROMPT}']") == 0
@@ -81,9 +98,12 @@ def test_single_layer_transcoder_runs_trace_as_one_set(relu_gpt2, tmp_path):
         ("two names", "trace.runs: trace.run names the dictionary already"),
         ("no file", "trace.prompts_file: {missing} is not a file"),
         ("dead", "trace.prompts: no feature of clt fires on prompt 0 ("),
+        ("no store", "trace.run: clt was trained on the store at {missing}, which is missing or incomplete;"),
     ],
 )
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(relu_gpt2, tiny_models, tmp_path, capsys, case, says):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    relu_gpt2, tiny_models, run_folder, tmp_path, capsys, case, says
+):
     coder, source = _exact_clt(relu_gpt2)
     model, prompts = relu_gpt2, [f"trace.prompts=['{PROMPT}']"]
     run = tmp_path / ("sae" if case == "sae" else "clt")
@@ -97,7 +117,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(relu_gpt2, tiny_mode
             coder.log_threshold.fill_(50.0)
     if case == "no lm head":
         model, source = tiny_models["bert"], _source(tiny_models["bert"], [0, 1, 2])
-    _run_folder(run, coder, source)
+    run_folder(run, coder, source)
+    if case == "no store":
+        coder.save(run / "coder", {**source, "store": str(tmp_path / "missing.txt")})
     extra = {
         "long prompt": ["trace.prompts=['" + " ".join(["word"] * 70) + "']"],
         "no prompts": [],
@@ -112,12 +134,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(relu_gpt2, tiny_mode
     assert not out.exists()
 
 
-def test_select_best_traces_the_lowest_loss_arm_of_the_largest_budget(relu_gpt2, tmp_path):
+def test_select_best_traces_the_lowest_loss_arm_of_the_largest_budget(relu_gpt2, run_folder, tmp_path):
     sae = build(AnyCoderConfig(n_features=16), 32), {**_source(relu_gpt2, [1]), "targets": ["mlp_in.1"]}
     for run_id, budget, loss, (coder, source) in (
         ("a", 1e9, 0.2, _exact_clt(relu_gpt2)), ("b", 2e9, 0.3, _exact_clt(relu_gpt2)), ("c", 2e9, 0.5, sae)
     ):  # fmt: skip
-        folder = _run_folder(tmp_path / "sweep" / "runs" / run_id, coder, source)
+        folder = run_folder(tmp_path / "sweep" / "runs" / run_id, coder, source)
         row = {"run_id": run_id, "status": "done", "loss": loss, "budget": budget, "n_features": 384, "lr": 1e-3,
                "tokens": 1000, "kind": "clt"}  # fmt: skip
         (folder / "result.json").write_text(json.dumps(row))
