@@ -21,13 +21,13 @@ def check(coder: Coder, source: dict, what: str, field: str) -> None:
     """ConfigError naming `field` unless `coder` (called `what`) replaces MLPs the way circuit-tracer reads them."""
     if source["targets"] == source["inputs"]:
         raise ConfigError(
-            f"{field}: {what} is a {coder.kind} SAE (it reads and predicts {source['inputs'][0]}); tracing "
-            "replaces MLPs, so it needs a transcoder or a CLT"
+            f"{field}: circuit-tracer replaces MLPs with transcoders, not with a {coder.kind} SAE ({what} reads and "
+            f"predicts {source['inputs'][0]}); use a transcoder, per-layer transcoders or a CLT"
         )
     if coder.cross_layer and coder.skip_connection:
         raise ConfigError(
-            f"{field}: {what} is a CLT with a skip connection, which circuit-tracer does not read; "
-            "train it with coder.skip_connection=false"
+            f"{field}: circuit-tracer reads no skip connection of a cross-layer transcoder from disk, and {what} "
+            "has one; train it with coder.skip_connection=false"
         )
     for read, predicted in zip(source["inputs"], source["targets"], strict=True):
         site_in, layer_in = read.rpartition(".")[::2]

@@ -14,10 +14,8 @@ replace no MLP and are refused. Several single-layer transcoder runs, one per la
 
 from pathlib import Path
 
-from pipeline.circuits import tracer_format
+from pipeline.circuits import tracer_format, transcoders
 from pipeline.coders.raw import RawWeights
-from pipeline.errors import ConfigError
-from pipeline.export import hooks
 from pipeline.export.runs import Run
 
 NAME = "circuit-tracer"
@@ -25,26 +23,7 @@ LIBRARY = "circuit-tracer"
 
 
 def check(run: Run) -> None:
-    if not run.transcodes:
-        raise ConfigError(
-            f"export.format: circuit-tracer replaces MLPs with transcoders, not with a {run.coder.kind} SAE "
-            f"({run.id}); use export.format=saelens"
-        )
-    if run.coder.cross_layer and run.coder.skip_connection:
-        raise ConfigError(
-            f"export.format: circuit-tracer reads no skip connection of a cross-layer transcoder from disk, and "
-            f"{run.id} has one; train it with coder.skip_connection=false"
-        )
-    for name in run.source["inputs"]:
-        hooks.circuit_tracer(name, "input")
-    for name in run.source["targets"]:
-        hooks.circuit_tracer(name, "output")
-    for read, predicted in zip(run.source["inputs"], run.source["targets"], strict=True):
-        if hooks.split(read)[1] != hooks.split(predicted)[1]:
-            raise ConfigError(
-                f"export.format: circuit-tracer's transcoder of layer L predicts mlp_out.L from mlp_in.L; "
-                f"{run.id} predicts {predicted} from {read}"
-            )
+    transcoders.check(run.coder, run.source, run.id, "export.format")
 
 
 def config(run: Run) -> dict:

@@ -10,15 +10,12 @@ pipeline's (read from the transformers model) only when the model is loaded with
 centring its weights (`HookedTransformer.from_pretrained_no_processing`).
 """
 
-from pipeline.errors import ConfigError
-
 _TRANSFORMER_LENS = {
     "resid_pre": "blocks.{}.hook_resid_pre",
     "resid_post": "blocks.{}.hook_resid_post",
     "mlp_in": "blocks.{}.mlp.hook_in",
     "mlp_out": "blocks.{}.hook_mlp_out",
 }
-_CIRCUIT_TRACER = {"mlp_in": "mlp.hook_in", "mlp_out": "mlp.hook_out"}  # feature input and output hooks
 
 
 def split(name: str) -> tuple[str, int]:
@@ -34,14 +31,3 @@ def transformer_lens(name: str, model: dict) -> str:
     if site == "resid_post" and not model["has_lm_head"]:
         return f"blocks.{layer}.hook_normalized_resid_post"
     return _TRANSFORMER_LENS[site].format(layer)
-
-
-def circuit_tracer(name: str, role: str) -> str:
-    """circuit-tracer's block-relative hook for `name`, the transcoders' input (role "input") or output."""
-    site, _ = split(name)
-    wanted = "mlp_in" if role == "input" else "mlp_out"
-    if site != wanted:
-        raise ConfigError(
-            f"export.format: circuit-tracer replaces each MLP, so a transcoder's {role} must be {wanted}.L; got {name}"
-        )
-    return _CIRCUIT_TRACER[site]

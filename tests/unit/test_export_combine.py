@@ -96,7 +96,7 @@ def test_sweep_arms_combine_into_a_set_named_by_their_layers(tmp_path, capsys):
         ([*COMBINE, "export.runs=[{a},{clt}]"], "export.combine: a transcoder set takes single-layer transcoders, "
          "one per layer; clt spans layers [0, 1]: export it alone"),
         ([*COMBINE, "export.runs=[{a},{sae}]"], "export.format: circuit-tracer replaces MLPs with transcoders, not "
-         "with a topk SAE (sae)"),
+         "with a topk SAE (sae reads and predicts"),
         ([*COMBINE, "export.runs=[{a},{revised}]"], "export.combine: a transcoder set is of one model; a has tiny "
          "(revision main), revised tiny (revision v2)"),
         ([*COMBINE, "export.runs=[{a},{wide}]"], "export.combine: a transcoder set is of one width; a has 16 "
@@ -105,8 +105,8 @@ def test_sweep_arms_combine_into_a_set_named_by_their_layers(tmp_path, capsys):
          "b and b2 are both of layer 2"),
         ([*COMBINE, "export.runs=[{a},{crossed}]"], "export.format: circuit-tracer's transcoder of layer L predicts "
          "mlp_out.L from mlp_in.L; crossed predicts mlp_out.2 from mlp_in.1"),
-        ([*COMBINE, "export.runs=[{a},{resid}]"], "export.format: circuit-tracer replaces each MLP, so a "
-         "transcoder's input must be mlp_in.L; got resid_post.1"),
+        ([*COMBINE, "export.runs=[{a},{resid}]"], "export.format: circuit-tracer's transcoder of layer L predicts "
+         "mlp_out.L from mlp_in.L; resid predicts"),
         ([*COMBINE, "export.runs=[{a}]", "export.run={b}"], "export.runs: names the run folders to export; expected "
          "no export.run or export.arms beside it"),
     ],

@@ -219,7 +219,7 @@ def test_a_kind_a_format_cannot_hold_is_refused_with_one_line(fmt, run, says):
 def test_circuit_tracer_refuses_a_transcoder_that_does_not_replace_an_mlp():
     run = transcoder_run(False)
     run.source |= {"inputs": ["resid_post.1"], "scales": {"resid_post.1": 1.0, "mlp_out.1": 1.0}}
-    with pytest.raises(ConfigError, match="input must be mlp_in.L; got resid_post.1"):
+    with pytest.raises(ConfigError, match="predicts mlp_out.L from mlp_in.L; .* predicts mlp_out.1 from resid_post.1"):
         FORMATS["circuit-tracer"].check(run)
 
 

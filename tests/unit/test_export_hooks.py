@@ -1,10 +1,8 @@
 """The TransformerLens hook the export names for each of the pipeline's hook points holds the activations the
 pipeline captures there, in a causal LM (tiny GPT-2) and in a post-LN encoder (tiny BERT)."""
 
-import pytest
 import torch
 
-from pipeline.errors import ConfigError
 from pipeline.export import hooks
 from pipeline.models.hooks import parse_hook, run_to_hooks
 
@@ -53,11 +51,3 @@ def test_a_causal_lms_hooks_are_transformer_lens_hooks_of_the_same_activations(t
 def test_an_encoders_block_output_is_its_normalised_residual_in_transformer_lens():
     hf, encoder = _tiny_bert()
     _compare(hf, encoder, BERT_HOOKS, has_lm_head=False)
-
-
-def test_circuit_tracer_takes_only_mlp_inputs_and_outputs():
-    assert (hooks.circuit_tracer("mlp_in.3", "input"), hooks.circuit_tracer("mlp_out.3", "output")) == (
-        "mlp.hook_in", "mlp.hook_out",
-    )  # fmt: skip
-    with pytest.raises(ConfigError, match="output must be mlp_out.L; got resid_post.3"):
-        hooks.circuit_tracer("resid_post.3", "output")

@@ -92,7 +92,7 @@ def test_single_layer_transcoder_runs_trace_as_one_set(relu_gpt2, run_folder, tm
     [
         ("other model", "trace.run: clt is a dictionary of {other}, not of model.name={model}"),
         ("long prompt", "trace.prompts: prompt 0 ("),
-        ("sae", "trace.run: sae is a relu SAE (it reads and predicts mlp_in.1); tracing replaces MLPs"),
+        ("sae", "trace.run: circuit-tracer replaces MLPs with transcoders, not with a relu SAE (sae reads"),
         ("no prompts", "trace.prompts: no prompt to trace"),
         ("no lm head", "model.name: {bert} has no language-model head"),
         ("two names", "trace.runs: trace.run names the dictionary already"),
