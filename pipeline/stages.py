@@ -27,6 +27,7 @@ from pipeline.sweep.results import METRIC_COLUMNS
 from pipeline.track.wandb_run import open_tracker, resolve_mode
 from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
+from pipeline.train.trace_prompts import check_trace_prompts
 from pipeline.train.trainer import train_run
 
 
@@ -41,6 +42,7 @@ def train(cfg: PipelineConfig) -> None:
     check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
     check_kind(cfg.coder.kind, cfg.train.parallel)
     check_center(cfg.coder.kind, cfg.train.center, store.attrs, hook)
+    check_trace_prompts(cfg)
     run = out.train_run(own_config(cfg.coder), replace(cfg.train, hook=hook))
     if run.finished():
         print(f"train {run.id}: finished in {run.folder}; nothing to do")

@@ -16,6 +16,7 @@ from pipeline.sweep.spec import SweepSpec, kind_sparsities, load_spec
 from pipeline.track.wandb_run import open_tracker
 from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
+from pipeline.train.trace_prompts import check_trace_prompts
 
 
 def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[str, list[Arm]]:
@@ -33,6 +34,7 @@ def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, li
         check_kind(kind, cfg.train.parallel)
     hook, arms = plan_arms(cfg, spec, store_attrs)
     check_center(spec.kind, cfg.train.center, store_attrs, hook)
+    check_trace_prompts(cfg)
     unknown = set(cfg.sweep.arms) - {a.run_id for a in arms}
     if unknown:
         raise ConfigError(f"sweep.arms: {min(unknown)} is not an arm of sweep {spec.name}")
