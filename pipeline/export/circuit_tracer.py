@@ -13,10 +13,7 @@ replace no MLP and are refused. Several single-layer transcoder runs, one per la
 
 from pathlib import Path
 
-import torch
-import yaml
-from safetensors.torch import save_file
-
+from pipeline.circuits import tracer_format
 from pipeline.coders.raw import RawWeights
 from pipeline.errors import ConfigError
 from pipeline.export import hooks
@@ -24,7 +21,6 @@ from pipeline.export.runs import Run
 
 NAME = "circuit-tracer"
 LIBRARY = "circuit-tracer"
-CONFIG = "config.yaml"
 
 
 def check(run: Run) -> None:
@@ -51,79 +47,21 @@ def check(run: Run) -> None:
 
 
 def config(run: Run) -> dict:
-    source = run.source
-    return {
-        "model_kind": "cross_layer_transcoder" if run.coder.layered else "transcoder_set",
-        "model_name": source["model"]["name"],
-        "feature_input_hook": hooks.circuit_tracer(source["inputs"][0], "input"),
-        "feature_output_hook": hooks.circuit_tracer(source["targets"][0], "output"),
-    }
-
-
-def _padded(run: Run, tensor: torch.Tensor) -> torch.Tensor:
-    """[model layers, ...]: the coder's per-layer `tensor` ([coder layers, ...]) at the layers it covers, else 0."""
-    out = tensor.new_zeros(run.source["model"]["n_layers"], *tensor.shape[1:])
-    out[run.source["layers"]] = tensor
-    return out
-
-
-def _transcoder(folded: RawWeights, skip: bool) -> dict[str, torch.Tensor]:
-    """One layer's file of a set: a single-layer coder's weights; with `skip`, a zero `W_skip` where it has none
-    (circuit-tracer gives every layer a skip connection when the first layer has one)."""
-    tensors = {
-        "W_enc": folded.w_enc[0], "W_dec": folded.w_dec[0][0].mT, "b_enc": folded.b_enc[0], "b_dec": folded.b_dec[0],
-        "activation_function.threshold": folded.threshold[0],
-    }  # fmt: skip
-    if skip:
-        no_skip = folded.b_dec.new_zeros(folded.b_dec.shape[1], folded.w_enc.shape[2])
-        tensors["W_skip"] = folded.w_skip[0] if folded.w_skip is not None else no_skip
-    return tensors
-
-
-def transcoder_set(members: list[tuple[Run, RawWeights]]) -> dict[str, dict[str, torch.Tensor]]:
-    """{file name: its tensors}: one transcoder per model layer, each member's (single-layer runs of one model and
-    width, with their folded weights, of distinct layers) at its layer; zeros, which never fire, elsewhere."""
-    skip = any(folded.w_skip is not None for _, folded in members)
-    at = {run.source["layers"][0]: _transcoder(folded, skip) for run, folded in members}
-    zeros = {name: torch.zeros_like(t) for name, t in next(iter(at.values())).items()}
-    n_layers = members[0][0].source["model"]["n_layers"]
-    return {f"layer_{layer}.safetensors": at.get(layer, zeros) for layer in range(n_layers)}
-
-
-def cross_layer_transcoder(run: Run, folded: RawWeights) -> dict[str, dict[str, torch.Tensor]]:
-    """{file name: its tensors}: the encoder and the decoders of each model layer's features."""
-    w_enc, b_enc, threshold = (_padded(run, t) for t in (folded.w_enc, folded.b_enc, folded.threshold))
-    b_dec, layers = _padded(run, folded.b_dec), run.source["layers"]
-    n_layers, n, d = w_enc.shape
-    files = {}
-    for layer in range(n_layers):
-        w_dec = torch.zeros(n, n_layers - layer, d)
-        if layer in layers:
-            i = layers.index(layer)
-            for j, target in enumerate(layers[i:]):  # the coder's decoder j of its layer i writes to layers[i + j]
-                w_dec[:, target - layer] = folded.w_dec[i][j].T
-        files[f"W_enc_{layer}.safetensors"] = {
-            f"W_enc_{layer}": w_enc[layer], f"b_enc_{layer}": b_enc[layer], f"b_dec_{layer}": b_dec[layer],
-            f"threshold_{layer}": threshold[layer],
-        }  # fmt: skip
-        files[f"W_dec_{layer}.safetensors"] = {f"W_dec_{layer}": w_dec}
-    return files
+    return tracer_format.folder_config(run.source, run.coder.layered)
 
 
 def write(run: Run, folded: RawWeights, folder: Path) -> None:
-    files = cross_layer_transcoder(run, folded) if run.coder.layered else transcoder_set([(run, folded)])
-    _save(files, config(run), folder)
+    if run.coder.layered:
+        files = tracer_format.cross_layer_transcoder(run.source, folded)
+    else:
+        files = tracer_format.transcoder_set([(run.source, folded)])
+    tracer_format.save(files, config(run), folder)
 
 
 def write_set(members: list[tuple[Run, RawWeights]], folder: Path) -> None:
-    """Several single-layer transcoder runs (see `transcoder_set`) as one transcoder set in `folder`."""
-    _save(transcoder_set(members), config(members[0][0]), folder)
-
-
-def _save(files: dict[str, dict[str, torch.Tensor]], cfg: dict, folder: Path) -> None:
-    for name, tensors in files.items():
-        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / name)
-    (folder / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    """Several single-layer transcoder runs (see `tracer_format.transcoder_set`) as one transcoder set in `folder`."""
+    files = tracer_format.transcoder_set([(run.source, folded) for run, folded in members])
+    tracer_format.save(files, config(members[0][0]), folder)
 
 
 def usage(run: Run) -> str:
