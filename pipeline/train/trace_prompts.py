@@ -1,6 +1,10 @@
-"""`train.trace_prompts` checked before any work: the circuit scores need the model's next-token logits, and each
-prompt, as circuit-tracer tokenizes it (with a BOS token before it), must fit in the model's context."""
+"""`train.trace_prompts` checked before any work: the circuit scores need the model's next-token logits, each
+prompt, as circuit-tracer tokenizes it (with a BOS token before it), must fit in the model's context, and each
+coder that transcodes must replace MLPs as circuit-tracer reads them (`pipeline.circuits.transcoders.check`
+holds the same rules for a trained coder)."""
 
+from pipeline.activations.arrays import coder_arrays, transcodes
+from pipeline.coders.registry import coder_class
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.models.loading import describe, load_tokenizer
@@ -28,4 +32,27 @@ def check_trace_prompts(cfg: PipelineConfig) -> None:
             raise ConfigError(
                 f"train.trace_prompts: {prompt[:40]!r} is {n_tokens} tokens with BOS; {cfg.model.name} accepts at "
                 f"most {info.max_positions}"
+            )
+
+
+def check_traceable(cfg: PipelineConfig, hook: str, what: str) -> None:
+    """With trace prompts, ConfigError unless the coder `what` that `cfg` trains on `hook` is an SAE (which gets no
+    scores) or reads mlp_in.L and predicts mlp_out.L of each layer, with no skip connection in a CLT."""
+    if not cfg.train.trace_prompts:
+        return
+    arrays = coder_arrays(cfg.coder.kind, cfg.train.hook or hook, cfg.train)
+    if not transcodes(arrays):
+        return
+    if coder_class(cfg.coder.kind).layered and getattr(cfg.coder, "skip_connection", False):
+        raise ConfigError(
+            f"train.trace_prompts: {what} is a {cfg.coder.kind} with a skip connection, which circuit-tracer does not "
+            "read; expected coder.skip_connection=false or no trace prompts"
+        )
+    for read, predicted in zip(arrays.inputs, arrays.targets):
+        site_in, layer_in = read.rpartition(".")[::2]
+        site_out, layer_out = predicted.rpartition(".")[::2]
+        if (site_in, site_out) != ("mlp_in", "mlp_out") or layer_in != layer_out:
+            raise ConfigError(
+                f"train.trace_prompts: circuit-tracer's transcoder of layer L predicts mlp_out.L from mlp_in.L; "
+                f"{what} predicts {predicted} from {read}"
             )
