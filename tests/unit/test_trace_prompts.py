@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.train.trace_prompts import check_trace_prompts
+from pipeline.train.trace_prompts import check_trace_prompts, check_traceable
 
 from conftest import compose
 
@@ -27,3 +27,32 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny_models):
 def test_a_blank_prompt_is_refused():
     with pytest.raises(ConfigError, match="train.trace_prompts: expected a match of"):
         compose("train.trace_prompts=[' ']")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["coder=clt", "train.layers=[0,1]", "coder.skip_connection=true"], "a clt with a skip connection"),
+        (["coder=transcoder", "train.hook=resid_post.0", "train.target_hook=mlp_out.0"],
+         "predicts mlp_out.0 from resid_post.0"),
+        (["coder=transcoder", "train.hook=mlp_in.0", "train.target_hook=mlp_out.1"],
+         "predicts mlp_out.1 from mlp_in.0"),
+    ],
+)  # fmt: skip
+def test_a_coder_circuit_tracer_cannot_read_is_refused(overrides, says):
+    cfg = compose(*overrides, "train.trace_prompts=[The cat]")
+    with pytest.raises(ConfigError, match=f"train.trace_prompts: .*{says}"):
+        check_traceable(cfg, "mlp_in.0", f"the {cfg.coder.kind}")
+    check_traceable(compose(*overrides), "mlp_in.0", "without prompts")  # nothing is traced, so nothing is checked
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["coder=clt", "train.layers=[0,1]"],
+        ["coder=transcoder", "train.hook=mlp_in.2", "train.target_hook=mlp_out.2"],
+        ["coder=relu", "train.hook=resid_post.1"],  # an SAE gets no scores
+    ],
+)
+def test_traceable_coders_and_saes_pass(overrides):
+    check_traceable(compose(*overrides, "train.trace_prompts=[The cat]"), "mlp_in.0", "the arm")
