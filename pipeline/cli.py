@@ -42,6 +42,10 @@ STAGES = {
         "write trained dictionaries for SAELens, circuit-tracer or sparsify into <out_dir>/export/<format>/<run id>",
         ("out_dir", "export"),
     ),
+    "trace": Stage(
+        "attribution graphs of prompts through a trained CLT or transcoder set (circuit-tracer) into <out_dir>/trace",
+        ("out_dir", "model", "trace"),
+    ),
     "run": Stage(
         "harvest, sweep and fit in order, then print the fitted laws",
         tuple(f.name for f in dataclasses.fields(PipelineConfig)),

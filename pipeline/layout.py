@@ -8,6 +8,7 @@
 <out_dir>/sweep/results.parquet    every arm's row
 <out_dir>/sweep/jobs/, submitit/   the launcher's job folders
 <out_dir>/fit/                     fit.json, report.md, plots
+<out_dir>/trace/                   graph files, report.md, scores.json of the traced prompts (trace)
 <out_dir>/ray_train/               Ray Train's own records of runs on several workers
 """
 
@@ -52,6 +53,7 @@ class OutDir:
     store = property(lambda self: self.root / "store.zarr")
     sweep = property(lambda self: SweepDir(self.root / "sweep"))
     fit = property(lambda self: self.root / "fit")
+    trace = property(lambda self: self.root / "trace")
     ray_train = property(lambda self: self.root / "ray_train")
 
     def train_run(self, coder, train) -> "TrainRun":

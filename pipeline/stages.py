@@ -24,6 +24,7 @@ from pipeline.sweep.arm import make_scorer, make_splicer
 from pipeline.sweep.launch import check_launcher
 from pipeline.sweep.plan import format_table
 from pipeline.sweep.results import METRIC_COLUMNS
+from pipeline.trace.stage import run_trace
 from pipeline.track.wandb_run import open_tracker, resolve_mode
 from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
@@ -135,6 +136,10 @@ def export(cfg: PipelineConfig) -> None:
     run_export(cfg)
 
 
+def trace(cfg: PipelineConfig) -> None:
+    run_trace(cfg)
+
+
 def run(cfg: PipelineConfig) -> None:
     """All stages in order; the sweep is planned against the store the harvest will write, before any work."""
     if cfg.fit.results:
@@ -153,6 +158,7 @@ def run(cfg: PipelineConfig) -> None:
 
 STAGES = {
     "harvest": harvest, "train": train, "sweep": sweep, "fit": fit, "run": run, "verify": verify, "export": export,
+    "trace": trace,
 }  # fmt: skip
 
 

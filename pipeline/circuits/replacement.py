@@ -8,9 +8,13 @@ model's own MLP output, as attribution leaves it out (its features are zeroed th
 pipeline's stores drop it.
 """
 
+import tempfile
+from pathlib import Path
+
 import torch
 
 from pipeline.circuits.lens import Lens
+from pipeline.circuits.transcoders import Member, load_folder, write_folder
 
 
 def replacement_model(lens: Lens, transcoders):
@@ -26,6 +30,23 @@ def replacement_model(lens: Lens, transcoders):
     )
     model._configure_replacement_model(transcoders)
     return model.eval()
+
+
+def dictionary_model(lens: Lens, members: list[Member], scan: str, device: torch.device):
+    """The replacement model of the dictionary `members`, written in circuit-tracer's format in a temporary folder
+    and read back, whole, with circuit-tracer's loaders."""
+    config = lens.config
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "dictionary"
+        write_folder(members, folder)
+        transcoders = load_folder(folder, config.n_layers, scan, device, config.dtype)
+    return replacement_model(lens, transcoders)
+
+
+def active_features(model, token_ids: torch.Tensor) -> int:
+    """How many (position, feature) pairs of the dictionary fire on the prompt, its BOS left out as in attribution."""
+    _, activations = model.get_activations(token_ids, sparse=True)
+    return int(activations.values().count_nonzero())
 
 
 def tokens(model, prompt: str) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pipeline.config.schema import (
     RayConfig,
     StoreConfig,
     SweepConfig,
+    TraceConfig,
     TrackingConfig,
     TrainConfig,
     register_configs,
@@ -21,6 +22,6 @@ from pipeline.config.schema import (
 
 __all__ = [
     "CONF_DIR", "CoderConfig", "DataConfig", "ExportConfig", "FitConfig", "HarvestConfig", "LauncherConfig",
-    "ModelConfig", "PipelineConfig", "RayConfig", "StoreConfig", "SweepConfig", "TrackingConfig", "TrainConfig",
-    "compose", "check", "checked", "register_configs",
+    "ModelConfig", "PipelineConfig", "RayConfig", "StoreConfig", "SweepConfig", "TraceConfig", "TrackingConfig",
+    "TrainConfig", "compose", "check", "checked", "register_configs",
 ]  # fmt: skip

@@ -28,6 +28,7 @@ LAUNCHERS = ("local", "ray", "slurm")
 TRACKING_MODES = ("disabled", "offline", "online", "auto")
 EXPORT_FORMATS = ("saelens", "circuit-tracer", "sparsify")  # of export.format; pipeline/export/formats.py writes each
 EXPORT_SELECTIONS = ("best", "all")
+OFFLOADS = ("none", "cpu", "disk")  # of trace.offload
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"  # the torch devices a run may name
 
 
@@ -239,6 +240,35 @@ class ExportConfig:
 
 
 @dataclass
+class TraceConfig:
+    run: str = ""  # the run folder of the CLT or transcoder to trace; empty = trace.runs, trace.arms or trace.select
+    # run folders of single-layer transcoders, one per layer, traced together as one transcoder set
+    runs: list[str] = checked(default_factory=list, pattern=".+")
+    arms: list[str] = field(default_factory=list)  # run ids of <out_dir>/sweep/runs (several: one set, as runs)
+    # without run, runs or arms: the lowest-loss finished arm of the sweep's largest budget (best only)
+    select: str = checked("best", choices=("best",))
+    prompts: list[str] = field(default_factory=list)  # prompts to trace, each one graph
+    prompts_file: str = ""  # a text file of more prompts to trace, one a line (empty lines skipped)
+    dir: str = ""  # folder of the graph files, report.md and scores.json; empty = <out_dir>/trace
+    node_threshold: float = checked(0.8, min=0, max=1)  # pruning keeps the nodes holding this share of influence
+    edge_threshold: float = checked(0.98, min=0, max=1)  # pruning keeps the edges holding this share of influence
+    batch_size: int = checked(256, min=1)  # source nodes per backward pass of the attribution (memory against time)
+    max_feature_nodes: int = checked(0, min=0)  # most feature nodes of a graph, the most influential; 0 = all
+    offload: str = checked("none", choices=OFFLOADS)  # where model parts wait while attribution does not need them
+    max_n_logits: int = checked(10, min=1)  # most logit nodes of a graph
+    # logit nodes are added, most probable first, until their probabilities sum to this
+    desired_logit_prob: float = checked(0.95, gt=0, max=1)
+    serve: bool = False  # after tracing, serve the graphs to circuit-tracer's frontend on loopback
+    port: int = checked(8032, min=1, max=65535)  # loopback port of the graph server (serve=true)
+    n_examples: int = checked(10, min=1)  # top-activating contexts on each feature's card
+
+    def validate(self, at: str) -> None:
+        named = [name for name in ("run", "runs", "arms") if getattr(self, name)]
+        if len(named) > 1:
+            raise ConfigError(f"{at}{named[1]}: trace.{named[0]} names the dictionary already; expected one of them")
+
+
+@dataclass
 class PipelineConfig:
     out_dir: str = "runs/quickstart"  # folder holding store.zarr, sweep/ and fit/
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -254,6 +284,7 @@ class PipelineConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
 
     def validate(self, at: str) -> None:
         """The rules that tie fields of several groups together."""

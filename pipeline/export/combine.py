@@ -12,14 +12,15 @@ from pipeline.errors import ConfigError
 from pipeline.export.runs import Run
 
 
-def combined(runs: list[Run]) -> list[Run]:
-    """`runs` in layer order, or ConfigError naming the first run that does not fit in one set with the others."""
+def combined(runs: list[Run], field: str = "export.combine") -> list[Run]:
+    """`runs` in layer order, or ConfigError (naming `field`) naming the first run that does not fit in one set with
+    the others."""
     if not runs:
-        raise ConfigError("export.combine: no finished run is selected; name the runs in export.runs or export.arms")
+        raise ConfigError(f"{field}: no finished run is selected; name the runs in export.runs or export.arms")
     for run in runs:
         if len(run.source["inputs"]) != 1:
             raise ConfigError(
-                f"export.combine: a transcoder set takes single-layer transcoders, one per layer; {run.id} spans "
+                f"{field}: a transcoder set takes single-layer transcoders, one per layer; {run.id} spans "
                 f"layers {run.source['layers']}: export it alone"
             )
     first = runs[0]
@@ -27,14 +28,14 @@ def combined(runs: list[Run]) -> list[Run]:
         for what, of in (("model", _model), ("width", lambda r: f"{r.coder.n_features} features")):
             if of(run) != of(first):
                 raise ConfigError(
-                    f"export.combine: a transcoder set is of one {what}; {first.id} has {of(first)}, {run.id} {of(run)}"
+                    f"{field}: a transcoder set is of one {what}; {first.id} has {of(first)}, {run.id} {of(run)}"
                 )
     by_layer: dict[int, Run] = {}
     for run in runs:
         layer = layer_of(run)
         if layer in by_layer:
             raise ConfigError(
-                f"export.combine: a transcoder set holds one transcoder per layer; {by_layer[layer].id} and "
+                f"{field}: a transcoder set holds one transcoder per layer; {by_layer[layer].id} and "
                 f"{run.id} are both of layer {layer}"
             )
         by_layer[layer] = run

@@ -1,5 +1,5 @@
-"""Which run folders an export reads (`export.run`, `export.runs`, `export.arms`, `export.select`), each loaded and
-checked.
+"""Which run folders an export (or a trace) reads (`export.run`, `export.runs`, `export.arms`, `export.select`), each
+loaded and checked.
 
 A run folder is finished when it holds `metrics.json` (written last); its `coder/` folder holds the
 weights, the config and `source.json`, what it was trained on, so no store is needed.
@@ -63,21 +63,25 @@ def load_run(folder: Path, field: str) -> Run:
 
 def selected_runs(cfg: PipelineConfig) -> list[Run]:
     """The runs the export configuration names, all loaded, or ConfigError before anything is written."""
-    export = cfg.export
-    if export.run:
-        return [load_run(Path(export.run), "export.run")]
-    if export.runs:
-        return [load_run(Path(folder), "export.runs") for folder in export.runs]
-    sweep = OutDir(cfg.out_dir).sweep
-    ids = list(export.arms) or _from_results(sweep.results, export.select)
-    return [load_run(sweep.run(run_id), "export.arms" if export.arms else "export.select") for run_id in ids]
+    return chosen_runs(cfg.out_dir, cfg.export, "export")
 
 
-def _from_results(results: Path, select: str) -> list[str]:
+def chosen_runs(out_dir: str, node, prefix: str) -> list[Run]:
+    """The runs a configuration node (`prefix`: export or trace) names with its run, runs, arms and select fields."""
+    if node.run:
+        return [load_run(Path(node.run), f"{prefix}.run")]
+    if node.runs:
+        return [load_run(Path(folder), f"{prefix}.runs") for folder in node.runs]
+    sweep = OutDir(out_dir).sweep
+    ids = list(node.arms) or _from_results(sweep.results, node.select, prefix)
+    return [load_run(sweep.run(run_id), f"{prefix}.arms" if node.arms else f"{prefix}.select") for run_id in ids]
+
+
+def _from_results(results: Path, select: str, prefix: str) -> list[str]:
     """The run ids of the finished arms in the results table: all, or the lowest-loss arm of each budget."""
     if not results.exists():
         raise ConfigError(
-            f"export.select: no results table at {results}; run the sweep, or name a folder in export.run"
+            f"{prefix}.select: no results table at {results}; run the sweep, or name a folder in {prefix}.run"
         )
     done, _ = finished_runs(pd.read_parquet(results), str(results))
     if select == "best":

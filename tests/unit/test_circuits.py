@@ -92,6 +92,10 @@ def test_an_exact_clt_and_an_exact_transcoder_set_score_one(relu_gpt2):
         coder.w_dec[0][2].normal_()  # layer 0 -> layer 2: no longer the model's MLPs
     worse = scorer.score(coder, source)
     assert worse["replacement_score"] < 0.99 and worse["completeness_score"] < 0.99
+    with torch.no_grad():
+        coder.log_threshold.fill_(50.0)  # no feature fires: circuit-tracer draws no graph, nothing is explained
+    dead = scorer.score(coder, source)
+    assert dead["replacement_score"] == dead["completeness_score"] == 0.0 and 0 <= dead["next_token_agreement"] <= 1
 
 
 def test_pruning_keeps_the_logits_and_tokens_and_drops_the_least_influential_nodes(relu_gpt2, tmp_path):
