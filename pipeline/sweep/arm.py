@@ -32,7 +32,8 @@ def activation_data(
     key = (
         str(store_path), hook, train.target_hook, tuple(train.layers), str(device), train.eval_tokens,
         train.splice_contexts, train.cache, train.shuffle_chunks, train.prefetch_chunks,
-        tuple(train.trace_prompts),
+        tuple(train.trace_prompts), cfg.trace.batch_size, cfg.trace.max_feature_nodes, cfg.trace.offload,
+        cfg.trace.max_n_logits, cfg.trace.desired_logit_prob,
     )  # fmt: skip
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
@@ -60,9 +61,17 @@ def make_scorer(store, cfg: PipelineConfig, device) -> "CircuitScorer | None":
     from pipeline.circuits.attribution import TraceOptions
     from pipeline.circuits.scorer import CircuitScorer
 
-    attrs = store.attrs["model"]
+    attrs, trace = store.attrs["model"], cfg.trace
     model = ModelConfig(name=attrs["name"], revision=attrs["revision"], dtype=attrs["dtype"])
-    return CircuitScorer(model, list(cfg.train.trace_prompts), TraceOptions(), device)
+    # The attribution options of the `trace` node (the scores do not depend on its pruning thresholds).
+    options = TraceOptions(
+        batch_size=trace.batch_size,
+        max_feature_nodes=trace.max_feature_nodes or None,
+        offload=None if trace.offload == "none" else trace.offload,
+        max_n_logits=trace.max_n_logits,
+        desired_logit_prob=trace.desired_logit_prob,
+    )
+    return CircuitScorer(model, list(cfg.train.trace_prompts), options, device)
 
 
 def _pack(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str):

@@ -3,7 +3,10 @@ prompt, as circuit-tracer tokenizes it (with a BOS token before it), must fit in
 coder that transcodes must replace MLPs as circuit-tracer reads them (`pipeline.circuits.transcoders.check`
 holds the same rules for a trained coder)."""
 
+import torch
+
 from pipeline.activations.arrays import coder_arrays, transcodes
+from pipeline.circuits.lens import hooked_config
 from pipeline.coders.registry import coder_class
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
@@ -21,17 +24,17 @@ def check_trace_prompts(cfg: PipelineConfig) -> None:
             f"train.trace_prompts: {cfg.model.name} has no language-model head, and circuit scores need its "
             "next-token logits; expected a causal language model or no trace prompts"
         )
-    if not info.max_positions:
-        return
     from circuit_tracer.replacement_model.common import ensure_tokenized
 
+    # The context of the model as tracing converts it (ConfigError for an architecture it cannot convert).
+    n_ctx = hooked_config(cfg.model, torch.device("cpu")).n_ctx
     tokenizer = load_tokenizer(cfg.model)
     for prompt in prompts:
         n_tokens = len(ensure_tokenized(prompt, tokenizer, "cpu", cfg.model.name))
-        if n_tokens > info.max_positions:
+        if n_tokens > n_ctx:
             raise ConfigError(
                 f"train.trace_prompts: {prompt[:40]!r} is {n_tokens} tokens with BOS; {cfg.model.name} accepts at "
-                f"most {info.max_positions}"
+                f"most {n_ctx}"
             )
 
 
