@@ -70,3 +70,16 @@ def test_sae_arms_get_no_circuit_scores(store_dir):
     table = _run(root, overrides + ["train.hook=mlp_in.1"], "relu", sweep)
     assert (table.status == "done").all() and table.fvu.notna().all()
     assert table[list(SCORES)].isna().all().all()
+
+
+def test_the_train_stage_scores_a_transcoders_circuits(store_dir, capsys):
+    from pipeline.cli import main
+
+    root, overrides = store_dir
+    (root / "one").mkdir()
+    (root / "one" / "store.zarr").symlink_to(root / "run" / "store.zarr")
+    arrays = ["coder=transcoder", "coder.n_features=64", "coder.l1_coefficient=0.1", "train.hook=mlp_in.1",
+              "train.target_hook=mlp_out.1", "train.tokens=3200", "train.batch_size=32"]  # fmt: skip
+    assert main(["train", *overrides, f"out_dir={root / 'one'}", *arrays]) == 0
+    [metrics] = [json.loads(p.read_text()) for p in (root / "one" / "train").glob("*/metrics.json")]
+    assert all(0 <= metrics[name] <= 1 for name in SCORES), {name: metrics[name] for name in SCORES}
