@@ -76,6 +76,21 @@ def report_lines(section: dict | None) -> list[str]:
     return lines + [""]
 
 
+def summary_text(section: dict | None) -> str:
+    """Plain text, one line per kind: its best arm's replacement score at its largest budget and the score's law."""
+    if not section or PLOTTED not in section["metrics"]:
+        return ""
+    lines = [f"{PLOTTED} of each budget's best arm per kind:"]
+    for label, k in section["kinds"].items():
+        last, law = k["points"][-1], k["laws"][PLOTTED]
+        value = "NaN" if last[PLOTTED] is None else f"{last[PLOTTED]:.4f}"
+        fitted = (
+            f"C^{law['exponent']:.4f}" if "cannot_measure" not in law else f"cannot measure: {law['cannot_measure']}"
+        )
+        lines.append(f"{label:<12} {value} at C={last['budget']:.3g}; {fitted}")
+    return "\n".join(lines) + "\n"
+
+
 def _cell(kind: dict, budget: float, name: str) -> str:
     point = next((p for p in kind["points"] if p["budget"] == budget), None)
     if point is None:

@@ -16,7 +16,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.config import FitConfig
 from pipeline.errors import ConfigError
 from pipeline.fit.bootstrap import MIN_SAMPLES, LawSamples, bootstrap_laws
-from pipeline.fit.circuit_laws import SCORES, fit_circuit_scores, scored
+from pipeline.fit.circuit_laws import SCORES, fit_circuit_scores, scored, summary_text
 from pipeline.fit.dead import fit_dead_fraction
 from pipeline.fit.extrapolate import extrapolation_check
 from pipeline.fit.joint import fit_joint_nk
@@ -213,4 +213,5 @@ def summary_table(fit: dict) -> str:
     """The fitted laws as a plain-text table, and how many runs and budgets they rest on."""
     n_warn = len(fit.get("warnings", []))
     footer = f"{fit.get('n_runs', 0)} finished runs, {fit.get('n_budgets', 0)} budgets, {n_warn} warning(s)"
-    return law_table(fit) + "\n" + kinds_table(fit.get("kinds")) + footer
+    circuits = summary_text(fit.get("circuit_scores"))
+    return law_table(fit) + "\n" + kinds_table(fit.get("kinds")) + circuits + footer

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import FitConfig
-from pipeline.fit import run_fit
+from pipeline.fit import run_fit, summary_table
 
 from unit.test_fit_kinds import BUDGETS, kind_sweep
 
@@ -59,6 +59,8 @@ def test_each_kind_gets_its_best_arms_scores_and_their_laws(partner, tmp_path):
     assert "| clt | next_token_agreement | - | - | cannot measure: next_token_agreement is 1" in report
     assert "circuit_scores.png" in fit["plots"]
     assert (tmp_path / "circuit_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    clt_last = REPLACEMENT["clt"][0] * BUDGETS[-1] ** REPLACEMENT["clt"][1]
+    assert f"clt          {clt_last:.4f} at C={BUDGETS[-1]:.3g}; C^0.0400" in summary_table(fit)
 
 
 def test_one_kind_fits_its_scores_against_compute_without_being_asked(tmp_path):
