@@ -7,6 +7,7 @@ every MLP exactly. Pruning keeps the nodes holding `node_threshold` of the logit
 always the tokens and logits), then the edges holding `edge_threshold` of it.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ class TraceOptions:
 
 @dataclass
 class PromptTrace:
+    """A prompt's graph and pruning masks, kept on the CPU (the device's memory is freed for the next prompt)."""
+
     prompt: str
     graph: object  # circuit_tracer.graph.Graph
     node_mask: torch.Tensor  # [nodes] bool: kept by pruning
@@ -56,15 +59,18 @@ def attribute(model, token_ids: torch.Tensor, options: TraceOptions):
     """circuit-tracer's attribution graph of the prompt `token_ids` (with its BOS) on the replacement model."""
     from circuit_tracer import attribute as circuit_attribute
 
-    return circuit_attribute(
-        token_ids,
-        model,
-        max_n_logits=options.max_n_logits,
-        desired_logit_prob=options.desired_logit_prob,
-        batch_size=options.batch_size,
-        max_feature_nodes=options.max_feature_nodes,
-        offload=options.offload,
-    )
+    with warnings.catch_warnings():
+        # circuit-tracer's backward hooks sit on the outputs of a frozen model by design; torch warns of it each time
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        return circuit_attribute(
+            token_ids,
+            model,
+            max_n_logits=options.max_n_logits,
+            desired_logit_prob=options.desired_logit_prob,
+            batch_size=options.batch_size,
+            max_feature_nodes=options.max_feature_nodes,
+            offload=options.offload,
+        )
 
 
 def scores(graph) -> tuple[float, float]:
@@ -83,7 +89,8 @@ def trace_prompt(model, prompt: str, token_ids: torch.Tensor, options: TraceOpti
     replacement, completeness = scores(graph)
     probabilities = graph.logit_probabilities.tolist()
     logits = [(target.token_str, p) for target, p in zip(graph.logit_targets, probabilities, strict=True)]
+    graph.to("cpu")
     return PromptTrace(
-        prompt, graph, pruned.node_mask, pruned.edge_mask, replacement, completeness,
+        prompt, graph, pruned.node_mask.cpu(), pruned.edge_mask.cpu(), replacement, completeness,
         sorted(logits, key=lambda t: -t[1]),
     )  # fmt: skip

@@ -24,7 +24,7 @@ def report_text(payload: dict, slugs: list[str]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for slug, p in zip(slugs, payload["prompts"], strict=True):
-        logits = ", ".join(f"{t['token']!r} {t['probability']:.3f}" for t in p["top_logits"])
+        logits = ", ".join(f"{t['token']!r} {t['probability']:.3g}" for t in p["top_logits"])
         prompt = p["prompt"].replace("|", "\\|")
         lines.append(
             f"| {slug} | `{prompt}` | {p['replacement_score']:.3f} | {p['completeness_score']:.3f} | {p['nodes']} "
