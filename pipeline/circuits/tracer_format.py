@@ -21,10 +21,10 @@ INPUT_HOOK, OUTPUT_HOOK = "mlp.hook_in", "mlp.hook_out"  # circuit-tracer's bloc
 Files = dict[str, dict[str, torch.Tensor]]  # {file name: its tensors}
 
 
-def folder_config(source: dict, layered: bool) -> dict:
-    """config.yaml of a folder of transcoders (`layered`: one CLT) reading MLP inputs of `source`'s model."""
+def folder_config(source: dict, cross_layer: bool) -> dict:
+    """config.yaml of a folder of transcoders (`cross_layer`: one CLT) reading MLP inputs of `source`'s model."""
     return {
-        "model_kind": "cross_layer_transcoder" if layered else "transcoder_set",
+        "model_kind": "cross_layer_transcoder" if cross_layer else "transcoder_set",
         "model_name": source["model"]["name"],
         "feature_input_hook": INPUT_HOOK,
         "feature_output_hook": OUTPUT_HOOK,
@@ -49,6 +49,12 @@ def _transcoder(folded: RawWeights, skip: bool) -> dict[str, torch.Tensor]:
         no_skip = folded.b_dec.new_zeros(folded.b_dec.shape[1], folded.w_enc.shape[2])
         tensors["W_skip"] = folded.w_skip[0] if folded.w_skip is not None else no_skip
     return tensors
+
+
+def per_layer(source: dict, folded: RawWeights) -> list[tuple[dict, RawWeights]]:
+    """A coder whose layers write only to themselves (a transcoder, a PLT) as single-layer members of a set, one per
+    layer it spans."""
+    return [(source | {"layers": [layer]}, folded.layer(i)) for i, layer in enumerate(source["layers"])]
 
 
 def transcoder_set(members: list[tuple[dict, RawWeights]]) -> Files:

@@ -24,7 +24,7 @@ def check(coder: Coder, source: dict, what: str, field: str) -> None:
             f"{field}: {what} is a {coder.kind} SAE (it reads and predicts {source['inputs'][0]}); tracing "
             "replaces MLPs, so it needs a transcoder or a CLT"
         )
-    if coder.layered and coder.skip_connection:
+    if coder.cross_layer and coder.skip_connection:
         raise ConfigError(
             f"{field}: {what} is a CLT with a skip connection, which circuit-tracer does not read; "
             "train it with coder.skip_connection=false"
@@ -48,11 +48,11 @@ def write_folder(members: list[Member], folder: Path) -> None:
     """The dictionary's circuit-tracer folder in `folder` (created): a CLT, or a transcoder set of all members."""
     folder.mkdir()
     coder, source = members[0]
-    if coder.layered:
+    if coder.cross_layer:
         files = tracer_format.cross_layer_transcoder(source, fold(coder, source))
     else:
-        files = tracer_format.transcoder_set([(s, fold(c, s)) for c, s in members])
-    tracer_format.save(files, tracer_format.folder_config(source, coder.layered), folder)
+        files = tracer_format.transcoder_set([m for c, s in members for m in tracer_format.per_layer(s, fold(c, s))])
+    tracer_format.save(files, tracer_format.folder_config(source, coder.cross_layer), folder)
 
 
 def load_folder(folder: Path, n_layers: int, scan: str, device: torch.device, dtype: torch.dtype):

@@ -122,6 +122,7 @@ class Coder(nn.Module):
     per_arm_fields: ClassVar[tuple[str, ...]] = ()  # fields (and attributes) that may differ between stacked arms
     target_field: ClassVar[str] = ""  # train field naming the arrays it predicts; empty: it reconstructs train.hook
     layered: ClassVar[bool] = False  # spans several layers: built with the number of layers train.layers lists
+    cross_layer: ClassVar[bool] = False  # a layer's features write to later layers' outputs too (a CLT)
     rows_independent: ClassVar[bool] = True  # a row's loss ignores the other rows, so ddp may split a batch
     feature_sharding: ClassVar[bool] = False  # implements `sharded_loss`, for train.parallel=features
     renamed: ClassVar[dict[str, str]] = {}  # config field -> constructor keyword, where the two names differ

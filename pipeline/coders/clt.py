@@ -7,9 +7,10 @@ layer's MLP input x_s and write to the MLP outputs of layer s and of every later
     y_hat_t = sum_{s <= t} W_dec[s][t - s] f_s + b_dec[t]   (+ W_skip[t] x_t with `skip_connection`)
 
 `W_dec[s]` holds one [d, n] block per target layer t >= s, so no weight exists from a layer to an
-earlier one. Inputs and targets are [rows, L, d]; the features come out flattened to [rows, L * n],
-layer by layer. The decoder norm of feature i of layer s is the norm of its decoder vectors
-concatenated over all its target layers, ||W_dec[s][:, :, i]||, and
+earlier one (the per-layer transcoders of `pipeline.coders.plt` keep only the block of t = s). Inputs
+and targets are [rows, L, d]; the features come out flattened to [rows, L * n], layer by layer. The
+decoder norm of feature i of layer s is the norm of its decoder vectors concatenated over all its target
+layers, ||W_dec[s][:, :, i]||, and
 
     loss = mean_rows sum_t ||y_t - y_hat_t||^2 + sparsity_scale * lambda * S + lambda_p * P
     penalty = "tanh": S = mean_rows sum_{s,i} tanh(c * f_{s,i} * ||W_dec[s][:, :, i]||)
@@ -65,7 +66,7 @@ class CrossLayerTranscoder(Coder):
     renamed = RENAMED
     stackable, per_arm_fields = True, ("l1_coefficient",)
     target_field = "layers"  # reads mlp_in.L and predicts mlp_out.L of each layer L of train.layers
-    layered = True
+    layered, cross_layer = True, True  # the features of layer s write to layers s..L-1
 
     def __init__(
         self,
@@ -104,7 +105,8 @@ class CrossLayerTranscoder(Coder):
         self.b_enc = nn.Parameter(torch.zeros(L, n))
         self.log_threshold = nn.Parameter(torch.full((L, n), math.log(init_threshold)))
         self.w_dec = nn.ParameterList(
-            nn.Parameter(_random_directions(L - s, d, n, norm=init_decoder_norm, dims=(0, 1))) for s in range(L)
+            nn.Parameter(_random_directions(self.n_targets(s), d, n, norm=init_decoder_norm, dims=(0, 1)))
+            for s in range(L)
         )
         self.b_dec = nn.Parameter(torch.zeros(L, d))
         if skip_connection:
@@ -118,6 +120,10 @@ class CrossLayerTranscoder(Coder):
     @staticmethod
     def _unstack(y: torch.Tensor) -> torch.Tensor:
         return y
+
+    def n_targets(self, s: int) -> int:
+        """How many layers, from layer s on, the features of layer s write to: its decoder blocks."""
+        return self.n_layers - s if self.cross_layer else 1
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -141,12 +147,13 @@ class CrossLayerTranscoder(Coder):
 
     def _decode(self, f: torch.Tensor) -> torch.Tensor:
         """[..., rows, L, n] features -> [..., rows, L, d]: each source layer's decoders in one product, padded
-        to its first target."""
+        to the layers it writes to."""
         *lead, rows, L, _ = f.shape
         out = self.b_dec.unsqueeze(-3).expand(*lead, rows, L, self.d_in)
         for s, w in enumerate(self.w_dec):
-            block = (f[..., s, :] @ w.flatten(-3, -2).mT).view(*lead, rows, L - s, self.d_in)
-            out = out + F.pad(block, (0, 0, s, 0))
+            k = self.n_targets(s)
+            block = (f[..., s, :] @ w.flatten(-3, -2).mT).view(*lead, rows, k, self.d_in)
+            out = out + F.pad(block, (0, 0, s, L - s - k))
         return out
 
     def _skip(self, x: torch.Tensor) -> torch.Tensor | float:
@@ -171,7 +178,8 @@ class CrossLayerTranscoder(Coder):
 
     def decode_layer(self, t: int, features: dict[int, torch.Tensor], x_t: torch.Tensor) -> torch.Tensor:
         """Layer t's predicted output from the features of layers 0..t (`features[s]`) and, with a skip, its input."""
-        y = self.b_dec[t] + sum(F.linear(features[s], self.w_dec[s][t - s]) for s in range(t + 1))
+        writers = [s for s in range(t + 1) if t - s < self.n_targets(s)]
+        y = self.b_dec[t] + sum(F.linear(features[s], self.w_dec[s][t - s]) for s in writers)
         return y + F.linear(x_t, self.w_skip[t]) if self.skip_connection else y
 
     def loss(
@@ -205,7 +213,7 @@ class CrossLayerTranscoder(Coder):
             b_enc=self.b_enc.clone(),
             pre_bias=torch.zeros(self.n_layers, self.d_in),
             threshold=self.threshold,
-            w_dec=[w / outputs[s:, None, None] for s, w in enumerate(self.w_dec)],
+            w_dec=[w / outputs[s : s + len(w), None, None] for s, w in enumerate(self.w_dec)],
             b_dec=self.b_dec / outputs[:, None],
             w_skip=self.w_skip * (inputs / outputs)[:, None, None] if self.skip_connection else None,
         )
@@ -217,6 +225,7 @@ class CrossLayerTranscoder(Coder):
                 w *= self.init_decoder_norm / norm.clamp_min(1e-12)[..., None, None, :]
 
     def flops_per_token(self) -> float:
-        # See the module docstring: encoders 2dN, decoders (L+1)dN, skip 2Ld^2 forward; backward twice the forward.
+        # See the module docstring: encoders 2dN, decoders 2dn a block, skip 2Ld^2 forward; backward twice that.
         d, n, L = self.d_in, self.n_features, self.n_layers
-        return 3 * (2 * d * n + (L + 1) * d * n + 2 * L * d**2 * self.skip_connection)
+        blocks = sum(self.n_targets(s) for s in range(L))
+        return 3 * (2 * d * n + 2 * d * self.per_layer * blocks + 2 * L * d**2 * self.skip_connection)

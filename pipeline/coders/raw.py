@@ -19,7 +19,7 @@ import torch
 class RawWeights:
     """f = act(W_enc (x - pre_bias) + b_enc), y_t = sum_s W_dec[s][t - s] f_s + b_dec[t] (+ W_skip[t] x_t), raw x, y.
 
-    L layers of features (1 for every kind but a CLT); `w_dec[s][j]` writes the features of layer s to layer s + j.
+    L layers of features (1 for every kind but a CLT or PLT); `w_dec[s][j]` writes layer s's features to layer s + j.
     """
 
     activation: str  # relu, topk (the k largest, then ReLU) or jumprelu (pre * (pre > threshold))
@@ -27,7 +27,7 @@ class RawWeights:
     b_enc: torch.Tensor  # [L, n]
     pre_bias: torch.Tensor  # [L, d_in]: subtracted from the input before the encoder (topk and batchtopk: b_dec)
     threshold: torch.Tensor  # [L, n]: jumprelu's per-feature threshold, in pre-activation units (0 otherwise)
-    w_dec: list[torch.Tensor]  # L tensors [L - s, d_out, n]
+    w_dec: list[torch.Tensor]  # L tensors [L - s, d_out, n] ([1, d_out, n] where layers write only to themselves)
     b_dec: torch.Tensor  # [L, d_out]
     w_skip: torch.Tensor | None  # [L, d_out, d_in] or None
     k: int = 0  # topk: active latents per row
@@ -35,6 +35,13 @@ class RawWeights:
     @property
     def n_layers(self) -> int:
         return len(self.w_enc)
+
+    def layer(self, i: int) -> "RawWeights":
+        """Layer i's features alone, as a one-layer coder's weights; for a coder whose layers write only to
+        themselves (`w_dec[i]` one block), where they are a whole transcoder."""
+        one = {name: getattr(self, name)[i : i + 1] for name in ("w_enc", "b_enc", "pre_bias", "threshold", "b_dec")}
+        w_skip = self.w_skip[i : i + 1] if self.w_skip is not None else None
+        return RawWeights(activation=self.activation, w_dec=[self.w_dec[i]], w_skip=w_skip, k=self.k, **one)
 
     def plain(self) -> "RawWeights":
         """The same weights as contiguous float32 tensors of their own, detached from the coder."""

@@ -19,6 +19,7 @@ from pipeline.coders.batchtopk import BatchTopKSAE
 from pipeline.coders.clt import CrossLayerTranscoder
 from pipeline.coders.jumprelu import JumpReluSAE
 from pipeline.coders.matryoshka import MatryoshkaSAE
+from pipeline.coders.plt import PerLayerTranscoders
 from pipeline.coders.relu import ReluSAE
 from pipeline.coders.topk import TopKSAE
 from pipeline.coders.transcoder import Transcoder
@@ -36,6 +37,7 @@ KINDS: dict[str, type[Coder]] = {
         MatryoshkaSAE,
         Transcoder,
         CrossLayerTranscoder,
+        PerLayerTranscoders,
     )
 }
 

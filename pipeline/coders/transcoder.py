@@ -29,7 +29,7 @@ class Transcoder(CrossLayerTranscoder):
     kind = "transcoder"
     config_class = TranscoderConfig
     target_field = "target_hook"  # reads train.hook (e.g. mlp_in.3) and predicts train.target_hook (mlp_out.3)
-    layered = False
+    layered, cross_layer = False, False
 
     def __init__(self, d_in: int, n_features: int, **hparams):
         super().__init__(d_in, n_features, n_layers=1, **hparams)

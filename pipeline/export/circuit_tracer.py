@@ -3,7 +3,8 @@
 Both replace the MLP of every layer of the model, so a transcoder reads `mlp_in.L` and predicts
 `mlp_out.L`. A transcoder run becomes a set (`config.yaml` with `model_kind: transcoder_set` and
 `layer_{i}.safetensors` for each of the model's layers, the layers it does not cover all zeros:
-no feature there ever fires). A CLT run becomes `model_kind: cross_layer_transcoder` with
+no feature there ever fires); so does a run of per-layer transcoders (a PLT), one file per layer it
+spans. A CLT run becomes `model_kind: cross_layer_transcoder` with
 `W_enc_{i}.safetensors` and `W_dec_{i}.safetensors` per model layer, W_dec_i of shape
 [features, layers - i, d_model], zero where the CLT has no layer or no decoder. circuit-tracer 0.5.0
 reads a transcoder's skip connection (`W_skip`) but not a CLT's, so a CLT with one is refused. SAEs
@@ -29,7 +30,7 @@ def check(run: Run) -> None:
             f"export.format: circuit-tracer replaces MLPs with transcoders, not with a {run.coder.kind} SAE "
             f"({run.id}); use export.format=saelens"
         )
-    if run.coder.layered and run.coder.skip_connection:
+    if run.coder.cross_layer and run.coder.skip_connection:
         raise ConfigError(
             f"export.format: circuit-tracer reads no skip connection of a cross-layer transcoder from disk, and "
             f"{run.id} has one; train it with coder.skip_connection=false"
@@ -47,14 +48,14 @@ def check(run: Run) -> None:
 
 
 def config(run: Run) -> dict:
-    return tracer_format.folder_config(run.source, run.coder.layered)
+    return tracer_format.folder_config(run.source, run.coder.cross_layer)
 
 
 def write(run: Run, folded: RawWeights, folder: Path) -> None:
-    if run.coder.layered:
+    if run.coder.cross_layer:
         files = tracer_format.cross_layer_transcoder(run.source, folded)
     else:
-        files = tracer_format.transcoder_set([(run.source, folded)])
+        files = tracer_format.transcoder_set(tracer_format.per_layer(run.source, folded))
     tracer_format.save(files, config(run), folder)
 
 

@@ -3,8 +3,9 @@
 relu -> standard, topk -> topk (with k), jumprelu -> jumprelu, batchtopk and matryoshka -> jumprelu with
 their learned threshold (their inference rule), transcoder -> jumprelu_transcoder, or
 jumprelu_skip_transcoder with a skip connection. A CLT spans several layers, which no SAELens
-architecture does: circuit-tracer's format holds it. The weights act on raw activations (see
-`pipeline.coders.raw`); the SAE subtracts b_dec from its input only where the pipeline's coder does (topk, batchtopk).
+architecture does, and a PLT's transcoders would need a folder each: circuit-tracer's format holds both.
+The weights act on raw activations (see `pipeline.coders.raw`); the SAE subtracts b_dec from its input only where
+the pipeline's coder does (topk, batchtopk).
 """
 
 import json

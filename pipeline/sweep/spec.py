@@ -19,8 +19,10 @@ class SweepSpec:
     kind: str = "relu"  # coder kind of every arm (or list several in `kinds`)
     # kinds compared at one target L0, each with its own arms (instead of `kind` and `sparsity`)
     kinds: list[str] = field(default_factory=list)
-    target_l0: int = 0  # with `kinds`: the mean active features per token every kind is set for
-    # with `kinds`: per penalty kind, the lambda recorded to give about target_l0 on this store
+    # with `kinds`: the mean active features per token every kind is set for (0: none, where every kind
+    # takes a penalty)
+    target_l0: int = 0
+    # with `kinds`: per penalty kind, the lambda recorded to give about target_l0 on this store (its lambda)
     sparsity_by_kind: dict[str, float] = field(default_factory=dict)
     budgets: list[float] = field(default_factory=list)  # compute budgets C, in training FLOPs per arm
     n_features: list[int] = field(default_factory=list)  # dictionary widths N (or use `expansion`)
@@ -131,8 +133,10 @@ def _validate_kinds(spec: SweepSpec, fail) -> None:
     shapes = {(KINDS[k].target_field, KINDS[k].layered) for k in spec.kinds}
     if len(shapes) > 1:
         fail("kinds", f"should all read and predict the same arrays (compare SAEs with SAEs), got {spec.kinds}")
-    if spec.target_l0 <= 0:
+    sets_k = any(KINDS[k].sparsity_is_l0 for k in spec.kinds)
+    if spec.target_l0 < 0 or (sets_k and not spec.target_l0):
         fail("target_l0", f"should be the positive L0 every kind is set for, got {spec.target_l0}")
+    aim = f" that gives about target_l0={spec.target_l0} active features" if spec.target_l0 else " of its arms"
     for kind in spec.kinds:
         recorded = spec.sparsity_by_kind.get(kind)
         if KINDS[kind].sparsity_is_l0 and recorded is not None:
@@ -140,8 +144,7 @@ def _validate_kinds(spec: SweepSpec, fail) -> None:
         if not KINDS[kind].sparsity_is_l0 and (recorded is None or recorded < 0):
             fail(
                 f"sparsity_by_kind.{kind}",
-                f"should be the {KINDS[kind].sparsity_field} (>= 0) that gives about target_l0={spec.target_l0} "
-                f"active features, got {recorded}",
+                f"should be the {KINDS[kind].sparsity_field} (>= 0){aim}, got {recorded}",
             )
     extra = sorted(set(spec.sparsity_by_kind) - set(spec.kinds))
     if extra:
@@ -159,7 +162,7 @@ def _validate_arrays(spec: SweepSpec, kind: str, fail) -> None:
     if spec.layers and (spec.layers != sorted(set(spec.layers)) or spec.layers[0] < 0):
         fail("layers", f"should be distinct layer numbers >= 0 in increasing order, got {spec.layers}")
     if spec.layers and spec.hook:
-        fail("hook", "is not used by a clt, which reads mlp_in.L of its layers; expected it empty")
+        fail("hook", f"is not used by a {kind}, which reads mlp_in.L of its layers; expected it empty")
     with_skip = [kind for kind, cls in KINDS.items() if "skip_connection" in {f.name for f in fields(cls.config_class)}]
     if spec.skip_connection and kind not in with_skip:
         fail("skip_connection", f"is only for kinds {', '.join(with_skip)}, not {kind}")

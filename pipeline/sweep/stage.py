@@ -33,7 +33,8 @@ def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, li
     for kind in kind_sparsities(spec):
         check_kind(kind, cfg.train.parallel)
     hook, arms = plan_arms(cfg, spec, store_attrs)
-    check_center(spec.kind, cfg.train.center, store_attrs, hook)
+    for kind in kind_sparsities(spec):
+        check_center(kind, cfg.train.center, store_attrs, hook)
     check_trace_prompts(cfg)
     for arm in arms:
         check_traceable(arm_config(cfg, arm), hook, f"arm {arm.run_id}")

@@ -46,7 +46,7 @@ def check_traceable(cfg: PipelineConfig, hook: str, what: str) -> None:
     arrays = coder_arrays(cfg.coder.kind, cfg.train.hook or hook, cfg.train)
     if not transcodes(arrays):
         return
-    if coder_class(cfg.coder.kind).layered and getattr(cfg.coder, "skip_connection", False):
+    if coder_class(cfg.coder.kind).cross_layer and getattr(cfg.coder, "skip_connection", False):
         raise ConfigError(
             f"train.trace_prompts: {what} is a {cfg.coder.kind} with a skip connection, which circuit-tracer does not "
             "read; expected coder.skip_connection=false or no trace prompts"

@@ -207,7 +207,7 @@ def test_kinds_and_the_arrays_they_read_must_agree():
         Columns(coder_arrays("transcoder", "mlp_in.1", TrainConfig(**TRANSCODER)), ("mlp_in.1",), 32)
     with pytest.raises(ConfigError, match="coder.n_features: a clt over 3 layers .* multiple of 3, got 10"):
         build(AnyCoderConfig(kind="clt", n_features=10), 8, n_layers=3)
-    with pytest.raises(ConfigError, match="train.layers: only a clt spans several layers"):
+    with pytest.raises(ConfigError, match="train.layers: only a clt or a plt spans several layers"):
         build(AnyCoderConfig(kind="transcoder", n_features=10), 8, n_layers=3)
 
 
