@@ -21,9 +21,9 @@ SCORES = ("replacement_score", "completeness_score", "next_token_agreement")
 PROMPTS = "[The cat sat on the,In the beginning was]"
 
 
-def _sweep(folder, **fields) -> str:
+def _sweep(folder, name: str, **fields) -> str:
     spec = {"budgets": [1e8, 3e8], "n_features": [48, 96], "lrs": [3e-3], "batch_size": 32, "repeat_data": True}
-    path = folder / f"{fields['kind']}.yaml"
+    path = folder / f"{name}.yaml"
     path.write_text(json.dumps(spec | fields))  # JSON is valid YAML
     return str(path)
 
@@ -47,7 +47,7 @@ def _run(root, overrides, name: str, sweep: str) -> pd.DataFrame:
 def test_every_clt_arm_gets_its_circuit_scores_and_the_fit_reports_them(store_dir):
     root, overrides = store_dir
     # A small penalty: at these few steps a larger one leaves no feature active, and a graph with none cannot be traced.
-    table = _run(root, overrides, "clt", _sweep(root, kind="clt", layers=list(LAYERS), sparsity=[0.1]))
+    table = _run(root, overrides, "clt", _sweep(root, "clt", kind="clt", layers=list(LAYERS), sparsity=[0.1]))
     assert len(table) == 4 and (table.status == "done").all(), table.error.tolist()
     for name in SCORES:
         values = table[name].to_numpy(float)
@@ -64,9 +64,23 @@ def test_every_clt_arm_gets_its_circuit_scores_and_the_fit_reports_them(store_di
     assert "circuit_scores.png" in fit["plots"] and (root / "clt" / "fit" / "circuit_scores.png").stat().st_size
 
 
+def test_a_sweep_of_clts_and_per_layer_transcoders_compares_their_scores_at_equal_compute(store_dir):
+    root, overrides = store_dir
+    sweep = _sweep(root, "kinds", kinds=["clt", "plt"], layers=list(LAYERS), sparsity_by_kind={"clt": 0.1, "plt": 0.1},
+                   n_features=[96])  # fmt: skip
+    table = _run(root, overrides, "kinds", sweep)
+    assert sorted(table.kind) == ["clt", "clt", "plt", "plt"] and (table.status == "done").all(), table.error.tolist()
+    assert np.isfinite(table[list(SCORES)].to_numpy(float)).all()
+    fit = run_fit(table, root / "kinds" / "fit", FitConfig(n_bootstrap=0))
+    kinds = fit["circuit_scores"]["kinds"]
+    assert sorted(kinds) == ["clt", "plt"] and all(len(k["points"]) == 2 for k in kinds.values())
+    report = (root / "kinds" / "fit" / "report.md").read_text()
+    assert "| budget C | clt | plt |" in report and (root / "kinds" / "fit" / "circuit_scores.png").exists()
+
+
 def test_sae_arms_get_no_circuit_scores(store_dir):
     root, overrides = store_dir
-    sweep = _sweep(root, kind="relu", n_features=[32], budgets=[1e8], sparsity=[5.0])
+    sweep = _sweep(root, "relu", kind="relu", n_features=[32], budgets=[1e8], sparsity=[5.0])
     table = _run(root, overrides + ["train.hook=mlp_in.1"], "relu", sweep)
     assert (table.status == "done").all() and table.fvu.notna().all()
     assert table[list(SCORES)].isna().all().all()

@@ -50,6 +50,7 @@ def test_a_coder_circuit_tracer_cannot_read_is_refused(overrides, says):
     "overrides",
     [
         ["coder=clt", "train.layers=[0,1]"],
+        ["coder=plt", "train.layers=[0,1]", "coder.skip_connection=true"],  # a set of transcoders: skips are read
         ["coder=transcoder", "train.hook=mlp_in.2", "train.target_hook=mlp_out.2"],
         ["coder=relu", "train.hook=resid_post.1"],  # an SAE gets no scores
     ],
