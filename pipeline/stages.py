@@ -20,7 +20,7 @@ from pipeline.store.activation_store import open_store
 from pipeline.store.schema import check_trainable, harvest_command
 from pipeline.store.verify import corrupt_shards, tokens_damage
 from pipeline.sweep import stage as sweep_stage
-from pipeline.sweep.arm import make_splicer
+from pipeline.sweep.arm import make_scorer, make_splicer
 from pipeline.sweep.launch import check_launcher
 from pipeline.sweep.plan import format_table
 from pipeline.sweep.results import METRIC_COLUMNS
@@ -28,6 +28,7 @@ from pipeline.trace.stage import run_trace
 from pipeline.track.wandb_run import open_tracker, resolve_mode
 from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
+from pipeline.train.trace_prompts import check_trace_prompts, check_traceable
 from pipeline.train.trainer import train_run
 
 
@@ -42,6 +43,8 @@ def train(cfg: PipelineConfig) -> None:
     check_trainable(store.attrs, cfg.model.name, hook, str(store.path))
     check_kind(cfg.coder.kind, cfg.train.parallel)
     check_center(cfg.coder.kind, cfg.train.center, store.attrs, hook)
+    check_trace_prompts(cfg)
+    check_traceable(cfg, hook, f"the {cfg.coder.kind}")
     run = out.train_run(own_config(cfg.coder), replace(cfg.train, hook=hook))
     if run.finished():
         print(f"train {run.id}: finished in {run.folder}; nothing to do")
@@ -65,7 +68,8 @@ def train_on_rank(cfg: PipelineConfig) -> None:
     with process_group(device) as world:
         data = open_activation_data(store, hook, cfg.train, device)
         splicer = make_splicer(store, cfg.train, device) if world.main else None
-        metrics = train_run(cfg.coder, cfg.train, data, run_dir, cfg.tracking, run_id, group="train", splicer=splicer)
+        scorer = make_scorer(store, cfg, device) if world.main else None
+        metrics = train_run(cfg.coder, cfg.train, data, run_dir, cfg.tracking, run_id, "train", splicer, scorer)
     if world.main:
         print(
             f"train {run_id}: loss {metrics['loss']:.4g}, fvu {metrics['fvu']:.3f}, l0 {metrics['l0']:.1f}, "

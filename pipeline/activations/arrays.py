@@ -29,6 +29,12 @@ class CoderArrays:
         return tuple(dict.fromkeys(self.inputs + self.targets))
 
 
+def transcodes(arrays: CoderArrays) -> bool:
+    """Whether the coder predicts other arrays than it reads (a transcoder, a CLT): only such a coder stands in
+    for the model's MLPs in a replacement model, so only it has circuits to trace."""
+    return bool(arrays.targets) and arrays.targets != arrays.inputs
+
+
 def data_arrays(hook: str, cfg: TrainConfig) -> CoderArrays:
     """The arrays training with `cfg` reads: mlp_in.L and mlp_out.L of `train.layers`, else `hook` and
     `train.target_hook`."""

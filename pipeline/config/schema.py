@@ -131,6 +131,9 @@ class TrainConfig:
     dead_window_tokens: int = checked(10_000_000, min=1)
     # held-out contexts for the spliced next-token loss and KL (models with an LM head); 0 = off
     splice_contexts: int = checked(32, min=0)
+    # prompts whose attribution graphs score each transcoder or CLT arm's circuits (the `trace` node's options);
+    # empty = off
+    trace_prompts: list[str] = checked(default_factory=list, pattern=r"(?s).*\S.*")
     seed: int = 0  # seed of initialisation and data order
     # SAEs: train on inputs less the store's mean of the hook; the saved coder has it folded into its biases
     center: bool = False

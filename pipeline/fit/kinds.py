@@ -44,7 +44,7 @@ def compare_kinds(finished: pd.DataFrame, n_bootstrap: int, seed: int) -> tuple[
     usable = finished[np.isfinite(metric) & (metric > 0)].assign(loss=metric)
     if usable["kind"].nunique() < 2:
         return None, []
-    fits = [_fit_kind(label, rows, n_bootstrap, seed) for label, rows in _settings(usable)]
+    fits = [_fit_kind(label, rows, n_bootstrap, seed) for label, rows in settings(usable)]
     warnings = [w for f in fits for w in f.record.pop("warnings")]
     warnings += _l0_warnings(fits)
     budget, reference = _reference(fits)
@@ -59,7 +59,7 @@ def compare_kinds(finished: pd.DataFrame, n_bootstrap: int, seed: int) -> tuple[
     return section, fits
 
 
-def _settings(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def settings(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(label, runs) per kind, or per (kind, sparsity) where a kind has several: optima over a mix of
     sparsities would compare unlike coders. A kind with one setting is labelled by its name alone."""
     if "sparsity" not in runs.columns:

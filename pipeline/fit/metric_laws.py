@@ -31,11 +31,17 @@ def check_metrics(table: pd.DataFrame, names: list[str], source: str) -> None:
 
 def fit_metric_laws(runs: pd.DataFrame, names: list[str]) -> dict[str, dict]:
     """Each metric's law in C, or {"cannot_measure": why}."""
-    best = runs.loc[runs.groupby("budget")["loss"].idxmin()].sort_values("budget")
-    return {name: _fit_one(best, name) for name in names}
+    best = best_runs(runs)
+    return {name: fit_metric_law(best, name) for name in names}
 
 
-def _fit_one(best: pd.DataFrame, name: str) -> dict:
+def best_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each budget's lowest-loss run, in increasing budget."""
+    return runs.loc[runs.groupby("budget")["loss"].idxmin()].sort_values("budget")
+
+
+def fit_metric_law(best: pd.DataFrame, name: str) -> dict:
+    """The law of column `name` through `best`'s rows (one per budget), or {"cannot_measure": why}."""
     c, y = best["budget"].to_numpy(float), pd.to_numeric(best[name], errors="coerce").to_numpy(float)
     points = [
         {"budget": float(b), "value": float(v), "run_id": str(r)}

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.fit import kinds_report
+from pipeline.fit import circuit_laws, kinds_report
 from pipeline.fit.dead import measured_runs
 from pipeline.fit.joint import joint_loss, joint_points
 from pipeline.fit.metric_laws import report_lines
@@ -19,6 +19,7 @@ TITLES = {  # plot (file <name>.png) -> its title in report.md
     "dead_features": "Dead features",
     "joint_nk": "Joint L(N, k)",
     **kinds_report.TITLES,
+    "circuit_scores": circuit_laws.TITLE,
 }
 
 
@@ -43,6 +44,7 @@ def write_plots(bundle, out: Path) -> list[str]:
         ("joint_nk", _joint),
         ("kinds_frontier", kinds_report.draw_kinds_frontier),
         ("kinds_l0_ev", kinds_report.draw_kinds_l0_ev),
+        ("circuit_scores", circuit_laws.draw_circuit_scores),
     ):
         fig = draw(new_figure, bundle)
         if fig is None:
@@ -256,7 +258,7 @@ def write_report(fit: dict) -> str:
     lines += ["", "## Laws in compute", "", law_table(fit, markdown=True), ""] + kinds_report.seed_section(fit)
     lines += _extrapolation_section(fit.get("extrapolation")) + _dead_section(fit.get("dead_features"))
     lines += _joint_section(fit.get("joint_nk")) + report_lines(fit.get("metric_laws") or {})
-    lines += kinds_report.kinds_section(fit)
+    lines += kinds_report.kinds_section(fit) + circuit_laws.report_lines(fit.get("circuit_scores"))
     lines += ["## Plots", ""] + [f"![{TITLES.get(Path(p).stem, p)}]({p})" for p in fit.get("plots", [])] + [""]
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.config import FitConfig
 from pipeline.errors import ConfigError
 from pipeline.fit.bootstrap import MIN_SAMPLES, LawSamples, bootstrap_laws
+from pipeline.fit.circuit_laws import SCORES, fit_circuit_scores, scored, summary_text
 from pipeline.fit.dead import fit_dead_fraction
 from pipeline.fit.extrapolate import extrapolation_check
 from pipeline.fit.joint import fit_joint_nk
@@ -115,7 +116,8 @@ def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
             "with_floor": _floor_record(floor, samples["loss_floor"], cfg.n_bootstrap),
         },
         "dead_features": dead,
-        "metric_laws": fit_metric_laws(runs, list(cfg.metrics)),
+        "metric_laws": fit_metric_laws(runs, _metric_names(cfg.metrics, runs)),
+        "circuit_scores": fit_circuit_scores(finished),
         "joint_nk": joint,
         "extrapolation": extrapolation,
         "seed_spread": seed_spread(budgets),
@@ -133,6 +135,11 @@ def fit_results(results: pd.DataFrame, cfg: FitConfig) -> FitBundle:
             if record is not None and record["ci95"] is None:
                 warnings.append(f"{key}: too few successful bootstrap refits for a 95% interval")
     return FitBundle(_json_safe(fit), runs, finished, optima, laws, floor, samples, kind_fits)
+
+
+def _metric_names(asked: list[str], runs: pd.DataFrame) -> list[str]:
+    """`fit.metrics`, and the circuit scores the analysed runs hold: they are fitted without being asked for."""
+    return list(asked) + [name for name in scored(SCORES, runs) if name not in asked]
 
 
 def _floor_notes(floor: FloorLaw | None, n_budgets: int) -> list[str]:
@@ -206,4 +213,5 @@ def summary_table(fit: dict) -> str:
     """The fitted laws as a plain-text table, and how many runs and budgets they rest on."""
     n_warn = len(fit.get("warnings", []))
     footer = f"{fit.get('n_runs', 0)} finished runs, {fit.get('n_budgets', 0)} budgets, {n_warn} warning(s)"
-    return law_table(fit) + "\n" + kinds_table(fit.get("kinds")) + footer
+    circuits = summary_text(fit.get("circuit_scores"))
+    return law_table(fit) + "\n" + kinds_table(fit.get("kinds")) + circuits + footer

@@ -2,10 +2,11 @@
 
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.activations.loading import ActivationData, open_activation_data
 from pipeline.activations.stream import StreamingActivationData
-from pipeline.config import PipelineConfig, TrainConfig
+from pipeline.config import ModelConfig, PipelineConfig, TrainConfig
 from pipeline.distributed.process_group import process_group
 from pipeline.evaluate.splice import Splicer
 from pipeline.layout import OutDir, SweepDir
@@ -16,21 +17,32 @@ from pipeline.sweep.results import read_row, write_row
 from pipeline.train.arm_run import ArmSpec
 from pipeline.train.trainer import train_grid
 
+if TYPE_CHECKING:
+    from pipeline.circuits.scorer import CircuitScorer
+
 _DATA_CACHE: dict[tuple, tuple] = {}  # per process: arms that share a store read it (and load its model) once
 
 
 def activation_data(
-    store_path: Path, hook: str, train: TrainConfig
-) -> tuple[ActivationData | StreamingActivationData, Splicer | None]:
+    store_path: Path, hook: str, cfg: PipelineConfig
+) -> tuple[ActivationData | StreamingActivationData, Splicer | None, "CircuitScorer | None"]:
+    """(data, splicer, circuit scorer) of the store for `cfg`'s arms, built once per process for all of them."""
+    train = cfg.train
     device = pick_device(train.device)
     key = (
         str(store_path), hook, train.target_hook, tuple(train.layers), str(device), train.eval_tokens,
         train.splice_contexts, train.cache, train.shuffle_chunks, train.prefetch_chunks,
+        tuple(train.trace_prompts), cfg.trace.batch_size, cfg.trace.max_feature_nodes, cfg.trace.offload,
+        cfg.trace.max_n_logits, cfg.trace.desired_logit_prob,
     )  # fmt: skip
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         store = open_store(store_path)
-        _DATA_CACHE[key] = (open_activation_data(store, hook, train, device), make_splicer(store, train, device))
+        _DATA_CACHE[key] = (
+            open_activation_data(store, hook, train, device),
+            make_splicer(store, train, device),
+            make_scorer(store, cfg, device),
+        )
     return _DATA_CACHE[key]
 
 
@@ -41,12 +53,33 @@ def make_splicer(store, train: TrainConfig, device) -> Splicer | None:
     return Splicer(store, train.splice_contexts, device)
 
 
+def make_scorer(store, cfg: PipelineConfig, device) -> "CircuitScorer | None":
+    """A `CircuitScorer` of the store's model when `train.trace_prompts` names prompts (checked before any work)."""
+    if not cfg.train.trace_prompts:
+        return None
+    # circuit-tracer (and TransformerLens under it) take seconds to import: only sweeps that trace pay for them.
+    from pipeline.circuits.attribution import TraceOptions
+    from pipeline.circuits.scorer import CircuitScorer
+
+    attrs, trace = store.attrs["model"], cfg.trace
+    model = ModelConfig(name=attrs["name"], revision=attrs["revision"], dtype=attrs["dtype"])
+    # The attribution options of the `trace` node (the scores do not depend on its pruning thresholds).
+    options = TraceOptions(
+        batch_size=trace.batch_size,
+        max_feature_nodes=trace.max_feature_nodes or None,
+        offload=None if trace.offload == "none" else trace.offload,
+        max_n_logits=trace.max_n_logits,
+        desired_logit_prob=trace.desired_logit_prob,
+    )
+    return CircuitScorer(model, list(cfg.train.trace_prompts), options, device)
+
+
 def _pack(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str):
-    """The pack's ArmSpecs, and its data and splicer (arms of one pack read the same arrays)."""
+    """The pack's ArmSpecs, and its data, splicer and scorer (arms of one pack read the same arrays)."""
     specs = [
         ArmSpec(c.coder, c.train, SweepDir(sweep_dir).run(a.run_id), a.run_id, group) for a, c in zip(arms, configs)
     ]
-    return specs, *activation_data(OutDir(configs[0].out_dir).store, specs[0].train.hook or hook, specs[0].train)
+    return specs, *activation_data(OutDir(configs[0].out_dir).store, specs[0].train.hook or hook, configs[0])
 
 
 def run_arms(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str) -> list[dict]:
@@ -56,8 +89,8 @@ def run_arms(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_di
     """
     attempts = {arm.run_id: (read_row(sweep_dir, arm.run_id) or {}).get("attempts", 0) + 1 for arm in arms}
     try:
-        specs, data, splicer = _pack(arms, configs, hook, sweep_dir, group)
-        outcomes = train_grid(specs, data, configs[0].tracking, splicer)
+        specs, data, splicer, scorer = _pack(arms, configs, hook, sweep_dir, group)
+        outcomes = train_grid(specs, data, configs[0].tracking, splicer, scorer)
     except Exception as err:  # noqa: BLE001 - a failing pack must not stop the other packs
         outcomes = [err] * len(arms)
     rows = []
@@ -79,6 +112,6 @@ def run_arms_on_rank(
     with process_group(pick_device(configs[0].train.device)) as world:
         if world.main:
             return run_arms(arms, configs, hook, sweep_dir, group)
-        specs, data, _ = _pack(arms, configs, hook, sweep_dir, group)
+        specs, data, _, _ = _pack(arms, configs, hook, sweep_dir, group)
         train_grid(specs, data, configs[0].tracking)
         return None

@@ -41,6 +41,10 @@ METRIC_COLUMNS = (
     "ablated_kl",
     "ce_loss_score",
     "kl_score",
+    # circuit quality over train.trace_prompts (transcoding arms only; NaN for SAEs, which replace no MLP)
+    "replacement_score",
+    "completeness_score",
+    "next_token_agreement",
 )
 COLUMNS = (
     "run_id", "status", "kind", "budget", "n_features", "d_in", "lr", "sparsity", "seed", "batch_size",

@@ -8,7 +8,7 @@ from pipeline.errors import ConfigError
 from pipeline.layout import OutDir
 from pipeline.store.activation_store import open_store
 from pipeline.store.schema import check_trainable, training_rows
-from pipeline.sweep.configs import write_arm_configs
+from pipeline.sweep.configs import arm_config, write_arm_configs
 from pipeline.sweep.launch import check_launcher, launch
 from pipeline.sweep.plan import Arm, format_table, plan
 from pipeline.sweep.results import gather, read_row
@@ -16,6 +16,7 @@ from pipeline.sweep.spec import SweepSpec, kind_sparsities, load_spec
 from pipeline.track.wandb_run import open_tracker
 from pipeline.train.centre import check_center
 from pipeline.train.parallel import check_kind
+from pipeline.train.trace_prompts import check_trace_prompts, check_traceable
 
 
 def plan_arms(cfg: PipelineConfig, spec: SweepSpec, store_attrs: dict) -> tuple[str, list[Arm]]:
@@ -34,6 +35,9 @@ def validate(cfg: PipelineConfig, store_attrs: dict) -> tuple[SweepSpec, str, li
     hook, arms = plan_arms(cfg, spec, store_attrs)
     for kind in kind_sparsities(spec):
         check_center(kind, cfg.train.center, store_attrs, hook)
+    check_trace_prompts(cfg)
+    for arm in arms:
+        check_traceable(arm_config(cfg, arm), hook, f"arm {arm.run_id}")
     unknown = set(cfg.sweep.arms) - {a.run_id for a in arms}
     if unknown:
         raise ConfigError(f"sweep.arms: {min(unknown)} is not an arm of sweep {spec.name}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.activations.arrays import Columns, coder_arrays, provenance
+from pipeline.activations.arrays import Columns, coder_arrays, provenance, transcodes
 from pipeline.activations.loading import ActivationData
 from pipeline.atomic import write_json_atomic
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
@@ -152,8 +152,9 @@ class ArmRun:
             )
             self.last_good = f"step {done}"
 
-    def finish(self, data: ActivationData, splicer=None) -> dict:
-        """Calibrates the coder's inference (`Coder.calibrate`) and evaluates it on the held-out rows, writes the run
+    def finish(self, data: ActivationData, splicer=None, scorer=None) -> dict:
+        """Calibrates the coder's inference (`Coder.calibrate`) and evaluates it on the held-out rows (spliced into
+        the model with a `Splicer`, its circuits scored with a `CircuitScorer` when it transcodes), writes the run
         folder; the checkpoint is then removed."""
         if self.centre is not None:  # from here on the coder acts on the uncentred inputs
             fold_centre(self.coder, self.centre)
@@ -165,6 +166,8 @@ class ArmRun:
             metrics |= decoder_similarity(whole)
         if splicer is not None and whole is not None:
             metrics |= splicer(whole.to(data.device), self.arrays, data.scales)
+        if scorer is not None and whole is not None and transcodes(self.arrays):
+            metrics |= scorer.score(whole.to(data.device), provenance(data.source, self.arrays, data.scales))
         dead, window = self.firing.dead_fraction(self.cfg.dead_window_tokens)
         if "layers" in metrics:  # a CLT: its dead features per layer too
             per_layer = self.firing.dead_fractions(self.cfg.dead_window_tokens, len(metrics["layers"]))

@@ -16,13 +16,14 @@ from pipeline.train.stack import build_stacks
 
 
 def train_grid(
-    specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, splicer=None
+    specs: list[ArmSpec], data: ActivationData, tracking: TrackingConfig, splicer=None, scorer=None
 ) -> list[dict | Exception]:
     """Trains every arm on one pass over the data; each arm's metrics, or the exception that stopped it.
 
     Arms must share the batch size and the seed, which fix the batches they see. Arms of one shape
     that differ only in rate or penalty train as one stack (`stack`, `train.stack_arms`). With a
-    `Splicer`, each arm's metrics also hold the spliced next-token loss change and KL.
+    `Splicer`, each arm's metrics also hold the spliced next-token loss change and KL; with a `CircuitScorer`,
+    each transcoding arm's hold its circuit scores.
     """
     if len({(s.train.batch_size, s.train.seed) for s in specs}) != 1:
         raise ValueError("a fused grid needs one batch size and one seed for all its arms")
@@ -40,7 +41,7 @@ def train_grid(
                         outcomes[i] = err
                     if step + 1 == stack.n_steps:
                         for i, arm in stack.arms.items():
-                            outcomes[i] = _finish(arm, data, splicer)
+                            outcomes[i] = _finish(arm, data, splicer, scorer)
                         stack.arms.clear()
             stacks = [stack for stack in stacks if stack.arms]
             if not stacks:  # every arm has finished or failed: the rest of the data is not needed
@@ -49,7 +50,7 @@ def train_grid(
             progress.update(1)
         for stack in stacks:  # arms resumed at or past their last step
             for i, arm in stack.arms.items():
-                outcomes[i] = _finish(arm, data, splicer)
+                outcomes[i] = _finish(arm, data, splicer, scorer)
     return outcomes
 
 
@@ -66,9 +67,9 @@ def _start_arms(
     return arms
 
 
-def _finish(arm: ArmRun, data: ActivationData, splicer) -> dict | Exception:
+def _finish(arm: ArmRun, data: ActivationData, splicer, scorer) -> dict | Exception:
     try:
-        return arm.finish(data, splicer)
+        return arm.finish(data, splicer, scorer)
     except Exception as err:  # noqa: BLE001 - one arm's failure must not stop the grid
         arm.abandon()
         return err
@@ -83,9 +84,10 @@ def train_run(
     run_id: str,
     group: str,
     splicer=None,
+    scorer=None,
 ) -> dict:
     """Trains one coder (resuming from `run_dir`'s checkpoint if there is one); raises what stops it."""
-    [outcome] = train_grid([ArmSpec(coder_cfg, cfg, run_dir, run_id, group)], data, tracking, splicer)
+    [outcome] = train_grid([ArmSpec(coder_cfg, cfg, run_dir, run_id, group)], data, tracking, splicer, scorer)
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
