@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.config import TraceConfig
+
 
 @dataclass(frozen=True)
 class TraceOptions:
@@ -24,6 +26,18 @@ class TraceOptions:
     desired_logit_prob: float = 0.95  # logit nodes are added until their probabilities sum to this
     node_threshold: float = 0.8  # share of influence the pruned graph's nodes keep
     edge_threshold: float = 0.98  # share of influence the pruned graph's edges keep
+
+    @classmethod
+    def of(cls, trace: TraceConfig) -> "TraceOptions":
+        return cls(
+            batch_size=trace.batch_size,
+            max_feature_nodes=trace.max_feature_nodes or None,
+            offload=None if trace.offload == "none" else trace.offload,
+            max_n_logits=trace.max_n_logits,
+            desired_logit_prob=trace.desired_logit_prob,
+            node_threshold=trace.node_threshold,
+            edge_threshold=trace.edge_threshold,
+        )
 
 
 @dataclass

@@ -24,12 +24,18 @@ def check(coder: Coder, source: dict, what: str, field: str) -> None:
             f"{field}: circuit-tracer replaces MLPs with transcoders, not with a {coder.kind} SAE ({what} reads and "
             f"predicts {source['inputs'][0]}); use a transcoder, per-layer transcoders or a CLT"
         )
-    if coder.cross_layer and coder.skip_connection:
+    check_mlp_pairs(coder.cross_layer and coder.skip_connection, source["inputs"], source["targets"], what, field)
+
+
+def check_mlp_pairs(clt_skip: bool, inputs: list[str], targets: list[str], what: str, field: str) -> None:
+    """ConfigError naming `field` unless the transcoder `what` predicts mlp_out.L from mlp_in.L of each layer L and,
+    as a CLT, has no skip connection (`clt_skip`), which circuit-tracer does not read."""
+    if clt_skip:
         raise ConfigError(
             f"{field}: circuit-tracer reads no skip connection of a cross-layer transcoder from disk, and {what} "
             "has one; train it with coder.skip_connection=false"
         )
-    for read, predicted in zip(source["inputs"], source["targets"], strict=True):
+    for read, predicted in zip(inputs, targets, strict=True):
         site_in, layer_in = read.rpartition(".")[::2]
         site_out, layer_out = predicted.rpartition(".")[::2]
         if (site_in, site_out) != ("mlp_in", "mlp_out") or layer_in != layer_out:

@@ -61,17 +61,9 @@ def make_scorer(store, cfg: PipelineConfig, device) -> "CircuitScorer | None":
     from pipeline.circuits.attribution import TraceOptions
     from pipeline.circuits.scorer import CircuitScorer
 
-    attrs, trace = store.attrs["model"], cfg.trace
+    attrs = store.attrs["model"]
     model = ModelConfig(name=attrs["name"], revision=attrs["revision"], dtype=attrs["dtype"])
-    # The attribution options of the `trace` node (the scores do not depend on its pruning thresholds).
-    options = TraceOptions(
-        batch_size=trace.batch_size,
-        max_feature_nodes=trace.max_feature_nodes or None,
-        offload=None if trace.offload == "none" else trace.offload,
-        max_n_logits=trace.max_n_logits,
-        desired_logit_prob=trace.desired_logit_prob,
-    )
-    return CircuitScorer(model, list(cfg.train.trace_prompts), options, device)
+    return CircuitScorer(model, list(cfg.train.trace_prompts), TraceOptions.of(cfg.trace), device)
 
 
 def _pack(arms: list[Arm], configs: list[PipelineConfig], hook: str, sweep_dir: Path, group: str):

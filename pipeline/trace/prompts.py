@@ -1,5 +1,4 @@
-"""The prompts a trace attributes (`trace.prompts`, then the lines of `trace.prompts_file`), each checked to fit
-the model's context with the special token circuit-tracer puts in front."""
+"""The prompts a trace attributes: `trace.prompts`, then the lines of `trace.prompts_file`."""
 
 from pathlib import Path
 
@@ -22,16 +21,3 @@ def read_prompts(cfg: PipelineConfig) -> list[str]:
         if not prompt.strip():
             raise ConfigError(f"trace.prompts: prompt {i} is empty; expected some text")
     return prompts
-
-
-def check_lengths(prompts: list[str], tokenizer, model_name: str, n_ctx: int) -> None:
-    """ConfigError naming the first prompt longer than the model's `n_ctx` positions, with its BOS."""
-    from circuit_tracer.replacement_model.common import ensure_tokenized
-
-    for i, prompt in enumerate(prompts):
-        n = len(ensure_tokenized(prompt, tokenizer, "cpu", model_name))
-        if n > n_ctx:
-            raise ConfigError(
-                f"trace.prompts: prompt {i} ({prompt[:40]!r}...) is {n} tokens with its BOS; {model_name} accepts "
-                f"at most {n_ctx}"
-            )

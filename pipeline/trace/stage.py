@@ -16,6 +16,7 @@ from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.circuits import replacement
 from pipeline.circuits.attribution import PromptTrace, TraceOptions, trace_prompt
 from pipeline.circuits.lens import convert, hooked_config
+from pipeline.circuits.prompts import check_lengths
 from pipeline.config import PipelineConfig, TraceConfig
 from pipeline.errors import ConfigError
 from pipeline.layout import OutDir
@@ -24,7 +25,7 @@ from pipeline.store.activation_store import ActivationStore, created
 from pipeline.trace.dictionary import Dictionary, selected_dictionary
 from pipeline.trace.features import write_features
 from pipeline.trace.picture import draw
-from pipeline.trace.prompts import check_lengths, read_prompts
+from pipeline.trace.prompts import read_prompts
 from pipeline.trace.report import report_text, scores_payload
 from pipeline.trace.server import serve
 
@@ -35,24 +36,12 @@ def trace_dir(cfg: PipelineConfig) -> Path:
     return Path(cfg.trace.dir) if cfg.trace.dir else OutDir(cfg.out_dir).trace
 
 
-def options(trace: TraceConfig) -> TraceOptions:
-    return TraceOptions(
-        batch_size=trace.batch_size,
-        max_feature_nodes=trace.max_feature_nodes or None,
-        offload=None if trace.offload == "none" else trace.offload,
-        max_n_logits=trace.max_n_logits,
-        desired_logit_prob=trace.desired_logit_prob,
-        node_threshold=trace.node_threshold,
-        edge_threshold=trace.edge_threshold,
-    )
-
-
 def validate(cfg: PipelineConfig) -> tuple[Dictionary, list[str]]:
     """The dictionary and the prompts, or ConfigError before anything is written."""
     dictionary = selected_dictionary(cfg)
     prompts = read_prompts(cfg)
     n_ctx = hooked_config(cfg.model, pick_device("cpu")).n_ctx
-    check_lengths(prompts, load_tokenizer(cfg.model), cfg.model.name, n_ctx)
+    check_lengths(prompts, load_tokenizer(cfg.model), cfg.model.name, n_ctx, "trace.prompts")
     _stores(dictionary)  # the feature cards' contexts come from the training stores
     return dictionary, prompts
 
@@ -63,7 +52,7 @@ def run_trace(cfg: PipelineConfig) -> dict:
     out, device = trace_dir(cfg), pick_device(cfg.model.device)
     lens = convert(cfg.model, device)
     model = replacement.dictionary_model(lens, dictionary.members, _scan(dictionary.id), device)
-    traces = [_traced(model, dictionary, i, prompt, options(cfg.trace)) for i, prompt in enumerate(prompts)]
+    traces = [_traced(model, dictionary, i, prompt, TraceOptions.of(cfg.trace)) for i, prompt in enumerate(prompts)]
     slugs = [f"prompt-{i}" for i in range(len(prompts))]
     for traced, slug in zip(traces, slugs, strict=True):
         _graph_files(traced, slug, out, dictionary.id, cfg.trace)

@@ -19,7 +19,9 @@ def test_a_model_without_an_lm_head_is_refused_with_one_line_and_nothing_written
 def test_a_prompt_longer_than_the_context_is_refused(tiny_models):
     # The tiny GPT-2 takes 64 positions; with its BOS token this prompt needs more.
     long = " ".join(["word"] * 70)
-    with pytest.raises(ConfigError, match=r"train.trace_prompts: 'word word.*' is \d+ tokens with BOS; .* at most 64"):
+    with pytest.raises(
+        ConfigError, match=r"train.trace_prompts: prompt 0 \('word word.*\) is \d+ tokens with its BOS; .* at most 64"
+    ):
         check_trace_prompts(compose(f"model.name={tiny_models['gpt2']}", f"train.trace_prompts=[{long}]"))
     check_trace_prompts(compose(f"model.name={tiny_models['gpt2']}", "train.trace_prompts=[The cat sat on the]"))
 
@@ -32,7 +34,8 @@ def test_a_blank_prompt_is_refused():
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        (["coder=clt", "train.layers=[0,1]", "coder.skip_connection=true"], "a clt with a skip connection"),
+        (["coder=clt", "train.layers=[0,1]", "coder.skip_connection=true"],
+         "no skip connection of a cross-layer transcoder from disk, and the clt has one"),
         (["coder=transcoder", "train.hook=resid_post.0", "train.target_hook=mlp_out.0"],
          "predicts mlp_out.0 from resid_post.0"),
         (["coder=transcoder", "train.hook=mlp_in.0", "train.target_hook=mlp_out.1"],
