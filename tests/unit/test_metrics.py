@@ -92,6 +92,8 @@ def test_a_finished_run_writes_every_core_metric_a_results_row_reads(store, tmp_
     train_run(AnyCoderConfig(n_features=32), cfg, data, tmp_path / "r", TrackingConfig(mode="disabled"), "r", "g")
     on_disk = json.loads((tmp_path / "r" / METRICS).read_text())
     spliced = {"delta_loss", "kl", "clean_loss", "spliced_loss", "ablated_loss", "ablated_kl", "ce_loss_score"}
-    assert set(METRIC_COLUMNS) - spliced - {"kl_score"} <= set(on_disk)  # the synthetic store has no model to splice
+    circuits = {"replacement_score", "completeness_score", "next_token_agreement"}  # a transcoder's, with prompts
+    assert set(METRIC_COLUMNS) - spliced - circuits - {"kl_score"} <= set(on_disk)  # no model to splice here
+    assert not circuits & set(on_disk)
     assert 0 < on_disk["frac_alive"] <= 1 and -1 <= on_disk["average_max_decoder_cosine_sim"] <= 1
     assert on_disk["explained_variance"] == pytest.approx(1 - on_disk["fvu"])
