@@ -1,6 +1,7 @@
 """The training recipes on a small copy of the recipe benchmark (`python -m pipeline.bench.recipes`): loose bounds
 that catch a recipe which stops training, not a change of a few hundredths."""
 
+import importlib.util
 import math
 
 import pytest
@@ -45,11 +46,14 @@ def small_benchmark(tmp_path_factory):
         checkpoint_every=0, device="cpu", dead_window_tokens=32768,
     )  # fmt: skip
     bench = Benchmark(features, n_features=64, target_l0=8, lambdas=4, spread=2.0, train=train)
-    return bench.run(["relu", "jumprelu", "topk", "batchtopk"], tmp_path_factory.mktemp("recipes"))
+    # SAELens (the interop extra) trains the peer of relu's recipe where it is installed.
+    peers = ["saelens-standard"] if importlib.util.find_spec("sae_lens") else []
+    kinds = ["relu", "jumprelu", "topk", "batchtopk", "matryoshka", *peers]
+    return bench.run(kinds, tmp_path_factory.mktemp("recipes"))
 
 
 # Explained variance each kind reaches at L0 8 at least: relu, whose L1 penalty shrinks what it keeps, far less.
-FLOORS = {"relu": 0.05, "jumprelu": 0.5, "topk": 0.5, "batchtopk": 0.5}
+FLOORS = {"relu": 0.05, "jumprelu": 0.5, "topk": 0.5, "batchtopk": 0.5, "matryoshka": 0.45, "saelens-standard": 0.05}
 
 
 @pytest.mark.slow
@@ -69,3 +73,14 @@ def test_jumprelu_is_close_to_batchtopk_at_equal_l0(small_benchmark):
     # (threshold and bandwidth 0.001, no gradient to the pre-activations) was 0.18 below on the full one.
     [batchtopk] = small_benchmark["batchtopk"]
     assert at_l0(small_benchmark["jumprelu"], 8) > batchtopk["ev"] - 0.1, small_benchmark["jumprelu"]
+
+
+@pytest.mark.slow
+def test_relu_trains_as_saelens_standard_sae_on_the_same_batches(small_benchmark):
+    pytest.importorskip("sae_lens")
+    # One recipe (Anthropic's April 2024) in two trainers: at each lambda the same L0 and explained variance,
+    # up to what SAELens's subtraction of b_dec from the input and the order of floating-point sums change.
+    for ours, theirs in zip(small_benchmark["relu"], small_benchmark["saelens-standard"], strict=True):
+        assert ours["lambda"] == theirs["lambda"]
+        assert ours["l0"] == pytest.approx(theirs["l0"], rel=0.15, abs=0.5), (ours, theirs)
+        assert ours["ev"] == pytest.approx(theirs["ev"], abs=0.04), (ours, theirs)
