@@ -25,7 +25,7 @@ from pipeline.models.loading import pick_device
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench.circuits", description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[8, 16, 32, 64], help="prompt tokens, BOS included")
     caps = "caps on a graph's feature nodes (trace.max_feature_nodes); 0 = every active feature"
     parser.add_argument("--max-feature-nodes", type=int, nargs="+", default=[0, 1000, 500], help=caps)

@@ -6,8 +6,8 @@ process's maximum RSS (`getrusage`), on a GPU `torch.cuda.max_memory_allocated`;
 how far the peak rose during `attribute` above what the loaded model and dictionary held. The
 prompt is the first tokens of `TEXT` (repeated as needed). The dictionary is a trained run folder
 (CLT or transcoder) or, without one, `tiny_lm.mlp_clt` of the tiny GPT-2, which replaces its MLPs
-exactly. That one scores 1 under any cap: circuit-tracer leaves the features a cap drops out of the
-graph and so out of both scores, which count only error nodes as unexplained.
+exactly. That one scores 1 under any cap: the features a cap drops are left out of the graph, not
+counted as error nodes.
 """
 
 import multiprocessing
