@@ -61,3 +61,36 @@ def test_a_bad_option_is_refused_in_one_line_before_any_work(tmp_path, option, e
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"python -m pipeline.bench: error: {error}"
     assert not list(tmp_path.iterdir())
+
+
+def test_the_trace_cost_table_has_every_case_with_its_figures(tmp_path):
+    from pipeline.bench.tiny_lm import tiny_gpt2
+    from pipeline.bench.trace_cost import COLUMNS, Case, cost_table
+
+    model = str(tiny_gpt2(tmp_path / "model"))
+    rows = cost_table([Case(model, "", 8, cap, 256, None, "cpu") for cap in (0, 500, 100)])
+    assert [tuple(row) for row in rows] == [COLUMNS] * 3
+    assert [row["max_feature_nodes"] for row in rows] == [0, 500, 100] and {row["length"] for row in rows} == {8}
+    assert all(row["seconds"] > 0 and row["peak_mb"] > 0 and row["attribute_mb"] >= 0 for row in rows)
+    features = [row["feature_nodes"] for row in rows]
+    assert features[0] > 500 and features[1:] == [500, 100]  # the exact CLT's active neurons, then each cap
+    assert rows[0]["nodes"] > rows[1]["nodes"] > rows[2]["nodes"]
+    for row in rows:  # the exact CLT replaces the MLPs: nothing goes through error nodes
+        assert row["replacement_score"] == pytest.approx(1.0, abs=1e-3)
+        assert 0 <= row["completeness_score"] <= 1 + 1e-6
+
+
+@pytest.mark.parametrize(
+    "option, error",
+    [
+        (["--lengths", "1"], "--lengths: expected at least 2 tokens (BOS and one more), got 1"),
+        (["--run", "no/run"], "--model and --run: expected both (a model and its trained dictionary) or neither"),
+    ],
+)
+def test_a_bad_trace_cost_option_is_refused_in_one_line(tmp_path, option, error):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench.circuits", *option], capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].endswith(error), result.stderr
+    assert not any(tmp_path.iterdir())
