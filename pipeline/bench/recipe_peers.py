@@ -5,19 +5,20 @@ weighted by decoder norms, decoder columns of norm 0.1 at initialisation with th
 transpose, no resampling. `saelens_standard` trains it with SAELens's `SAETrainer` (its Adam, its
 clipping at 1, its penalty warm-up and linear decay of the rate to 0) over the same batches as the
 pipeline's arms, in the same order, with the same fractions of warm-up and decay as `train`, then
-scores it on the same held-out rows with the benchmark's figures. The rows come already scaled to
+scores it on the same held-out rows with the benchmark's figures (its decoder given back for the
+benchmark's ground-truth recovery). The rows come already scaled to
 E||x||^2 = d, so SAELens's own normalisation is off. SAELens is imported inside the function, so the
 package does not depend on it.
 """
 
 import torch
 
-from pipeline.bench.synthetic import SyntheticFeatures, recovery
 from pipeline.config import TrainConfig
 
 
-def saelens_standard(data, cfg: TrainConfig, n_features: int, l1: float, features: SyntheticFeatures) -> dict:
-    """The benchmark's figures (ev, l0, dead, recovery) of SAELens's standard SAE with L1 coefficient `l1`."""
+def saelens_standard(data, cfg: TrainConfig, n_features: int, l1: float) -> dict:
+    """The benchmark's figures (ev, l0, dead) of SAELens's standard SAE with L1 coefficient `l1`, and its [d, N]
+    decoder."""
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -47,5 +48,5 @@ def saelens_standard(data, cfg: TrainConfig, n_features: int, l1: float, feature
         variance = (x - x.mean(0)).pow(2).sum()
     return {
         "lambda": l1, "ev": float(1 - err / variance), "l0": float((f > 0).sum(-1).float().mean()),
-        "dead": float(dead.float().mean()), "recovery": recovery(features, sae.W_dec.detach().T.cpu(), n_features),
+        "dead": float(dead.float().mean()), "decoder": sae.W_dec.detach().T.cpu(),
     }  # fmt: skip

@@ -1,6 +1,7 @@
 """Recipe benchmark: every SAE kind trained on the same synthetic rows with known features, at one target L0.
 
     python -m pipeline.bench.recipes [--tokens 245760] [--n-features 256] [--target-l0 25] [--kinds ...]
+    python -m pipeline.bench.recipes --store PATH [--hook NAME] ...
 
 The rows come from `pipeline.bench.synthetic` (d 128, 2,048 Zipf-frequent ground-truth features by
 default), written to a store as the harvest would; every kind then trains through the pipeline's own
@@ -15,13 +16,16 @@ training tokens) and ground-truth recovery: the mean, over the N most frequent t
 the best cosine between the feature and a decoder column (`synthetic.recovery`).
 `--kinds saelens-standard` also trains SAELens's standard SAE, through SAELens's own trainer, at
 relu's lambdas on the same batches (`recipe_peers`).
+With `--store`, the kinds train the same way on a harvested store's rows of `--hook` (by default its
+first hook) instead, its last `--eval-tokens` rows held out; the data's features are then unknown,
+so the recovery column reads n/a.
 """
 
 import argparse
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.activations.loading import open_activation_data
@@ -30,6 +34,7 @@ from pipeline.bench.recipe_peers import saelens_standard
 from pipeline.bench.synthetic import SyntheticFeatures, recovery, synthetic_features
 from pipeline.coders.registry import AnyCoderConfig, coder_class, load
 from pipeline.config import TrackingConfig, TrainConfig
+from pipeline.store.activation_store import ActivationStore, created
 from pipeline.train.arm_run import ArmSpec
 from pipeline.train.trainer import train_grid
 
@@ -51,9 +56,9 @@ def arms(kind: str, n_features: int, target_l0: int, lambdas: list[float]) -> li
     return [AnyCoderConfig(kind=kind, n_features=n_features, l1_coefficient=lam) for lam in lambdas]
 
 
-def lambda_grid(kind: str, points: int, spread: float) -> list[float]:
-    """`points` lambdas spaced by the factor `spread` around the kind's `CENTRES` value."""
-    return [CENTRES.get(kind, 1.0) * spread ** (i - (points - 1) / 2) for i in range(points)]
+def lambda_grid(centre: float, points: int, spread: float) -> list[float]:
+    """`points` lambdas spaced by the factor `spread` around `centre`."""
+    return [centre * spread ** (i - (points - 1) / 2) for i in range(points)]
 
 
 def at_l0(results: list[dict], target: float) -> float:
@@ -69,15 +74,16 @@ def at_l0(results: list[dict], target: float) -> float:
 def run_peer(peer: str, recipe: "Benchmark", data) -> list[dict]:
     """Trains the peer at each lambda of its pipeline kind's grid; each one's figures."""
     trainer, kind = PEERS[peer]
-    lambdas = lambda_grid(kind, recipe.lambdas, recipe.spread)
-    return [trainer(data, recipe.train, recipe.n_features, lam, recipe.features) for lam in lambdas]
+    lambdas = recipe.lambda_grid(kind)
+    return [trainer(data, recipe.train, recipe.n_features, lam) for lam in lambdas]
 
 
 def run_kind(kind: str, recipe: "Benchmark", data, folder: Path) -> list[dict]:
     """Trains the kind's arms on one pass over `data` (a peer's, one by one); each arm's figures."""
     if kind in PEERS:
-        return run_peer(kind, recipe, data)
-    coders = arms(kind, recipe.n_features, recipe.target_l0, lambda_grid(kind, recipe.lambdas, recipe.spread))
+        results = run_peer(kind, recipe, data)
+        return [{**r, "recovery": recipe.recovery(r.pop("decoder"))} for r in results]
+    coders = arms(kind, recipe.n_features, recipe.target_l0, recipe.lambda_grid(kind))
     specs = [ArmSpec(c, recipe.train, folder / f"{kind}{i}", f"{kind}{i}", "recipes") for i, c in enumerate(coders)]
     outcomes = train_grid(specs, data, TrackingConfig(mode="disabled"))
     results = []
@@ -88,7 +94,7 @@ def run_kind(kind: str, recipe: "Benchmark", data, folder: Path) -> list[dict]:
         results.append({
             "lambda": getattr(coder_cfg, coder_class(kind).sparsity_field),
             "ev": 1 - metrics["fvu"], "l0": metrics["l0"], "dead": metrics["dead_fraction"],
-            "recovery": recovery(recipe.features, coder.w_dec.detach(), recipe.n_features),
+            "recovery": recipe.recovery(coder.w_dec.detach()),
         })  # fmt: skip
     return results
 
@@ -97,23 +103,35 @@ def run_kind(kind: str, recipe: "Benchmark", data, folder: Path) -> list[dict]:
 class Benchmark:
     """What every kind shares: the data set, the dictionary size, the target L0, the lambda grid, the training."""
 
-    features: SyntheticFeatures
+    features: SyntheticFeatures | None  # the data set's known features; None for a harvested store's rows
     n_features: int  # dictionary size N of every coder
     target_l0: int  # the L0 every kind is compared at (k of the TopK kinds)
     lambdas: int  # lambdas tried by a penalised kind
     spread: float  # factor between consecutive lambdas
     train: TrainConfig  # tokens, batch, lr, held-out rows of every kind
+    centres: dict[str, float] = field(default_factory=lambda: dict(CENTRES))  # middle lambda of each penalised kind
+
+    def lambda_grid(self, kind: str) -> list[float]:
+        """The lambdas a penalised kind (a peer: its pipeline kind) trains: `lambdas` around its centre."""
+        return lambda_grid(self.centres.get(kind, 1.0), self.lambdas, self.spread)
 
     def rows(self) -> int:
         """Rows of the store: training plus held-out rows, in whole shards."""
         return -(-(self.train.tokens + self.train.eval_tokens) // SHARD_ROWS) * SHARD_ROWS
 
-    def run(self, kinds, folder: Path, report=None) -> dict[str, list[dict]]:
-        """{kind: its arms' figures}, every kind trained on one store of the data set written under `folder`;
-        `report(kind, results, seconds)` is called as each kind finishes."""
-        d = self.features.directions.shape[1]
-        store = random_store(folder / "synthetic.zarr", self.rows(), d, draw=self.features.rows)
-        data = open_activation_data(store, HOOK, self.train, self.train.device)
+    def recovery(self, decoder) -> float:
+        """Ground-truth recovery of a [d, N] decoder (`synthetic.recovery`); nan where the features are unknown."""
+        return recovery(self.features, decoder, self.n_features) if self.features else math.nan
+
+    def run(
+        self, kinds, folder: Path, report=None, store: ActivationStore | None = None, hook: str = HOOK
+    ) -> dict[str, list[dict]]:
+        """{kind: its arms' figures}, every kind trained on `store`'s rows of `hook`, by default on one store of
+        the data set written under `folder`; `report(kind, results, seconds)` is called as each kind finishes."""
+        if store is None:
+            d = self.features.directions.shape[1]
+            store = random_store(folder / "synthetic.zarr", self.rows(), d, draw=self.features.rows)
+        data = open_activation_data(store, hook, self.train, self.train.device)
         out = {}
         for kind in kinds:
             start = time.perf_counter()
@@ -123,8 +141,30 @@ class Benchmark:
         return out
 
 
+def centre(text: str) -> tuple[str, float]:
+    """`--centres`' KIND=LAMBDA, or argparse's error naming it."""
+    kind, _, value = text.partition("=")
+    if kind not in CENTRES or not value.replace(".", "", 1).isdigit() or float(value) <= 0:
+        raise argparse.ArgumentTypeError(f"expected KIND=LAMBDA with KIND one of {', '.join(CENTRES)}, got {text}")
+    return kind, float(value)
+
+
+def harvested(parser: argparse.ArgumentParser, args) -> tuple[ActivationStore, str]:
+    """The store and hook `--store` and `--hook` name, or the parser's one-line error (exit 2) before any work."""
+    if not created(args.store) or not (store := ActivationStore(args.store)).complete:
+        parser.error(f"--store: expected a completely harvested activation store, got {args.store}")
+    hook = args.hook or store.hooks[0]
+    if hook not in store.hooks:
+        parser.error(f"--hook: expected one of the store's hooks ({', '.join(store.hooks)}), got {hook}")
+    if not 0 < args.eval_tokens < store.layout.n_rows:
+        parser.error(f"--eval-tokens: expected between 1 and {store.layout.n_rows - 1} (the store's rows)")
+    return store, hook
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, help="a harvested store to train on instead of the synthetic rows")
+    parser.add_argument("--hook", help="the store's hook to train on (default: its first)")
     parser.add_argument("--tokens", type=int, default=SHARD_ROWS * 2 - 16384, help="training tokens of every kind")
     parser.add_argument("--eval-tokens", type=int, default=16384, help="held-out rows every kind is evaluated on")
     parser.add_argument("--d", type=int, default=128, help="width of the synthetic activations")
@@ -133,6 +173,10 @@ def main() -> None:
     parser.add_argument("--target-l0", type=int, default=25, help="L0 every kind is compared at")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS + tuple(PEERS), help="kinds to train")
     parser.add_argument("--lambdas", type=int, default=3, help="lambdas tried by a penalised kind (relu, jumprelu)")
+    parser.add_argument(
+        "--centres", nargs="+", type=centre, default=[], metavar="KIND=LAMBDA",
+        help=f"middle lambda of a penalised kind's grid (default {' '.join(f'{k}={v}' for k, v in CENTRES.items())})",
+    )  # fmt: skip
     parser.add_argument("--spread", type=float, default=1.4, help="factor between consecutive lambdas")
     parser.add_argument("--batch-size", type=int, default=512, help="rows per optimiser step")
     # 3e-3, not train.lr's 1e-3: in this run's 480 steps Adam moves a weight by about lr per step, and every kind
@@ -148,11 +192,18 @@ def main() -> None:
         log_every=10**9, checkpoint_every=0, device="cpu", seed=args.seed, dead_window_tokens=args.dead_window,
         lr=args.lr,
     )  # fmt: skip
-    features = synthetic_features(args.d, args.true_features, seed=args.seed)
-    bench = Benchmark(features, args.n_features, args.target_l0, args.lambdas, args.spread, cfg)
+    store, hook, features = None, HOOK, None
+    if args.store is not None:
+        store, hook = harvested(parser, args)
+        data = f"{args.store} {hook}: d {store.d_model(hook)}"
+    else:
+        features = synthetic_features(args.d, args.true_features, seed=args.seed)
+        data = f"synthetic data: d {args.d}, {args.true_features} true features (true L0 {features.true_l0:.1f})"
+    centres = {**CENTRES, **dict(args.centres)}
+    bench = Benchmark(features, args.n_features, args.target_l0, args.lambdas, args.spread, cfg, centres)
+    rows = store.layout.n_rows if store else bench.rows()
     print(
-        f"synthetic data: d {args.d}, {args.true_features} true features (true L0 {features.true_l0:.1f}), "
-        f"{bench.rows():,} rows ({args.eval_tokens:,} held out); N {args.n_features}, {args.tokens:,} training "
+        f"{data}, {rows:,} rows ({args.eval_tokens:,} held out); N {args.n_features}, {args.tokens:,} training "
         f"tokens, batch {args.batch_size}, lr {cfg.lr:g}, target L0 {args.target_l0}",
         flush=True,
     )
@@ -161,15 +212,16 @@ def main() -> None:
     def report(kind: str, results: list[dict], seconds: float) -> None:
         interpolated = at_l0(results, args.target_l0) if len(results) > 1 else results[0]["ev"]
         for i, r in enumerate(sorted(results, key=lambda r: abs(r["l0"] - args.target_l0))):
+            recovered = "n/a" if math.isnan(r["recovery"]) else f"{r['recovery']:.3f}"  # unknown features
             # The arm nearest the target first, under the kind's name; the other arms of its grid below it.
             print(
                 f"{kind if i == 0 else '':16} {r['lambda']:>9.4g} {r['ev']:>6.3f} {r['l0']:>6.1f} {r['dead']:>6.1%} "
-                f"{r['recovery']:>8.3f} {interpolated if i == 0 else math.nan:>6.3f} {seconds:>5.0f}s",
+                f"{recovered:>8} {interpolated if i == 0 else math.nan:>6.3f} {seconds:>5.0f}s",
                 flush=True,
             )
 
     with tempfile.TemporaryDirectory() as tmp:
-        bench.run(args.kinds, Path(tmp), report)
+        bench.run(args.kinds, Path(tmp), report, store, hook)
 
 
 if __name__ == "__main__":

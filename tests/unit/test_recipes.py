@@ -3,11 +3,12 @@ that catch a recipe which stops training, not a change of a few hundredths."""
 
 import importlib.util
 import math
+import sys
 
 import pytest
 import torch
 
-from pipeline.bench.recipes import Benchmark, at_l0
+from pipeline.bench.recipes import Benchmark, at_l0, main
 from pipeline.bench.synthetic import recovery, synthetic_features
 from pipeline.config import TrainConfig
 
@@ -84,3 +85,48 @@ def test_relu_trains_as_saelens_standard_sae_on_the_same_batches(small_benchmark
         assert ours["lambda"] == theirs["lambda"]
         assert ours["l0"] == pytest.approx(theirs["l0"], rel=0.15, abs=0.5), (ours, theirs)
         assert ours["ev"] == pytest.approx(theirs["ev"], abs=0.04), (ours, theirs)
+
+
+def run_main(monkeypatch, capsys, *args: str) -> str:
+    """`python -m pipeline.bench.recipes ARGS`, in this process; what it printed."""
+    monkeypatch.setattr(sys, "argv", ["recipes", *args])
+    main()
+    return capsys.readouterr().out
+
+
+def test_a_harvested_store_trains_every_kind_on_its_rows_without_recovery(synthetic_store, monkeypatch, capsys):
+    out = run_main(
+        monkeypatch, capsys, "--store", str(synthetic_store.path), "--kinds", "topk", "jumprelu",
+        "--n-features", "32", "--target-l0", "4", "--tokens", "8192", "--eval-tokens", "512",
+        "--batch-size", "256", "--lambdas", "2", "--centres", "jumprelu=0.1", "--dead-window", "4096",
+    )  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{synthetic_store.path} resid_post.0: d 16, 4,096 rows (512 held out); N 32, 8,192")
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line.split()[0] in ("topk", "jumprelu")}
+    # kind, lambda/k, EV, L0, dead, recovery, EV@L0, time: the store's features are unknown, so no recovery.
+    assert rows["topk"][1] == "4" and float(rows["topk"][3]) == pytest.approx(4.0)
+    assert float(rows["topk"][2]) > 0.3
+    assert rows["topk"][5] == rows["jumprelu"][5] == "n/a"
+    # The two header lines, topk's arm, jumprelu's two lambdas (0.1 times 1.4^-0.5 and 1.4^0.5).
+    assert len(lines) == 2 + 1 + 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hook", "resid_post.7"], "--hook: expected one of the store's hooks (resid_post.0), got resid_post.7"),
+        (["--eval-tokens", "4096"], "--eval-tokens: expected between 1 and 4095 (the store's rows)"),
+    ],
+)
+def test_a_bad_store_argument_is_one_line_before_any_work(synthetic_store, monkeypatch, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        run_main(monkeypatch, capsys, "--store", str(synthetic_store.path), *args)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(message)
+
+
+def test_a_folder_without_a_store_is_refused(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        run_main(monkeypatch, capsys, "--store", str(tmp_path))
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.endswith(f"--store: expected a completely harvested activation store, got {tmp_path}")
