@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.bench import circuit_sweep
 from pipeline.bench.tiny_lm import tiny_gpt2
 from pipeline.bench.trace_cost import Case, cost_table, print_header, print_row
+from pipeline.circuits.installed import check_installed
 from pipeline.circuits.lens import hooked_config
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(parser: argparse.ArgumentParser, args) -> None:
     """Every option checked before any work, each refusal one line naming the option."""
+    try:
+        check_installed("pipeline.bench.circuits")
+    except ConfigError as err:
+        parser.error(str(err))
     if bool(args.model) != bool(args.run):
         parser.error("--model and --run: expected both (a model and its trained dictionary) or neither")
     if args.run is not None and not (args.run / "metrics.json").exists():

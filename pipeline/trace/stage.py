@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.circuits import replacement
 from pipeline.circuits.attribution import PromptTrace, TraceOptions, trace_prompt
+from pipeline.circuits.installed import check_installed
 from pipeline.circuits.lens import convert, hooked_config
 from pipeline.circuits.prompts import check_lengths
 from pipeline.config import PipelineConfig, TraceConfig
@@ -38,6 +39,7 @@ def trace_dir(cfg: PipelineConfig) -> Path:
 
 def validate(cfg: PipelineConfig) -> tuple[Dictionary, list[str]]:
     """The dictionary and the prompts, or ConfigError before anything is written."""
+    check_installed("trace")
     dictionary = selected_dictionary(cfg)
     prompts = read_prompts(cfg)
     n_ctx = hooked_config(cfg.model, pick_device("cpu")).n_ctx

@@ -6,6 +6,7 @@ applies to a trained coder)."""
 import torch
 
 from pipeline.activations.arrays import coder_arrays, transcodes
+from pipeline.circuits.installed import check_installed
 from pipeline.circuits.lens import hooked_config
 from pipeline.circuits.prompts import check_lengths
 from pipeline.circuits.transcoders import check_mlp_pairs
@@ -20,6 +21,7 @@ def check_trace_prompts(cfg: PipelineConfig) -> None:
     prompts = list(cfg.train.trace_prompts)
     if not prompts:
         return
+    check_installed("train.trace_prompts")
     info = describe(cfg.model)
     if not info.has_lm_head:
         raise ConfigError(

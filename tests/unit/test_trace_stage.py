@@ -2,6 +2,7 @@
 set of runs, one per layer; bad input refused with one line, exit 2 and nothing written."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -146,3 +147,13 @@ def test_select_best_traces_the_lowest_loss_arm_of_the_largest_budget(relu_gpt2,
     gather(tmp_path / "sweep")
     assert _trace(tmp_path, relu_gpt2, f"trace.prompts=['{PROMPT}']") == 0
     assert json.loads((tmp_path / "trace" / "scores.json").read_text())["runs"] == ["b"]
+
+
+@pytest.mark.parametrize("module", ["circuit_tracer", "transformer_lens"])
+def test_without_the_interop_libraries_the_trace_says_what_to_install(module, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    out = tmp_path / "out"
+    assert main(["trace", f"out_dir={out}", "trace.prompts=['x']"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: trace: tracing runs on ") and "pip install -e '.[interop]'" in err
+    assert err.count("\n") == 1 and not out.exists()
