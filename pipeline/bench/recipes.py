@@ -22,11 +22,14 @@ so the recovery column reads n/a.
 """
 
 import argparse
+import dataclasses
 import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from pipeline.activations.loading import open_activation_data
 from pipeline.bench.grid import random_store
@@ -34,6 +37,7 @@ from pipeline.bench.recipe_peers import saelens_standard
 from pipeline.bench.synthetic import SyntheticFeatures, recovery, synthetic_features
 from pipeline.coders.registry import AnyCoderConfig, coder_class, load
 from pipeline.config import TrackingConfig, TrainConfig
+from pipeline.errors import ConfigError, first_line
 from pipeline.store.activation_store import ActivationStore, created
 from pipeline.train.arm_run import ArmSpec
 from pipeline.train.trainer import train_grid
@@ -49,11 +53,16 @@ CENTRES = {"relu": 2.4, "jumprelu": 0.6}
 SHARD_ROWS = 131072  # rows of one store shard (random_store's 1024 contexts of 128)
 
 
-def arms(kind: str, n_features: int, target_l0: int, lambdas: list[float]) -> list[AnyCoderConfig]:
-    """The coder configs one kind trains: k = the target for a TopK kind, else one per lambda of `lambdas`."""
+def arms(
+    kind: str, n_features: int, target_l0: int, lambdas: list[float], fields: dict | None = None
+) -> list[AnyCoderConfig]:
+    """The coder configs one kind trains: k = the target for a TopK kind, else one per lambda of `lambdas`; each
+    with those of the coder `fields` the kind's config declares."""
+    declared = {f.name for f in dataclasses.fields(coder_class(kind).config_class)}
+    own = {name: value for name, value in (fields or {}).items() if name in declared}
     if coder_class(kind).sparsity_field == "k":
-        return [AnyCoderConfig(kind=kind, n_features=n_features, k=target_l0)]
-    return [AnyCoderConfig(kind=kind, n_features=n_features, l1_coefficient=lam) for lam in lambdas]
+        return [AnyCoderConfig(kind=kind, n_features=n_features, k=target_l0, **own)]
+    return [AnyCoderConfig(kind=kind, n_features=n_features, l1_coefficient=lam, **own) for lam in lambdas]
 
 
 def lambda_grid(centre: float, points: int, spread: float) -> list[float]:
@@ -83,7 +92,7 @@ def run_kind(kind: str, recipe: "Benchmark", data, folder: Path) -> list[dict]:
     if kind in PEERS:
         results = run_peer(kind, recipe, data)
         return [{**r, "recovery": recipe.recovery(r.pop("decoder"))} for r in results]
-    coders = arms(kind, recipe.n_features, recipe.target_l0, recipe.lambda_grid(kind))
+    coders = arms(kind, recipe.n_features, recipe.target_l0, recipe.lambda_grid(kind), recipe.coder)
     specs = [ArmSpec(c, recipe.train, folder / f"{kind}{i}", f"{kind}{i}", "recipes") for i, c in enumerate(coders)]
     outcomes = train_grid(specs, data, TrackingConfig(mode="disabled"))
     results = []
@@ -110,6 +119,7 @@ class Benchmark:
     spread: float  # factor between consecutive lambdas
     train: TrainConfig  # tokens, batch, lr, held-out rows of every kind
     centres: dict[str, float] = field(default_factory=lambda: dict(CENTRES))  # middle lambda of each penalised kind
+    coder: dict = field(default_factory=dict)  # coder fields set in every arm of the kinds that declare them
 
     def lambda_grid(self, kind: str) -> list[float]:
         """The lambdas a penalised kind (a peer: its pipeline kind) trains: `lambdas` around its centre."""
@@ -149,6 +159,17 @@ def centre(text: str) -> tuple[str, float]:
     return kind, float(value)
 
 
+def coder_field(text: str) -> tuple[str, object]:
+    """`--coder`'s FIELD=VALUE, the value read as YAML, or argparse's error naming it."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE (a coder field and a YAML value), got {text}")
+    try:
+        return name, yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{text}: the value is not YAML ({first_line(err)})") from err
+
+
 def harvested(parser: argparse.ArgumentParser, args) -> tuple[ActivationStore, str]:
     """The store and hook `--store` and `--hook` name, or the parser's one-line error (exit 2) before any work."""
     if not created(args.store) or not (store := ActivationStore(args.store)).complete:
@@ -178,6 +199,11 @@ def main() -> None:
         help=f"middle lambda of a penalised kind's grid (default {' '.join(f'{k}={v}' for k, v in CENTRES.items())})",
     )  # fmt: skip
     parser.add_argument("--spread", type=float, default=1.4, help="factor between consecutive lambdas")
+    parser.add_argument(
+        "--coder", nargs="+", type=coder_field, default=[], metavar="FIELD=VALUE",
+        help="a coder field (a YAML value) set in every arm of the kinds whose config has it, e.g. "
+        "prefix_fractions=[0.5]",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=512, help="rows per optimiser step")
     # 3e-3, not train.lr's 1e-3: in this run's 480 steps Adam moves a weight by about lr per step, and every kind
     # measured ended higher at 3e-3 (explained variance at L0 25: relu 0.343 against 0.107, jumprelu 0.633 against
@@ -200,7 +226,14 @@ def main() -> None:
         features = synthetic_features(args.d, args.true_features, seed=args.seed)
         data = f"synthetic data: d {args.d}, {args.true_features} true features (true L0 {features.true_l0:.1f})"
     centres = {**CENTRES, **dict(args.centres)}
-    bench = Benchmark(features, args.n_features, args.target_l0, args.lambdas, args.spread, cfg, centres)
+    bench = Benchmark(
+        features, args.n_features, args.target_l0, args.lambdas, args.spread, cfg, centres, dict(args.coder)
+    )
+    for kind in set(args.kinds) - set(PEERS):  # every arm's config checked before any work
+        try:
+            arms(kind, args.n_features, args.target_l0, bench.lambda_grid(kind), bench.coder)
+        except ConfigError as err:
+            parser.error(f"--coder: {kind}: {err}")
     rows = store.layout.n_rows if store else bench.rows()
     print(
         f"{data}, {rows:,} rows ({args.eval_tokens:,} held out); N {args.n_features}, {args.tokens:,} training "

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from pipeline.bench.recipes import Benchmark, at_l0, main
+from pipeline.bench.recipes import Benchmark, arms, at_l0, main
 from pipeline.bench.synthetic import recovery, synthetic_features
 from pipeline.config import TrainConfig
 
@@ -130,3 +130,26 @@ def test_a_folder_without_a_store_is_refused(tmp_path, monkeypatch, capsys):
         run_main(monkeypatch, capsys, "--store", str(tmp_path))
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.endswith(f"--store: expected a completely harvested activation store, got {tmp_path}")
+
+
+def test_coder_fields_reach_the_arms_of_the_kinds_that_declare_them():
+    fields = {"prefix_fractions": [0.5], "jumprelu_penalty": "l0"}
+    [matryoshka] = arms("matryoshka", 256, 25, [], fields)
+    [topk] = arms("topk", 256, 25, [], fields)
+    assert matryoshka.prefix_fractions == [0.5] and topk.prefix_fractions != [0.5]
+    assert [c.jumprelu_penalty for c in arms("jumprelu", 256, 25, [0.5, 0.7], fields)] == ["l0", "l0"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("prefix_fractions=[2]", "--coder: matryoshka: coder.prefix_fractions: expected increasing fractions"),
+        ("prefix_fractions=[", "argument --coder: prefix_fractions=[: the value is not YAML"),
+    ],
+)
+def test_a_bad_coder_field_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, value, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        run_main(monkeypatch, capsys, "--kinds", "matryoshka", "--coder", value)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+    assert not any(tmp_path.iterdir())
