@@ -11,6 +11,9 @@ E||x||^2 = d, so SAELens's own normalisation is off. SAELens is imported inside 
 package does not depend on it.
 """
 
+import contextlib
+import io
+
 import torch
 
 from pipeline.config import TrainConfig
@@ -39,7 +42,8 @@ def saelens_standard(data, cfg: TrainConfig, n_features: int, l1: float) -> dict
         sae,
         iter(data.batches(cfg.batch_size, n_steps, cfg.seed)),
     )  # fmt: skip
-    trainer.fit()
+    with contextlib.redirect_stderr(io.StringIO()):  # SAELens's progress bar, not the benchmark's table
+        trainer.fit()
     dead = trainer.n_forward_passes_since_fired > cfg.dead_window_tokens // cfg.batch_size
     with torch.no_grad():
         x = data.eval.to(data.device)
