@@ -5,7 +5,10 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+_PIECE = 1 << 20  # bytes written between two requests to start writing back to disk
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -23,6 +26,37 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: memoryview, verify: Callable[[Path], None]) -> None:
+    """`data` replaces the file at `path` as `write_atomic` does, once `verify(tmp)` has read it back without error.
+
+    The pieces of `data` go to disk as soon as each is written, and `verify` reads the file while the last
+    ones are flushed: the write is on disk about when it would otherwise only be in the page cache.
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            for start in range(0, len(data), _PIECE):
+                f.write(data[start : start + _PIECE])
+                f.flush()
+                _start_writeback(f.fileno(), start, _PIECE)
+        with ThreadPoolExecutor(1) as pool:
+            flushed = pool.submit(flush_to_disk, tmp)
+            verify(tmp)
+            flushed.result()
+
+    write_atomic(path, write)
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Asks the kernel to write these bytes to disk now, without waiting for it (a no-op where it cannot).
+
+    On Linux, POSIX_FADV_DONTNEED starts the writeback of the range's dirty pages and drops its clean
+    ones from the page cache, so a read that follows may come from the disk itself.
+    """
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -47,15 +81,17 @@ def create_dir_atomic(path: Path, fill: Callable[[Path], None]) -> None:
     try:
         fill(tmp)
         for item in sorted(tmp.rglob("*"), reverse=True):  # each file, then the folders holding them
-            _fsync(item)
-        _fsync(tmp)
+            flush_to_disk(item)
+        flush_to_disk(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        flush_to_disk(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
+def flush_to_disk(path: Path) -> None:
+    """Returns once the file's (or folder's) data and metadata are on disk, not only in the page cache."""
+    """Returns once the file's (or folder's) data and metadata are on disk, not only in the page cache."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

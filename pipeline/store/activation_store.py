@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.atomic import create_dir_atomic, write_json_atomic
+from pipeline.atomic import create_dir_atomic, write_bytes_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.schema import check_schema
@@ -116,8 +116,8 @@ class ActivationStore:
         return cls(path)
 
     def remove_leftovers(self) -> None:
-        """Deletes the temporary files of writes killed midway (Zarr's `*.partial`, the records' `.*.tmp`)."""
-        for leftover in [*self.path.rglob("*.partial"), *(self.path / RECORDS).glob(".*.tmp")]:
+        """Deletes the temporary files of writes killed midway (shards' and records' `.*.tmp`, Zarr's `*.partial`)."""
+        for leftover in [*self.path.rglob(".*.tmp"), *self.path.rglob("*.partial")]:
             leftover.unlink(missing_ok=True)
 
     # -- tokens ------------------------------------------------------------------------------
@@ -175,25 +175,27 @@ class ActivationStore:
         return record
 
     def _write_checked(self, name: str, shard: int, data: np.ndarray) -> None:
-        """Stores `data` as shard `shard` of array `name`, then reads its file back and compares it byte for byte.
+        """Stores `data` as shard `shard` of array `name`: its file, read back and compared byte for byte, then put on
+        disk and renamed into place, so no record can outlive its data.
 
         The shard's file is encoded whole in memory and replaces the one on disk: Zarr would merge a slice write into
         the file already there, where a damaged one would fail it or survive in it; and the bytes to compare with are
         at hand without decoding the file again, which costs more than writing it.
         """
-        from zarr.core.sync import sync
-
-        array = self.arrays[name]
-        encoded = codecs.encoded_shard(array, data)
+        encoded = codecs.encoded_shard(self.arrays[name], data).as_numpy_array()
+        file = self.shard_file(name, shard)
         target = f"{self.path}/{name}"
+
+        def verify(tmp: Path) -> None:
+            if not _file_holds(tmp, encoded):
+                start, stop = self.layout.rows(shard)
+                raise OSError(f"{target} rows {start}:{stop} read back differently")
+
         try:
-            sync(self.group.store.set(f"{name}/{array.metadata.encode_chunk_key((shard, 0))}", encoded))
-            same = _file_holds(self.shard_file(name, shard), encoded.as_numpy_array())
+            file.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(file, memoryview(encoded).cast("B"), verify)
         except OSError as err:
             raise OSError(f"shard {shard}: writing {target} failed: {err}") from err
-        if not same:
-            start, stop = self.layout.rows(shard)
-            raise OSError(f"shard {shard}: {target} rows {start}:{stop} read back differently")
 
     def tokens_record(self) -> dict | None:
         path = self.path / RECORDS / "tokens.json"

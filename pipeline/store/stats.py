@@ -9,11 +9,15 @@ def sum_of_squares(rows: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32).double().pow(2).sum())
 
 
-def sum_of_rows(rows: torch.Tensor, chunk: int = 4096) -> list[float]:
-    """sum of the rows, per dimension, in float64; a chunk at a time, so no float64 copy of the rows is made."""
+def sum_of_rows(rows: torch.Tensor, chunk: int = 1024) -> list[float]:
+    """sum of the rows, per dimension: each chunk of rows summed in float32, the chunks' sums in float64.
+
+    Summing float16 rows straight into float64 is three times slower, and a chunk's float32 sum is
+    already exact to about 1e-7 of its size.
+    """
     total = torch.zeros(rows.shape[1], dtype=torch.float64)
     for part in rows.split(chunk):
-        total += part.sum(0, dtype=torch.float64)
+        total += part.sum(0, dtype=torch.float32)
     return total.tolist()
 
 

@@ -89,6 +89,7 @@ def test_leftovers_of_killed_writes_are_removed(tmp_path):
     store = _harvested(tmp_path / "store.zarr")
     before = _files(store.path)
     (store.shard_file("acts/resid_post.1", 1).parent / "0.abc.partial").write_bytes(b"half")
+    (store.shard_file("acts/resid_post.1", 1).parent / ".0.7.7.tmp").write_bytes(b"half")
     (store.path / "completion" / ".shard-000001.json.7.7.tmp").write_text("{")
     store.remove_leftovers()
     assert _files(store.path) == before
