@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ class ActivationStore:
         self.hooks: list[str] = self.attrs["hooks"]
         # Each array is opened once: opening one reads its metadata file, which every shard written would repeat.
         self.arrays = {name: self.group[name] for name in ["tokens", *(f"acts/{hook}" for hook in self.hooks)]}
+        self._encoders = threading.local()
 
     @classmethod
     def create(cls, path: Path, attrs: dict, d_model: int) -> "ActivationStore":
@@ -182,7 +184,7 @@ class ActivationStore:
         the file already there, where a damaged one would fail it or survive in it; and the bytes to compare with are
         at hand without decoding the file again, which costs more than writing it.
         """
-        encoded = codecs.encoded_shard(self.arrays[name], data).as_numpy_array()
+        encoded = self._encoder(name)(data).as_numpy_array()
         file = self.shard_file(name, shard)
         target = f"{self.path}/{name}"
 
@@ -196,6 +198,13 @@ class ActivationStore:
             write_bytes_atomic(file, memoryview(encoded).cast("B"), verify)
         except OSError as err:
             raise OSError(f"shard {shard}: writing {target} failed: {err}") from err
+
+    def _encoder(self, name: str) -> codecs.ShardEncoder:
+        """This thread's encoder of array `name`'s shards (harvest threads write shards at once)."""
+        encoders = self._encoders.__dict__.setdefault("by_name", {})
+        if name not in encoders:
+            encoders[name] = codecs.ShardEncoder(self.arrays[name], self.layout.rows_per_shard)
+        return encoders[name]
 
     def tokens_record(self) -> dict | None:
         path = self.path / RECORDS / "tokens.json"

@@ -40,27 +40,34 @@ def decode(stored: np.ndarray, dtype: str) -> torch.Tensor:
     return x.view(torch.bfloat16) if dtype == "bfloat16" else x
 
 
-def encoded_shard(array, data: np.ndarray):
-    """The bytes of the file Zarr writes for one whole shard of `array` holding `data`.
+class ShardEncoder:
+    """The bytes of the file Zarr writes for one whole shard of `array` holding given rows, encoded in memory.
 
     Every chunk is stored, one of zeros alone too: Zarr's default leaves such chunks out, which costs a
-    comparison of every chunk with zeros, a pass over the shard; activations are never all zeros.
+    comparison of every chunk with zeros, a pass over the shard; activations are never all zeros. The
+    in-memory array is made once, since making it costs about as much as encoding a small shard; one
+    encoder serves one thread at a time.
     """
-    import zarr
-    from zarr.storage import MemoryStore
 
-    files: dict = {}
-    shard = zarr.create_array(
-        MemoryStore(files),
-        shape=data.shape,
-        chunks=array.chunks,
-        shards=array.shards,
-        dtype=array.dtype,
-        filters=array.filters,
-        serializer=array.serializer,
-        compressors=array.compressors,
-        fill_value=array.fill_value,
-        config={"write_empty_chunks": True},
-    )
-    shard[:] = data
-    return files[shard.metadata.encode_chunk_key((0, 0))]
+    def __init__(self, array, rows: int):
+        import zarr
+        from zarr.storage import MemoryStore
+
+        self._files: dict = {}
+        self._shard = zarr.create_array(
+            MemoryStore(self._files),
+            shape=(rows, *array.shape[1:]),
+            chunks=array.chunks,
+            shards=array.shards,
+            dtype=array.dtype,
+            filters=array.filters,
+            serializer=array.serializer,
+            compressors=array.compressors,
+            fill_value=array.fill_value,
+            config={"write_empty_chunks": True},
+        )
+        self._key = self._shard.metadata.encode_chunk_key((0,) * array.ndim)
+
+    def __call__(self, data: np.ndarray):
+        self._shard[:] = data
+        return self._files.pop(self._key)  # taken out, so the next shard is encoded afresh, not merged into this one
