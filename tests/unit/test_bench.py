@@ -94,3 +94,18 @@ def test_a_bad_trace_cost_option_is_refused_in_one_line(tmp_path, option, error)
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].endswith(error), result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_the_harvest_benchmark_times_every_part_on_a_real_store():
+    from pipeline.bench import harvest
+
+    overrides = ["model.name=random:gpt2", "harvest.hooks=[resid_pre.1]", "tracking.mode=disabled"]
+    shape = ["data.context_len=16", "harvest.batch_contexts=2", "harvest.contexts_per_shard=2"]
+    r = harvest.measure(overrides + shape)
+    assert r["tokens"] == harvest.SHARDS * 2 * 15  # the BOS position is dropped
+    assert r["store"] == "float16/none" and r["batch_tokens"] == 32
+    for rate in ("forward_tokens_s", "store_write_tokens_s", "plain_zarr_tokens_s", "harvest_tokens_s"):
+        assert r[rate] > 0
+    # Both writes moved the same bytes: their GB/s stand in the ratio of their tokens/s.
+    assert r["store_write_gb_s"] / r["plain_zarr_gb_s"] == pytest.approx(r["store_of_plain"])
+    assert r["store_write_gb_s"] * 1e9 / r["store_write_tokens_s"] == pytest.approx(768 * 2)
