@@ -24,6 +24,7 @@ from pipeline.bench.peers import peer, saelens_step, sparsify_step
 from pipeline.bench.timing import CUDA, DEVICE, D, K, matrix_peak, sync, timed
 from pipeline.coders.registry import AnyCoderConfig, build
 from pipeline.train.arm_run import autocast
+from pipeline.train.optimizer import adam, clipped_step, gradient_norm
 
 CLT_LAYERS = 4  # layers of the CLT case
 # (kind, n_features, batch): the issue's shapes on a GPU, a small copy on CPU.
@@ -41,7 +42,7 @@ def own_step(kind: str, n_features: int, batch: int):
     """A closure running one trainer step of a fresh coder; its FLOPs per token."""
     layers = CLT_LAYERS if kind == "clt" else 1
     coder = build(AnyCoderConfig(kind=kind, n_features=n_features, k=K), D, layers).to(DEVICE).train()
-    optimizer = torch.optim.Adam(coder.parameters(), lr=1e-4, fused=CUDA)
+    optimizer = adam(coder.parameters(), 1e-4)
     shape = (batch, layers, D) if kind == "clt" else (batch, D)
     x = torch.randn(shape, device=DEVICE)
     target = {"target": torch.randn(shape, device=DEVICE)} if coder.target_field else {}
@@ -50,9 +51,7 @@ def own_step(kind: str, n_features: int, batch: int):
         with autocast(DEVICE, "auto"):
             parts, _ = coder.loss(x, 1.0, **target)
         parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(coder.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        clipped_step(optimizer, gradient_norm(coder.parameters()), 1.0)
         coder.after_step()
 
     return step, coder.flops_per_token()

@@ -21,6 +21,7 @@ from pipeline.layout import METRICS
 from pipeline.track.wandb_run import open_tracker
 from pipeline.train import checkpoint
 from pipeline.train.centre import fold_centre, input_centre
+from pipeline.train.optimizer import adam, clipped_step
 from pipeline.train.parallel import parallel_for
 
 
@@ -71,9 +72,7 @@ class ArmRun:
         torch.manual_seed(self.cfg.seed)
         self.parallel = parallel_for(self.cfg)  # train.parallel: how this arm's work splits over ranks
         self.coder = self.parallel.build(spec.coder, data.d, len(self.arrays.inputs), data.device)
-        # On CUDA the fused kernel updates every parameter in one launch.
-        on_cuda = data.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999), fused=on_cuda)
+        self.optimizer = adam(self.coder.parameters(), self.cfg.lr)
         self.firing = self.parallel.firing_tracker(self.coder, data.device)
         # The batch order is part of the configuration, so a resume never continues in another order;
         # stacking only changes how the steps are computed, so a run may resume stacked or not.
@@ -132,10 +131,8 @@ class ArmRun:
                 self.tracker.log(metrics | {"tokens": tokens, "flops": tokens * self.flops_per_token})
 
     def update(self, f, step: int) -> None:
-        """After backward: clipping, the optimiser step, firing history and the checkpoint when due."""
-        self.parallel.clip_gradients(self.coder, self.cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        """After backward: the clipped optimiser step, firing history and the checkpoint when due."""
+        clipped_step(self.optimizer, self.parallel.gradient_norm(self.coder), self.cfg.grad_clip)
         self.coder.after_step()
         self.firing.update(f)
         self.save_checkpoint_if_due(step)

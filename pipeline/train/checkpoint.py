@@ -31,7 +31,6 @@ def _state(step: int, config: dict, coder, optimizer, firing, extra: dict) -> tu
     meta = {
         "step": step,
         "config": config,
-        "param_groups": optim["param_groups"],
         "firing_tokens": firing.tokens,
         **extra,
     }
@@ -76,7 +75,8 @@ def _restore(tensors: dict[str, torch.Tensor], meta: dict, coder, optimizer, fir
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # The optimiser's settings are the run's configuration's, which the checkpoint's must equal: only its state loads.
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
     firing.last_fired.copy_(tensors["firing.last_fired"])
     firing.tokens = meta["firing_tokens"]
     torch.set_rng_state(tensors["rng.torch"].cpu())

@@ -1,6 +1,6 @@
 """How a run splits its work over ranks (`train.parallel`): not at all, by rows (ddp) or by features.
 
-The trainer gets its coder, firing tracker, gradient clipping, evaluation, checkpoints and the
+The trainer gets its coder, firing tracker, gradients' global norm, evaluation, checkpoints and the
 finished whole coder from a `Parallel`. `none` is the single-process behaviour; `ddp` and
 `features` train the same coder as one process does, up to float rounding:
 
@@ -20,6 +20,7 @@ from pipeline.distributed.process_group import World, all_gather, all_reduce_, w
 from pipeline.errors import ConfigError
 from pipeline.evaluate.metrics import FiringTracker, density_metrics, evaluate
 from pipeline.train import checkpoint
+from pipeline.train.optimizer import gradient_norm
 from pipeline.train.sharded import ShardedCoder, bounds, check_shardable, gather_whole
 
 
@@ -57,9 +58,9 @@ class Parallel:
     def firing_tracker(self, coder, device: torch.device) -> FiringTracker:
         return FiringTracker(coder.n_features, device)
 
-    def clip_gradients(self, coder, max_norm: float) -> None:
-        """After backward: makes the gradients those of the whole batch and coder, clipped to the global norm."""
-        torch.nn.utils.clip_grad_norm_(coder.parameters(), max_norm)
+    def gradient_norm(self, coder) -> torch.Tensor:
+        """After backward: makes the gradients those of the whole batch and coder, and returns their global norm."""
+        return gradient_norm(coder.parameters())
 
     def evaluate(self, coder, batches, split) -> dict:
         return evaluate(coder, batches, split=split)
@@ -161,11 +162,11 @@ class DataParallel(Parallel):
     def firing_tracker(self, coder, device: torch.device) -> FiringTracker:
         return RowShardedFiring(coder.n_features, device, self.world.size)
 
-    def clip_gradients(self, coder, max_norm: float) -> None:
+    def gradient_norm(self, coder) -> torch.Tensor:
         for p in coder.parameters():
             if p.grad is not None:
                 all_reduce_(p.grad).div_(self.world.size)
-        super().clip_gradients(coder, max_norm)
+        return super().gradient_norm(coder)
 
     def whole(self, coder):
         return coder.local if self.main else None
@@ -200,15 +201,12 @@ class FeatureParallel(Parallel):
     def firing_tracker(self, coder: ShardedCoder, device: torch.device) -> FiringTracker:
         return FeatureShardedFiring(coder.local.n_features, coder.n_features, device)
 
-    def clip_gradients(self, coder: ShardedCoder, max_norm: float) -> None:
+    def gradient_norm(self, coder: ShardedCoder) -> torch.Tensor:
         # Sliced tensors contribute each rank's share of the squared norm; replicated ones count once.
-        params = [(name, p) for name, p in coder.local.named_parameters() if p.grad is not None]
-        sliced = [p.grad for name, p in params if coder.feature_dims[name] is not None]
-        shared = [p.grad for name, p in params if coder.feature_dims[name] is None]
-        squared = all_reduce_(torch.nn.utils.get_total_norm(sliced).pow(2)) + torch.nn.utils.get_total_norm(shared).pow(
-            2
-        )
-        torch.nn.utils.clip_grads_with_norm_([p for _, p in params], max_norm, squared.sqrt())
+        params = dict(coder.local.named_parameters())
+        sliced = [p for name, p in params.items() if coder.feature_dims[name] is not None]
+        shared = [p for name, p in params.items() if coder.feature_dims[name] is None]
+        return (all_reduce_(gradient_norm(sliced).pow(2)) + gradient_norm(shared).pow(2)).sqrt()
 
     def evaluate(self, coder: ShardedCoder, batches, split) -> dict:
         """The held-out metrics of the whole coder: `decode` sums the slices; density needs every slice's counts."""

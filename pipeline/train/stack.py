@@ -21,6 +21,7 @@ import torch
 from pipeline.coders.base import SparseActs, fired_in_batch
 from pipeline.coders.registry import coder_class
 from pipeline.train.arm_run import ArmRun, autocast
+from pipeline.train.optimizer import clip_divisor
 
 
 def stack_key(arm: ArmRun) -> str | None:
@@ -131,7 +132,7 @@ class ArmStack:
         history."""
         if not live:
             return
-        _adam_step(live, grads, _clip_scales(grads, live[0][1].cfg.grad_clip), step)
+        _adam_step(live, grads, _clip_divisors(grads, live[0][1].cfg.grad_clip))
         self.coder.after_step()
         fired = fired_in_batch(f)  # [arms, N]
         for _, arm in live:
@@ -185,52 +186,30 @@ def _set(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _clip_scales(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """[arms]: the factor by which `clip_grad_norm_` would scale each arm's own gradients."""
+def _clip_divisors(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """[arms]: what each arm's own gradients are divided by to clip them (`optimizer.clip_divisor`)."""
     norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [parameters, arms]
-    total = torch.linalg.vector_norm(norms, dim=0)
-    return (max_norm / (total + 1e-6)).clamp(max=1.0)
+    return clip_divisor(torch.linalg.vector_norm(norms, dim=0), max_norm)
 
 
 @torch.no_grad()
-def _adam_step(arms: list[tuple[int, ArmRun]], grads: list[torch.Tensor], scale: torch.Tensor, step: int) -> None:
-    """Each arm's Adam step (its own rate) on its gradients clipped by `scale`; `arms` are (slice, arm) pairs.
+def _adam_step(arms: list[tuple[int, ArmRun]], grads: list[torch.Tensor], divisor: torch.Tensor) -> None:
+    """Each arm's Adam step (its own rate) on its gradients divided by `divisor`; `arms` are (slice, arm) pairs.
 
-    The arithmetic is torch's Adam step, applied to the arms' parameters (views of the stack) and
-    kept in each arm's optimiser state, so checkpoints and a resumed run see an ordinary Adam.
-    Every arm has taken `step` steps before this one. With fused optimisers (on CUDA) an arm's
-    step is one call of torch's fused kernel, which applies the clipping as it reads the
-    gradients: one pass over the weights and their moments. Otherwise all arms step together in a
-    few multi-tensor operations.
+    An arm's step is one call of torch's fused Adam kernel (the one its optimiser runs alone) on its
+    parameters (views of the stack) and its optimiser's state, so checkpoints and a resumed run see
+    an ordinary Adam. The kernel divides the gradients as it reads them: clipping takes no pass.
     """
     group = arms[0][1].optimizer.param_groups[0]
     (beta1, beta2), eps = group["betas"], group["eps"]
-    states = [_adam_state(arm) for _, arm in arms]
-    torch._foreach_add_([count for state in states for count in state[3]], 1)
-    if group["fused"]:
-        unscale = 1 / scale  # the fused kernel divides the gradients by its grad_scale
-        for (a, arm), (params, exp_avgs, exp_avg_sqs, counts) in zip(arms, states, strict=True):
-            torch._fused_adam_(
-                params, [g[a] for g in grads], exp_avgs, exp_avg_sqs, [], counts,
-                lr=arm.optimizer.param_groups[0]["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps,
-                amsgrad=False, maximize=False, grad_scale=unscale[a],
-            )  # fmt: skip
-        return
-    for g in grads:
-        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
-    params = [p for state in states for p in state[0]]
-    exp_avgs = [m for state in states for m in state[1]]
-    exp_avg_sqs = [v for state in states for v in state[2]]
-    slices = [g[a] for a, _ in arms for g in grads]
-    n = step + 1
-    step_sizes = [-arm.optimizer.param_groups[0]["lr"] / (1 - beta1**n) for _, arm in arms for _ in grads]
-    torch._foreach_lerp_(exp_avgs, slices, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, slices, slices, 1 - beta2)
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, (1 - beta2**n) ** 0.5)
-    torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+    for a, arm in arms:
+        params, exp_avgs, exp_avg_sqs, counts = _adam_state(arm)
+        torch._foreach_add_(counts, 1)
+        torch._fused_adam_(
+            params, [g[a] for g in grads], exp_avgs, exp_avg_sqs, [], counts,
+            lr=arm.optimizer.param_groups[0]["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps,
+            amsgrad=False, maximize=False, grad_scale=divisor[a],
+        )  # fmt: skip
 
 
 def _adam_state(arm: ArmRun) -> tuple[list[torch.Tensor], ...]:
@@ -240,8 +219,7 @@ def _adam_state(arm: ArmRun) -> tuple[list[torch.Tensor], ...]:
     for p in group["params"]:
         state = arm.optimizer.state[p]
         if not state:  # torch's fused kernel counts steps on the device
-            on_device = group["fused"] or group["capturable"]
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
         params.append(p)
         exp_avgs.append(state["exp_avg"])
