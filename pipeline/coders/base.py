@@ -55,18 +55,48 @@ class SparseActs:
 
     def fired(self) -> torch.Tensor:
         """[n_features] bool ([arms, n_features] for a stack): the latents active in some row."""
-        arms = self.index.shape[:-2]
-        ids = arm_offsets(self.index, self.n_features).flatten()
-        # Summing with index_add_, unlike bincount or a boolean mask, does not wait for the device.
-        counts = torch.zeros(arms.numel() * self.n_features, dtype=torch.int32, device=ids.device)
-        counts.index_add_(0, ids, (self.values > 0).flatten().int())
-        return (counts > 0).view(*arms, self.n_features)
+        return _fired(self.index, self.values, self.n_features)
 
 
-def fired_in_batch(f: "torch.Tensor | SparseActs") -> torch.Tensor:
+@dataclass
+class BatchSparseActs:
+    """Feature activations of a selection over the whole batch (BatchTopK): each row keeps any number of latents.
+
+    The selected entries are ids into the batch's [rows x features] activations laid out row by row,
+    in ascending order, so each row's entries are consecutive.
+    """
+
+    flat: torch.Tensor  # [selected] ids row * n_features + latent, ascending ([arms, selected] for a stack)
+    values: torch.Tensor  # [selected] their activations (0 for a selected latent that did not fire)
+    rows: int
+    n_features: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return *self.flat.shape[:-1], self.rows, self.n_features
+
+    def dense(self) -> torch.Tensor:
+        out = self.values.new_zeros(*self.flat.shape[:-1], self.rows * self.n_features)
+        return out.scatter_(-1, self.flat, self.values).view(self.shape)
+
+    def fired(self) -> torch.Tensor:
+        return _fired((self.flat % self.n_features).unsqueeze(-2), self.values.unsqueeze(-2), self.n_features)
+
+
+def _fired(index: torch.Tensor, values: torch.Tensor, n_features: int) -> torch.Tensor:
+    """[n_features] bool ([arms, n_features] for a stack): the latents of [..., rows, k] `index` with a positive value."""
+    arms = index.shape[:-2]
+    ids = arm_offsets(index, n_features).flatten()
+    # Summing with index_add_, unlike bincount or a boolean mask, does not wait for the device.
+    counts = torch.zeros(arms.numel() * n_features, dtype=torch.int32, device=ids.device)
+    counts.index_add_(0, ids, (values > 0).flatten().int())
+    return (counts > 0).view(*arms, n_features)
+
+
+def fired_in_batch(f: "torch.Tensor | SparseActs | BatchSparseActs") -> torch.Tensor:
     """[..., n_features] bool: the latents active in some row of [..., rows, n_features] activations, per arm
     of a stack."""
-    return f.fired() if isinstance(f, SparseActs) else (f > 0).any(-2)
+    return (f > 0).any(-2) if isinstance(f, torch.Tensor) else f.fired()
 
 
 def with_rows_axis(v: torch.Tensor) -> torch.Tensor:

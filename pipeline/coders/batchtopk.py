@@ -18,8 +18,11 @@ ReLU pre-activation that a selection of the k * rows largest over all held-out r
 exactly k latents per row fire on average there (ties aside). Either way the saved coder encodes as
 a JumpReLU with one threshold for every feature, pre * (pre > threshold).
 
-Initialisation, the decoder renormalisation in `after_step`, the dead-latent count and the AuxK
-loss are those of `pipeline.coders.topk`.
+Training is sparse, as TopK's: the selection runs on pre-activations computed without autograd,
+only the selected entries carry gradients, and they are decoded row by row with an embedding bag
+(`topk_kernel.batch_decode`), so the activations come back as `BatchSparseActs`. Initialisation, the
+decoder renormalisation in `after_step`, the dead-latent count and the AuxK loss are those of
+`pipeline.coders.topk`.
 """
 
 import math
@@ -27,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.coders.base import FeatureShard, expect
+from pipeline.coders.base import BatchSparseActs, FeatureShard, expect
 from pipeline.coders.topk import TopKConfig, TopKFamily
+from pipeline.coders.topk_kernel import SelectedPreActivations
 
 CALIBRATIONS = ("running", "held_out")
 
@@ -80,6 +84,20 @@ class BatchTopKSAE(TopKFamily):
         values, index = flat.topk(self.k * (flat.shape[-1] // self.n_features), dim=-1)
         return torch.zeros_like(flat).scatter(-1, index, values).view_as(pre)
 
+    def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], BatchSparseActs]:
+        if not self.training:  # the learned threshold, as `activate` applies it
+            return super().loss(x, sparsity_scale)
+        pre = self.selection_pre(x)
+        rows = pre.shape[-2]
+        with torch.no_grad():  # ascending ids put each row's latents together, as `batch_decode` needs
+            flat = pre.flatten(-2).topk(self.k * rows, dim=-1, sorted=False).indices.sort(dim=-1).values
+        values = torch.relu(SelectedPreActivations.apply(x, self.w_enc, self.b_enc, self.b_dec, pre, flat))
+        f = BatchSparseActs(flat, values, rows, self.n_features)
+        if self.updating():
+            self.count_firing(f)
+            self.after_activation(values.detach())
+        return self.loss_parts(x, self.decode(f), pre, sparsity_scale), f
+
     @property
     def arms(self) -> tuple[int, ...]:
         """(arms,) for a stack of coders (`pipeline.train.stack`), () for one coder."""
@@ -87,7 +105,8 @@ class BatchTopKSAE(TopKFamily):
 
     @torch.no_grad()
     def after_activation(self, f: torch.Tensor) -> None:
-        # Smallest positive selected activation, without a host sync; +inf when nothing fired.
+        # Smallest positive selected activation (of the dense activations or the selected values), without a
+        # host sync; +inf when nothing fired.
         positive = torch.where(f > 0, f, torch.full_like(f, float("inf"))).reshape(*self.arms, -1)
         batch_min = positive.min(-1).values.to(self.threshold.dtype)
         seen = torch.isfinite(batch_min)

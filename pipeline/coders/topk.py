@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from pipeline.coders.base import (
+    BatchSparseActs,
     Coder,
     FeatureShard,
     SparseActs,
@@ -44,7 +45,7 @@ from pipeline.coders.base import (
     fired_in_batch,
     with_rows_axis,
 )
-from pipeline.coders.topk_kernel import SelectedPreActivations, sparse_decode
+from pipeline.coders.topk_kernel import SelectedPreActivations, batch_decode, row_major, sparse_decode
 from pipeline.config import CoderConfig
 
 # While dead latents may exist, how many steps pass between reads of the true idle maximum.
@@ -115,9 +116,11 @@ class TopKFamily(Coder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.pre_activation(x))
 
-    def decode(self, f: torch.Tensor | SparseActs) -> torch.Tensor:
+    def decode(self, f: torch.Tensor | SparseActs | BatchSparseActs) -> torch.Tensor:
         if isinstance(f, SparseActs):
             return self.sparse_decode(f) + with_rows_axis(self.b_dec)
+        if isinstance(f, BatchSparseActs):
+            return batch_decode(self.w_dec, f) + with_rows_axis(self.b_dec)
         return affine(f.to(self.w_dec.dtype), self.w_dec, self.b_dec)
 
     def updating(self) -> bool:
@@ -161,9 +164,17 @@ class TopKFamily(Coder):
             self.steps_to_recheck = RECHECK_STEPS if dead else 0
         return self.idle_bound >= self.dead_tokens_threshold
 
+    @torch.no_grad()
+    def selection_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-activations a sparse training step selects on: in the products' dtype, without autograd."""
+        dtype = compute_dtype(x)
+        centred = (x - self.b_dec.unsqueeze(-2)).to(dtype)
+        return affine(centred, self.w_enc.to(dtype), self.b_enc.to(dtype))
+
     def selected_pre(self, x: torch.Tensor, pre: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """[..., rows, k] pre-activations of the latents in `index`, with gradients reaching only their encoder rows."""
-        return SelectedPreActivations.apply(x, self.w_enc, self.b_enc, self.b_dec, pre, index)
+        flat = row_major(index, self.n_features)
+        return SelectedPreActivations.apply(x, self.w_enc, self.b_enc, self.b_dec, pre, flat).view(index.shape)
 
     def sparse_decode(self, f: SparseActs) -> torch.Tensor:
         """W_dec f without the decoder bias, summing only the active columns (see `topk_kernel.sparse_decode`)."""
@@ -273,10 +284,8 @@ class TopKSAE(TopKFamily):
         return torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
 
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], SparseActs]:
-        dtype = compute_dtype(x)
+        pre = self.selection_pre(x)
         with torch.no_grad():
-            centred = (x - self.b_dec.unsqueeze(-2)).to(dtype)
-            pre = affine(centred, self.w_enc.to(dtype), self.b_enc.to(dtype))
             index = pre.topk(self.k, dim=-1, sorted=False).indices
         f = SparseActs(index, torch.relu(self.selected_pre(x, pre, index)), self.n_features)
         if self.updating():

@@ -1,44 +1,52 @@
 """TopK's sparse training kernels: gradients for the chosen latents only, and decoding by embedding bag.
 
-`SelectedPreActivations` gathers the pre-activations of the latents a TopK selection chose and gives
-gradients to the weights through them alone (one dense product backward), and `sparse_decode` sums
-only the active decoder columns of `SparseActs` with an embedding bag, so a step of `topk`, `batchtopk`
-and their AuxK term never builds a differentiable [rows x N] tensor. The weights may carry a leading arm
-dimension (a stack of coders, see `pipeline.train.stack`).
+`SelectedPreActivations` gathers the pre-activations of the latents a TopK or BatchTopK selection
+chose and gives gradients to the weights through them alone (one dense product backward), and
+`sparse_decode` (k latents per row, `SparseActs`) and `batch_decode` (any number per row,
+`BatchSparseActs`) sum only the active decoder columns with an embedding bag, so a step of `topk`,
+`batchtopk` and their AuxK term never builds a differentiable [rows x N] tensor. The weights may
+carry a leading arm dimension (a stack of coders, see `pipeline.train.stack`).
 """
 
 import torch
 from torch import nn
 
-from pipeline.coders.base import SparseActs, arm_offsets
+from pipeline.coders.base import BatchSparseActs, SparseActs, arm_offsets
 
 
 class SelectedPreActivations(torch.autograd.Function):
-    """The entries `index` of the pre-activations `pre` = W_enc (x - b_dec) + b_enc, differentiable in the weights.
+    """The entries `flat` of the pre-activations `pre` = W_enc (x - b_dec) + b_enc laid out row by row
+    ([rows x N] as [rows * N]), differentiable in the weights.
 
-    Backward scatters the [rows, k] gradient into a [rows x N] matrix for one dense product with
-    the inputs: tensor cores do that faster than any gather over the selected encoder rows.
-    b_dec's gradient is minus the encoder rows weighted by b_enc's gradient. The weights may carry
-    a leading arm dimension (a stack of coders), and `pre` and `index` then do too.
+    Backward scatters the gradient into a [rows x N] matrix for one dense product with the inputs:
+    tensor cores do that faster than any gather over the selected encoder rows. b_dec's gradient is
+    minus the encoder rows weighted by b_enc's gradient. The weights may carry a leading arm
+    dimension (a stack of coders), and `pre` and `flat` then do too.
     """
 
     @staticmethod
-    def forward(ctx, x, w_enc, b_enc, b_dec, pre, index):
-        ctx.save_for_backward(x, w_enc, b_dec, index)
+    def forward(ctx, x, w_enc, b_enc, b_dec, pre, flat):
+        ctx.save_for_backward(x, w_enc, b_dec, flat)
         ctx.shape, ctx.dtype = pre.shape, pre.dtype
-        return pre.gather(-1, index).float()
+        return pre.flatten(-2).gather(-1, flat).float()
 
     @staticmethod
     def backward(ctx, grad):
-        x, w_enc, b_dec, index = ctx.saved_tensors
-        n_features = ctx.shape[-1]
-        dense = grad.new_zeros(ctx.shape, dtype=ctx.dtype).scatter_(-1, index, grad.to(ctx.dtype))
-        g_w_enc = (dense.mT @ (x - b_dec.unsqueeze(-2)).to(ctx.dtype)).float()
-        ids = arm_offsets(index, n_features).flatten()
+        x, w_enc, b_dec, flat = ctx.saved_tensors
+        *lead, rows, n_features = ctx.shape
+        dense = grad.new_zeros(*lead, rows * n_features, dtype=ctx.dtype).scatter_(-1, flat, grad.to(ctx.dtype))
+        g_w_enc = (dense.view(ctx.shape).mT @ (x - b_dec.unsqueeze(-2)).to(ctx.dtype)).float()
+        ids = arm_offsets((flat % n_features).unsqueeze(-2), n_features).flatten()
         g_b_enc = grad.new_zeros(w_enc.shape[:-1].numel()).index_add_(0, ids, grad.flatten().float())
         g_b_enc = g_b_enc.view(w_enc.shape[:-1])
         g_b_dec = -(g_b_enc.unsqueeze(-2) @ w_enc).squeeze(-2)
         return None, g_w_enc, g_b_enc, g_b_dec, None, None
+
+
+def row_major(index: torch.Tensor, n_features: int) -> torch.Tensor:
+    """[..., rows, k] latent ids of each row as [..., rows * k] ids into the rows' [rows x N] laid out row by row."""
+    rows = torch.arange(index.shape[-2], device=index.device).unsqueeze(-1)
+    return (index + n_features * rows).flatten(-2)
 
 
 def sparse_decode(w_dec: torch.Tensor, f: SparseActs) -> torch.Tensor:
@@ -52,3 +60,22 @@ def sparse_decode(w_dec: torch.Tensor, f: SparseActs) -> torch.Tensor:
     ids = arm_offsets(f.index, n_features).reshape(-1, k)
     out = nn.functional.embedding_bag(ids, columns, per_sample_weights=f.values.reshape(-1, k).float(), mode="sum")
     return out.view(*f.index.shape[:-1], d)
+
+
+def batch_decode(w_dec: torch.Tensor, f: BatchSparseActs) -> torch.Tensor:
+    """W_dec f without the decoder bias for a selection over the whole batch: one bag of columns per row.
+
+    The ids ascend, so each (arm, row)'s entries are consecutive and the bags' starts are where
+    each row's first id would go.
+    """
+    (d, n_features), lead = w_dec.shape[-2:], f.flat.shape[:-1]
+    arms = torch.arange(lead.numel(), device=f.flat.device).unsqueeze(-1)
+    flat = f.flat.reshape(len(arms), -1)
+    bags = (flat // n_features + f.rows * arms).flatten()
+    starts = torch.searchsorted(bags, torch.arange(len(arms) * f.rows, device=bags.device))
+    ids = (flat % n_features + n_features * arms).flatten()
+    columns = w_dec.mT.reshape(-1, d)
+    out = nn.functional.embedding_bag(
+        ids, columns, starts, mode="sum", per_sample_weights=f.values.flatten().float()
+    )
+    return out.view(*lead, f.rows, d)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.activations.loading import ActivationData
-from pipeline.coders.base import SparseActs
+from pipeline.coders.base import BatchSparseActs, SparseActs
 from pipeline.coders.jumprelu import JumpReLUFunction, StepFunction
 from pipeline.coders.registry import AnyCoderConfig, build, load, training_flops
 from pipeline.config import TrackingConfig, TrainConfig
@@ -107,8 +107,8 @@ def test_topk_keeps_exactly_k_latents_per_row():
     assert parts["auxk"] == 0 and torch.equal(parts["loss"], parts["reconstruction"])
 
 
-def _dense(f: torch.Tensor | SparseActs) -> torch.Tensor:
-    return f.dense() if isinstance(f, SparseActs) else f
+def _dense(f: torch.Tensor | SparseActs | BatchSparseActs) -> torch.Tensor:
+    return f if isinstance(f, torch.Tensor) else f.dense()
 
 
 def test_sparse_topk_training_gradients_equal_the_dense_expression():
@@ -152,7 +152,10 @@ def test_topk_relu_drops_negative_selected_values():
 def test_batchtopk_keeps_k_times_batch_latents_over_the_batch():
     coder = _coder("batchtopk", k=4)
     x = torch.randn(32, 16)
-    parts, f = coder.loss(x)
+    parts, sparse = coder.loss(x)
+    assert isinstance(sparse, BatchSparseActs) and sparse.flat.shape == sparse.values.shape == (4 * 32,)
+    assert (sparse.flat.diff() > 0).all()  # ascending: each row's latents together
+    f = sparse.dense()
     assert (f != 0).sum() == 4 * 32
     assert len(set((f != 0).sum(1).tolist())) > 1  # rows differ in how many latents they use
     pre = torch.relu((x - coder.b_dec) @ coder.w_enc.t() + coder.b_enc)
@@ -160,14 +163,47 @@ def test_batchtopk_keeps_k_times_batch_latents_over_the_batch():
     torch.testing.assert_close(f[f != 0].sort().values, kept.sort().values)
 
 
+@pytest.mark.parametrize("arms", [(), (3,)])  # one coder, and a stack of three
+def test_sparse_batchtopk_training_gradients_equal_the_dense_expression(arms):
+    from pipeline.coders.base import with_rows_axis
+
+    torch.manual_seed(0)
+    coder = _coder("batchtopk", k=3)
+    if arms:  # a stack's parameters: [arms, ...] tensors of one coder of the class
+        for name, p in list(coder.named_parameters()):
+            setattr(coder, name, torch.nn.Parameter(torch.stack([p.detach().clone() for _ in range(3)])))
+        for name, b in list(coder.named_buffers()):
+            setattr(coder, name, torch.stack([b.clone() for _ in range(3)]))
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # arms differ, biases are not zero
+    x = torch.randn(20, 16)
+    parts, sparse = coder.loss(x)
+    parts["loss"].sum().backward()
+    sparse_grads = {name: p.grad.clone() for name, p in coder.named_parameters()}
+
+    coder.zero_grad()
+    pre = (x - with_rows_axis(coder.b_dec)) @ coder.w_enc.mT + with_rows_axis(coder.b_enc)
+    flat = torch.relu(pre).flatten(-2)
+    values, index = flat.topk(3 * 20, dim=-1)
+    f = torch.zeros_like(flat).scatter(-1, index, values).view_as(pre)
+    x_hat = f @ coder.w_dec.mT + with_rows_axis(coder.b_dec)
+    dense_loss = (x - x_hat).pow(2).sum(-1).mean(-1)
+    dense_loss.sum().backward()
+    torch.testing.assert_close(sparse.dense(), f.detach())
+    torch.testing.assert_close(parts["loss"], dense_loss)
+    for name, p in coder.named_parameters():
+        torch.testing.assert_close(sparse_grads[name], p.grad, msg=name)
+
+
 def test_batchtopk_threshold_is_a_running_minimum_and_is_used_in_eval_mode():
     coder = _coder("batchtopk", k=4)
     assert coder.threshold == 0
     x1, x2 = torch.randn(32, 16), torch.randn(32, 16)
-    _, f1 = coder.loss(x1)
+    f1 = coder.loss(x1)[1].dense()
     m1 = f1[f1 > 0].min()
     torch.testing.assert_close(coder.threshold, m1)  # the first step sets it
-    _, f2 = coder.loss(x2)
+    f2 = coder.loss(x2)[1].dense()
     torch.testing.assert_close(coder.threshold, 0.9 * m1 + 0.1 * f2[f2 > 0].min())
     with torch.no_grad():  # evaluation (no gradients) leaves it alone
         coder.loss(torch.randn(32, 16))
@@ -467,8 +503,7 @@ def test_a_kinds_sharded_forward_on_one_rank_is_its_own_loss(kind):
     assert parts.keys() == expected.keys()
     for name, value in expected.items():
         torch.testing.assert_close(parts[name], value, rtol=1e-5, atol=1e-6)
-    dense = f_whole.dense() if isinstance(f_whole, SparseActs) else f_whole
-    torch.testing.assert_close(f, dense)
+    torch.testing.assert_close(f, _dense(f_whole))
     torch.testing.assert_close(sharded.decode(f), whole.decode(f_whole), rtol=1e-5, atol=1e-6)
 
 
