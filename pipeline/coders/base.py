@@ -84,7 +84,7 @@ class BatchSparseActs:
 
 
 def _fired(index: torch.Tensor, values: torch.Tensor, n_features: int) -> torch.Tensor:
-    """[n_features] bool ([arms, n_features] for a stack): the latents of [..., rows, k] `index` with a positive value."""
+    """[n_features] bool ([arms, n_features] for a stack): the latents of [..., rows, k] `index` valued above 0."""
     arms = index.shape[:-2]
     ids = arm_offsets(index, n_features).flatten()
     # Summing with index_add_, unlike bincount or a boolean mask, does not wait for the device.

@@ -75,7 +75,5 @@ def batch_decode(w_dec: torch.Tensor, f: BatchSparseActs) -> torch.Tensor:
     starts = torch.searchsorted(bags, torch.arange(len(arms) * f.rows, device=bags.device))
     ids = (flat % n_features + n_features * arms).flatten()
     columns = w_dec.mT.reshape(-1, d)
-    out = nn.functional.embedding_bag(
-        ids, columns, starts, mode="sum", per_sample_weights=f.values.flatten().float()
-    )
+    out = nn.functional.embedding_bag(ids, columns, starts, mode="sum", per_sample_weights=f.values.flatten().float())
     return out.view(*lead, f.rows, d)
