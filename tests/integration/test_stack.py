@@ -37,7 +37,11 @@ def test_each_stacked_arm_equals_the_arm_trained_alone(data, tmp_path):
     fused = train_grid(_specs(arms, tmp_path), data, DISABLED)
     for i, (coder_cfg, train_cfg) in enumerate(arms):
         alone = train_run(coder_cfg, train_cfg, data, tmp_path / f"alone{i}", DISABLED, f"a{i}", "g")
-        _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}")
+        # Adam's normalised steps amplify the rounding of batched products where a gradient is near zero, most for
+        # batchtopk at lr 1e-2, whose rarely chosen latents get such gradients (its stacked gradients equal the
+        # dense expression's: tests/unit/test_coders_sparse.py).
+        atol = 1e-4 if coder_cfg.kind == "batchtopk" else 1e-5
+        _assert_close_runs(fused[i], alone, tmp_path / f"grid{i}", tmp_path / f"alone{i}", atol)
         assert fused[i]["dead_fraction"] == alone["dead_fraction"] and fused[i]["l0"] == pytest.approx(
             alone["l0"], rel=1e-4
         )

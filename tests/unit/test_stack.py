@@ -25,11 +25,11 @@ def _weights(folder):
     return load(folder / "coder").state_dict()
 
 
-def _assert_close_runs(a: dict, b: dict, folder_a, folder_b):
+def _assert_close_runs(a: dict, b: dict, folder_a, folder_b, atol=1e-5):
     assert a["steps"] == b["steps"]
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     for name, tensor in _weights(folder_a).items():
-        torch.testing.assert_close(tensor, _weights(folder_b)[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(tensor, _weights(folder_b)[name], rtol=1e-4, atol=atol)
 
 
 def test_arms_differing_only_in_rate_or_penalty_are_stacked(data, tmp_path):
