@@ -163,6 +163,19 @@ def test_batchtopk_keeps_k_times_batch_latents_over_the_batch():
     torch.testing.assert_close(f[f != 0].sort().values, kept.sort().values)
 
 
+@pytest.mark.parametrize(
+    ("shape", "k"),
+    [((1024, 2048), 32), ((3, 96, 512), 4), ((7, 50), 5), ((6, 10), 10)],  # many chunks, a stack, 7 rows, k = N
+)
+def test_the_two_round_batch_selection_selects_what_one_round_does(shape, k):
+    from pipeline.coders.batchtopk import batch_top
+
+    pre = torch.randn(shape)
+    n = k * shape[-2]
+    one_round = pre.flatten(-2).topk(n, dim=-1).indices.sort(dim=-1).values
+    assert torch.equal(batch_top(pre, n), one_round)
+
+
 @pytest.mark.parametrize("arms", [(), (3,)])  # one coder, and a stack of three
 def test_sparse_batchtopk_training_gradients_equal_the_dense_expression(arms):
     from pipeline.coders.base import with_rows_axis
