@@ -1,7 +1,7 @@
 """TopK's sparse training kernels: gradients for the chosen latents only, and decoding by embedding bag.
 
 `SelectedPreActivations` gathers the pre-activations of the latents a TopK or BatchTopK selection
-chose and gives gradients to the weights through them alone (one dense product backward), and
+chose and gives gradients to the weights through them alone, and
 `sparse_decode` (k latents per row, `SparseActs`) and `batch_decode` (any number per row,
 `BatchSparseActs`) sum only the active decoder columns with an embedding bag, so a step of `topk`,
 `batchtopk` and their AuxK term never builds a differentiable [rows x N] tensor. The weights may
@@ -18,29 +18,59 @@ class SelectedPreActivations(torch.autograd.Function):
     """The entries `flat` of the pre-activations `pre` = W_enc (x - b_dec) + b_enc laid out row by row
     ([rows x N] as [rows * N]), differentiable in the weights.
 
-    Backward scatters the gradient into a [rows x N] matrix for one dense product with the inputs:
-    tensor cores do that faster than any gather over the selected encoder rows. b_dec's gradient is
-    minus the encoder rows weighted by b_enc's gradient. The weights may carry a leading arm
-    dimension (a stack of coders), and `pre` and `flat` then do too.
+    W_enc's gradient is one dense product on a GPU and a sum over the selected entries on a CPU (see
+    `dense_encoder_gradient`). b_dec's gradient is minus the encoder rows weighted by b_enc's gradient.
+    The weights may carry a leading arm dimension (a stack of coders), and `pre` and `flat` then do too.
     """
 
     @staticmethod
     def forward(ctx, x, w_enc, b_enc, b_dec, pre, flat):
         ctx.save_for_backward(x, w_enc, b_dec, flat)
-        ctx.shape, ctx.dtype = pre.shape, pre.dtype
+        ctx.dtype = pre.dtype
         return pre.flatten(-2).gather(-1, flat).float()
 
     @staticmethod
     def backward(ctx, grad):
         x, w_enc, b_dec, flat = ctx.saved_tensors
-        *lead, rows, n_features = ctx.shape
-        dense = grad.new_zeros(*lead, rows * n_features, dtype=ctx.dtype).scatter_(-1, flat, grad.to(ctx.dtype))
-        g_w_enc = (dense.view(ctx.shape).mT @ (x - b_dec.unsqueeze(-2)).to(ctx.dtype)).float()
+        n_features = w_enc.shape[-2]
+        centred = (x - b_dec.unsqueeze(-2)).to(ctx.dtype)
+        encoder_gradient = dense_encoder_gradient if grad.is_cuda else sparse_encoder_gradient
+        g_w_enc = encoder_gradient(grad, flat, centred, n_features)
         ids = arm_offsets((flat % n_features).unsqueeze(-2), n_features).flatten()
         g_b_enc = grad.new_zeros(w_enc.shape[:-1].numel()).index_add_(0, ids, grad.flatten().float())
         g_b_enc = g_b_enc.view(w_enc.shape[:-1])
         g_b_dec = -(g_b_enc.unsqueeze(-2) @ w_enc).squeeze(-2)
         return None, g_w_enc, g_b_enc, g_b_dec, None, None
+
+
+def dense_encoder_gradient(grad, flat, centred, n_features: int) -> torch.Tensor:
+    """[..., N, d] float32 gradient of W_enc from `grad` at the row-major entries `flat` of [..., rows x N]:
+    the gradient scattered into a dense [rows x N] matrix, then one product with the centred inputs.
+
+    Tensor cores make that product faster on a GPU than gathering and scattering rows of the inputs.
+    """
+    rows = centred.shape[-2]
+    dense = grad.new_zeros(*flat.shape[:-1], rows * n_features, dtype=centred.dtype)
+    dense.scatter_(-1, flat, grad.to(centred.dtype))
+    return (dense.view(*flat.shape[:-1], rows, n_features).mT @ centred).float()
+
+
+def sparse_encoder_gradient(grad, flat, centred, n_features: int) -> torch.Tensor:
+    """The same gradient as `dense_encoder_gradient`, summed over the selected entries alone.
+
+    A latent's encoder row gets the sum of its entries' gradients times their rows' centred inputs:
+    an embedding bag per latent over the entries sorted by latent. On a CPU the dense product costs
+    N/k times these FLOPs, and its [rows x N] matrix a pass over memory more.
+    """
+    lead, (rows, d) = flat.shape[:-1], centred.shape[-2:]
+    arms = torch.arange(lead.numel(), device=flat.device).view(*lead, 1)
+    latents, order = (flat % n_features + n_features * arms).flatten().sort()
+    inputs = (flat // n_features + rows * arms).flatten()[order]
+    starts = torch.searchsorted(latents, torch.arange(lead.numel() * n_features, device=flat.device))
+    weights = grad.flatten()[order].float()
+    rows_in = centred.expand(*lead, rows, d).reshape(-1, d).float()
+    g_w_enc = nn.functional.embedding_bag(inputs, rows_in, starts, mode="sum", per_sample_weights=weights)
+    return g_w_enc.view(*lead, n_features, d)
 
 
 def row_major(index: torch.Tensor, n_features: int) -> torch.Tensor:

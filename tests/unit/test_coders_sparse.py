@@ -139,6 +139,20 @@ def test_sparse_topk_training_gradients_equal_the_dense_expression():
         torch.testing.assert_close(sparse_grads[name], p.grad, msg=name)
 
 
+@pytest.mark.parametrize("arms", [(), (3,)])  # one coder, and a stack of three
+def test_the_encoder_gradient_summed_over_the_selection_equals_the_dense_product(arms):
+    from pipeline.coders.topk_kernel import dense_encoder_gradient, row_major, sparse_encoder_gradient
+
+    rows, n, d, k = 12, 40, 6, 5
+    centred = torch.randn(*arms, rows, d)
+    index = torch.randn(*arms, rows, n).topk(k, dim=-1).indices  # k distinct latents per row, some never chosen
+    flat = row_major(index, n)
+    grad = torch.randn(flat.shape)
+    expected = torch.zeros(*arms, rows * n).scatter(-1, flat, grad).view(*arms, rows, n).mT @ centred
+    torch.testing.assert_close(sparse_encoder_gradient(grad, flat, centred, n), expected)
+    torch.testing.assert_close(dense_encoder_gradient(grad, flat, centred, n), expected)
+
+
 def test_topk_relu_drops_negative_selected_values():
     coder = _coder("topk", n=8, d=4, k=3)
     with torch.no_grad():
