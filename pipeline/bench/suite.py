@@ -3,7 +3,8 @@
 In this order: the matrix peak; the harvest (bare forward pass, the store's write, a plain Zarr write of
 the same rows, harvest) of GPT-2 small with random weights; training steps of every SAE kind at the
 targets' shapes, with EleutherAI's sparsify and SAELens on the same shapes where installed; one
-transcoder and one CLT step; the fused grid of 8 arms streamed from a store, stacked, fused without
+transcoder and one CLT step; the sparse kinds' kernel choices against their alternatives
+(`pipeline.bench.kernels`); the fused grid of 8 arms streamed from a store, stacked, fused without
 stacking and one after another. Each target is a ratio of two figures of this run, so a busy or
 different machine moves both sides. Without a GPU every shape is scaled down (a rehearsal).
 """
@@ -17,6 +18,7 @@ import torch
 from pipeline.atomic import write_json_atomic
 from pipeline.bench import harvest
 from pipeline.bench.grid import grid_comparison
+from pipeline.bench.kernels import kernel_rows
 from pipeline.bench.timing import CUDA, matrix_peak
 from pipeline.bench.train import LAYERED, step_rows
 
@@ -46,6 +48,7 @@ def run(steps: int, out: Path | None) -> dict:
         "harvest": harvest.measure(HARVEST),
     }
     figures["steps"] = step_rows(steps, True, peak) + step_rows(steps, False, peak, LAYERED)
+    figures["kernels"] = kernel_rows(steps)
     figures["grid"] = grid_comparison("none")
     figures["targets"] = targets(figures)
     figures["wall_s"] = time.perf_counter() - started
@@ -99,6 +102,13 @@ def print_table(figures: dict) -> None:
             (what, r["failed"])
             if "failed" in r
             else (what, f"{r['tokens_s']:,.0f} tokens/s, {r['tflops']:.3g} TFLOP/s, {r['of_peak']:.0%} of peak")
+        )
+    for r in figures["kernels"]:
+        lines.append(
+            (
+                f"kernel: {r['what']}",
+                f"{r['chosen']} {r['chosen_ms']:.3g} ms, {r['alternative']} {r['alternative_ms']:.3g} ms",
+            )
         )
     lines += [
         (

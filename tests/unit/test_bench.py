@@ -109,3 +109,15 @@ def test_the_harvest_benchmark_times_every_part_on_a_real_store():
     # Both writes moved the same bytes: their GB/s stand in the ratio of their tokens/s.
     assert r["store_write_gb_s"] / r["plain_zarr_gb_s"] == pytest.approx(r["store_of_plain"])
     assert r["store_write_gb_s"] * 1e9 / r["store_write_tokens_s"] == pytest.approx(768 * 2)
+
+
+def test_each_kernel_choice_is_timed_against_its_alternative_on_cpu():
+    from pipeline.bench.kernels import kernel_rows
+
+    rows = kernel_rows(1)
+    assert [(r["what"], r["chosen"], r["alternative"]) for r in rows] == [
+        ("batchtopk selection over the batch", "two rounds", "one round"),
+        ("W_enc gradient through the selection", "sum over entries", "dense product"),  # a GPU takes the product
+        ("decoder embedding bag, forward and backward", "contiguous copy", "strided columns"),
+    ]
+    assert all(r["chosen_ms"] > 0 and r["alternative_ms"] > 0 for r in rows)
