@@ -1,10 +1,10 @@
 """TopK's sparse training kernels: gradients for the chosen latents only, and decoding by embedding bag.
 
 `SelectedPreActivations` gathers the pre-activations of the latents a TopK or BatchTopK selection
-chose and gives gradients to the weights through them alone, and
-`sparse_decode` (k latents per row, `SparseActs`) and `batch_decode` (any number per row,
-`BatchSparseActs`) sum only the active decoder columns with an embedding bag, so a step of `topk`,
-`batchtopk` and their AuxK term never builds a differentiable [rows x N] tensor. The weights may
+chose and gives gradients to the weights through them alone, and `sparse_decode` (k latents per
+row, `SparseActs`) and `batch_decode` (any number per row, `BatchSparseActs`) sum only the active
+decoder columns with an embedding bag, so a step of `topk`, `batchtopk` and their AuxK term never
+builds a differentiable [rows x N] tensor. The weights may
 carry a leading arm dimension (a stack of coders, see `pipeline.train.stack`).
 """
 
@@ -47,7 +47,8 @@ def dense_encoder_gradient(grad, flat, centred, n_features: int) -> torch.Tensor
     """[..., N, d] float32 gradient of W_enc from `grad` at the row-major entries `flat` of [..., rows x N]:
     the gradient scattered into a dense [rows x N] matrix, then one product with the centred inputs.
 
-    Tensor cores make that product faster on a GPU than gathering and scattering rows of the inputs.
+    Kept on a GPU, where tensor cores run the product and the H100 figures were taken with it; the
+    kernel benchmark (`pipeline.bench.kernels`) times it there against `sparse_encoder_gradient`.
     """
     rows = centred.shape[-2]
     dense = grad.new_zeros(*flat.shape[:-1], rows * n_features, dtype=centred.dtype)
