@@ -46,7 +46,7 @@ def test_sparse_kinds_are_set_against_the_faster_peer():
 @pytest.mark.parametrize(
     "option, error",
     [
-        (["--steps", "0"], "--steps: expected at least 1, got 0"),
+        (["--steps", "0"], "argument --steps: expected a whole number of at least 1, got 0"),
         (["--out", "no/such/folder/b.json"], "--out: expected a file in a writable folder, got no/such/folder/b.json"),
     ],
 )
@@ -61,6 +61,19 @@ def test_a_bad_option_is_refused_in_one_line_before_any_work(tmp_path, option, e
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"python -m pipeline.bench: error: {error}"
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("part", ["train", "kernels"])
+def test_a_parts_bad_step_count_is_refused_in_one_line(part):
+    result = subprocess.run(
+        [sys.executable, "-m", f"pipeline.bench.{part}", "--steps", "x"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("argument --steps: expected a whole number of at least 1, got x")
+    )
 
 
 def test_the_trace_cost_table_has_every_case_with_its_figures(tmp_path):
