@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from pipeline.bench.options import step_count
+from pipeline.bench.options import at_least_one
 
 
 def main() -> None:
@@ -17,7 +17,9 @@ def main() -> None:
     )
     parser.add_argument("what", choices=["all"], help="the figures to measure: all of them")
     parser.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu: ignore any GPU (a rehearsal)")
-    parser.add_argument("--steps", type=step_count, default=30, help="timed steps per training case (median reported)")
+    parser.add_argument(
+        "--steps", type=at_least_one, default=30, help="timed steps per training case (median reported)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file the figures are written to")
     args = parser.parse_args()
     if args.out is not None and not os.access(args.out.parent, os.W_OK):  # found now, not after minutes of work

@@ -18,7 +18,7 @@ import argparse
 import torch
 from torch import nn
 
-from pipeline.bench.options import step_count
+from pipeline.bench.options import at_least_one
 from pipeline.bench.timing import CUDA, DEVICE, D, K, timed
 from pipeline.coders.batchtopk import batch_top
 from pipeline.coders.topk_kernel import decoder_rows, dense_encoder_gradient, row_major, sparse_encoder_gradient
@@ -82,7 +82,7 @@ def kernel_rows(steps: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=step_count, default=30, help="timed calls per kernel (median reported)")
+    parser.add_argument("--steps", type=at_least_one, default=30, help="timed calls per kernel (median reported)")
     kernel_rows(parser.parse_args().steps)
 
 

@@ -33,12 +33,13 @@ import yaml
 
 from pipeline.activations.loading import open_activation_data
 from pipeline.bench.grid import random_store
+from pipeline.bench.options import harvested
 from pipeline.bench.recipe_peers import saelens_standard
 from pipeline.bench.synthetic import SyntheticFeatures, recovery, synthetic_features
 from pipeline.coders.registry import AnyCoderConfig, coder_class, load
 from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError, first_line
-from pipeline.store.activation_store import ActivationStore, created
+from pipeline.store.activation_store import ActivationStore
 from pipeline.train.arm_run import ArmSpec
 from pipeline.train.trainer import train_grid
 
@@ -170,18 +171,6 @@ def coder_field(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text}: the value is not YAML ({first_line(err)})") from err
 
 
-def harvested(parser: argparse.ArgumentParser, args) -> tuple[ActivationStore, str]:
-    """The store and hook `--store` and `--hook` name, or the parser's one-line error (exit 2) before any work."""
-    if not created(args.store) or not (store := ActivationStore(args.store)).complete:
-        parser.error(f"--store: expected a completely harvested activation store, got {args.store}")
-    hook = args.hook or store.hooks[0]
-    if hook not in store.hooks:
-        parser.error(f"--hook: expected one of the store's hooks ({', '.join(store.hooks)}), got {hook}")
-    if not 0 < args.eval_tokens < store.layout.n_rows:
-        parser.error(f"--eval-tokens: expected between 1 and {store.layout.n_rows - 1} (the store's rows)")
-    return store, hook
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="a harvested store to train on instead of the synthetic rows")
@@ -220,7 +209,9 @@ def main() -> None:
     )  # fmt: skip
     store, hook, features = None, HOOK, None
     if args.store is not None:
-        store, hook = harvested(parser, args)
+        store, hook = harvested(parser, "--store", args.store, args.hook)
+        if not 0 < args.eval_tokens < store.layout.n_rows:
+            parser.error(f"--eval-tokens: expected between 1 and {store.layout.n_rows - 1} (the store's rows)")
         data = f"{args.store} {hook}: d {store.d_model(hook)}"
     else:
         features = synthetic_features(args.d, args.true_features, seed=args.seed)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from pipeline.bench.options import at_least_one, harvested
 from pipeline.store import codecs
-from pipeline.store.activation_store import ActivationStore, open_store
+from pipeline.store.activation_store import ActivationStore
 from pipeline.store.verify import corrupt_shards
 
 
@@ -55,13 +56,12 @@ def _one(source: ActivationStore, rows: torch.Tensor, dtype: str, codec: str, fo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("store", type=Path)
-    parser.add_argument("--hook", default="")
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("store", type=Path, metavar="STORE", help="a completely harvested activation store")
+    parser.add_argument("--hook", default="", help="the hook whose rows are written (default: the store's first)")
+    parser.add_argument("--rows", type=at_least_one, default=200_000, help="rows read (at most the store's)")
+    parser.add_argument("--repeats", type=at_least_one, default=3, help="runs per dtype and codec (median reported)")
     args = parser.parse_args()
-    source = open_store(args.store)
-    hook = args.hook or source.hooks[0]
+    source, hook = harvested(parser, "STORE", args.store, args.hook)
     rows = source.read_rows(hook, 0, min(args.rows, source.layout.n_rows)).float()
     print(
         f"{len(rows):,} rows x {rows.shape[1]} of {hook} from {args.store}; median of {args.repeats} runs; "

@@ -20,7 +20,7 @@ import argparse
 import torch
 
 from pipeline.bench.grid import grid_comparison, step_overhead
-from pipeline.bench.options import step_count
+from pipeline.bench.options import at_least_one
 from pipeline.bench.peers import peer, saelens_step, sparsify_step
 from pipeline.bench.timing import CUDA, DEVICE, D, K, matrix_peak, sync, timed
 from pipeline.coders.registry import AnyCoderConfig, build
@@ -120,7 +120,7 @@ def step_profiles(steps: int, rows: int = 12) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=step_count, default=30, help="timed steps per case (median reported)")
+    parser.add_argument("--steps", type=at_least_one, default=30, help="timed steps per case (median reported)")
     parser.add_argument("--peers", action="store_true", help="also time EleutherAI's sparsify and SAELens")
     parser.add_argument("--skip-grid", action="store_true", help="leave out the fused-grid comparison")
     parser.add_argument("--skip-steps", action="store_true", help="leave out the per-kind step table")

@@ -63,17 +63,26 @@ def test_a_bad_option_is_refused_in_one_line_before_any_work(tmp_path, option, e
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("part", ["train", "kernels"])
-def test_a_parts_bad_step_count_is_refused_in_one_line(part):
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["train", "--steps", "x"], "argument --steps: expected a whole number of at least 1, got x"),
+        (["kernels", "--steps", "0"], "argument --steps: expected a whole number of at least 1, got 0"),
+        (["store", "no-store"], "STORE: expected a completely harvested activation store, got no-store"),
+    ],
+)
+def test_a_parts_bad_option_is_refused_in_one_line(tmp_path, argv, error):
+    part, *options = argv
     result = subprocess.run(
-        [sys.executable, "-m", f"pipeline.bench.{part}", "--steps", "x"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", f"pipeline.bench.{part}", *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .endswith("argument --steps: expected a whole number of at least 1, got x")
-    )
+    assert result.stderr.strip().splitlines()[-1] == f"{part}.py: error: {error}"
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_trace_cost_table_has_every_case_with_its_figures(tmp_path):
