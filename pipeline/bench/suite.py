@@ -104,12 +104,7 @@ def print_table(figures: dict) -> None:
             else (what, f"{r['tokens_s']:,.0f} tokens/s, {r['tflops']:.3g} TFLOP/s, {r['of_peak']:.0%} of peak")
         )
     for r in figures["kernels"]:
-        lines.append(
-            (
-                f"kernel: {r['what']}",
-                f"{r['chosen']} {r['chosen_ms']:.3g} ms, {r['alternative']} {r['alternative_ms']:.3g} ms",
-            )
-        )
+        lines.append((f"kernel: {r['what']}", ", ".join(f"{name} {ms:.3g} ms" for name, ms in r["ms"].items())))
     lines += [
         (
             f"grid: {grid['arms']} relu arms N {grid['n_features']} batch {grid['batch']}, streamed",

@@ -25,6 +25,7 @@ decoder renormalisation in `after_step`, the dead-latent count and the AuxK loss
 `pipeline.coders.topk`.
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,9 @@ from pipeline.coders.topk import TopKConfig, TopKFamily
 from pipeline.coders.topk_kernel import SelectedPreActivations
 
 CALIBRATIONS = ("running", "held_out")
+# On a CPU the batch selection guesses its threshold from every 31st entry or so: at n = k * rows entries
+# wanted, the quarter of margin is about 8 standard deviations of the sample's count when n / 31 >= 1000.
+SAMPLE_EVERY = 31
 
 
 @dataclass
@@ -54,11 +58,20 @@ class BatchTopKConfig(TopKConfig):
 @torch.no_grad()
 def batch_top(pre: torch.Tensor, n: int) -> torch.Tensor:
     """The ids of the `n` largest entries of [..., rows, N] `pre` laid out row by row, ascending (so each row's
-    entries are together, as `batch_decode` needs them).
+    entries are together, as `batch_decode` needs them): those one `torch.topk` over the batch would select.
 
-    In two rounds that select what one would: the `n` largest of each of c chunks of whole rows, then the `n`
-    largest of those. torch.topk of one slice runs on one thread on CPU, so the chunks' selections side by side
-    take half the time of one over the whole batch; c, near sqrt(N / k), keeps both rounds small.
+    On a CPU, where `torch.topk` runs one slice on one thread, above a threshold guessed from a sample
+    (`top_above_sampled_threshold`); on a GPU, in two rounds (`top_in_two_rounds`), which need no
+    host-side count.
+    """
+    if pre.device.type == "cpu":
+        return top_above_sampled_threshold(pre, n)
+    return top_in_two_rounds(pre, n)
+
+
+def top_in_two_rounds(pre: torch.Tensor, n: int) -> torch.Tensor:
+    """`batch_top` in two rounds that select what one would: the `n` largest of each of c chunks of whole rows,
+    then the `n` largest of those; c, near sqrt(N / k), keeps both rounds small.
     """
     *lead, rows, n_features = pre.shape
     bound = max(1, math.isqrt(n_features * rows // n))
@@ -68,6 +81,33 @@ def batch_top(pre: torch.Tensor, n: int) -> torch.Tensor:
     index = index + flat.shape[-1] * torch.arange(chunks, device=pre.device).unsqueeze(-1)
     top = values.flatten(-2).topk(n, dim=-1, sorted=False).indices
     return index.flatten(-2).gather(-1, top).sort(dim=-1).values
+
+
+def top_above_sampled_threshold(pre: torch.Tensor, n: int) -> torch.Tensor:
+    """`batch_top` among the entries at or above a threshold that every arm's `n` largest clear.
+
+    The threshold is the value that a quarter more than n/s entries of a sample of every s-th entry reach
+    (s the first number from `SAMPLE_EVERY` up with no factor in common with N, so the sample takes every
+    latent in turn). Where it leaves some arm fewer than `n` entries, the two rounds select instead. The candidates,
+    about 1.25 n per arm, are then selected from exactly.
+    """
+    *lead, rows, n_features = pre.shape
+    flat = pre.reshape(-1, rows * n_features)  # one row per arm
+    stride = next(s for s in itertools.count(SAMPLE_EVERY) if math.gcd(s, n_features) == 1)
+    sample = flat[:, ::stride]
+    wanted = min(sample.shape[-1], -(-5 * n // (4 * stride)))
+    low = sample.topk(wanted, dim=-1, sorted=False).values.min(-1, keepdim=True).values
+    arm, place = (flat >= low).nonzero(as_tuple=True)  # arm by arm, places ascending
+    counts = torch.bincount(arm, minlength=len(flat))  # a sum over the boolean mask would take longer than the rest
+    if bool((counts < n).any()):
+        return top_in_two_rounds(pre, n)
+    slot = torch.arange(len(place)) - (counts.cumsum(0) - counts)[arm]
+    values = flat.new_full((len(flat), int(counts.max())), float("-inf"))
+    values[arm, slot] = flat[arm, place]
+    places = torch.zeros(values.shape, dtype=torch.long)
+    places[arm, slot] = place
+    top = values.topk(n, dim=-1, sorted=False).indices
+    return places.gather(-1, top).sort(dim=-1).values.view(*lead, n)
 
 
 class BatchTopKSAE(TopKFamily):

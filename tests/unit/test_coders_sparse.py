@@ -177,17 +177,31 @@ def test_batchtopk_keeps_k_times_batch_latents_over_the_batch():
     torch.testing.assert_close(f[f != 0].sort().values, kept.sort().values)
 
 
+@pytest.mark.parametrize("way", ["top_in_two_rounds", "top_above_sampled_threshold"])
 @pytest.mark.parametrize(
     ("shape", "k"),
     [((1024, 2048), 32), ((3, 96, 512), 4), ((7, 50), 5), ((6, 10), 10)],  # many chunks, a stack, 7 rows, k = N
 )
-def test_the_two_round_batch_selection_selects_what_one_round_does(shape, k):
-    from pipeline.coders.batchtopk import batch_top
+def test_each_batch_selection_selects_what_one_round_does(way, shape, k):
+    from pipeline.coders import batchtopk
 
-    pre = torch.randn(shape)
+    pre = torch.randn(shape) + torch.randn(*shape[:-1], 1)  # rows of different scales
     n = k * shape[-2]
     one_round = pre.flatten(-2).topk(n, dim=-1).indices.sort(dim=-1).values
-    assert torch.equal(batch_top(pre, n), one_round)
+    assert torch.equal(getattr(batchtopk, way)(pre, n), one_round)
+
+
+def test_a_sampled_threshold_that_leaves_too_few_entries_falls_back_to_the_two_rounds(monkeypatch):
+    from pipeline.coders import batchtopk
+
+    rows, n_features, k = 256, 1024, 8
+    pre = torch.randn(rows, n_features)
+    pre.view(-1)[:: batchtopk.SAMPLE_EVERY] += 10  # the sample sees only the largest entries
+    two_rounds, calls = batchtopk.top_in_two_rounds, []
+    monkeypatch.setattr(batchtopk, "top_in_two_rounds", lambda pre, n: calls.append(n) or two_rounds(pre, n))
+    one_round = pre.flatten().topk(k * rows).indices.sort().values
+    assert torch.equal(batchtopk.top_above_sampled_threshold(pre, k * rows), one_round)
+    assert calls == [k * rows]
 
 
 @pytest.mark.parametrize("arms", [(), (3,)])  # one coder, and a stack of three
