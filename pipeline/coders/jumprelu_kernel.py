@@ -4,9 +4,10 @@ Autograd over the plain expression makes a pass over the [rows x features] tenso
 elementwise operation (threshold, mask, penalty, their gradients): about two dozen. Here the
 elementwise work between the products is one function forward (`_activate`: f and each row's
 penalties) and one backward (`_pre_gradient`: the gradient to the pre-activations and the
-per-feature sums for the threshold and decoder-norm gradients), which torch.compile turns into
-fused kernels on CUDA. Products run in `dtype` (bfloat16 on GPUs) with float32 accumulation.
-As for relu, the weights may carry a leading arm dimension (a stack of SAEs over the same rows).
+per-feature sums for the threshold and decoder-norm gradients), which torch.compile turns into fused
+kernels on CUDA and a CPU runs on pieces of rows that stay in its cache. Products run in `dtype`
+(bfloat16 on GPUs) with float32 accumulation. As for relu, the weights may carry a leading arm
+dimension (a stack of SAEs over the same rows).
 
 The gradients are those of `pipeline.coders.jumprelu` (see its docstring), with n_i = ||W_dec[:, i]||,
 g_S and g_P the upstream gradients of the sparsity and pre-activation terms, and B rows:
@@ -36,15 +37,25 @@ def _activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
 
 
 def _pre_gradient(
-    g_f, pre, theta, norm, g_s, g_p, tanh_scale: float, bandwidth: float, tanh_penalty: bool, ste_to_input: bool
+    g_f,
+    pre,
+    theta,
+    norm,
+    g_s,
+    g_p,
+    rows: int,
+    tanh_scale: float,
+    bandwidth: float,
+    tanh_penalty: bool,
+    ste_to_input: bool,
 ):
     """(g_pre, g_theta, g_norm) from the decoder's gradient to f; see the module docstring.
 
     `theta` and `norm` are [..., 1, N], the upstream gradients g_s and g_p [..., 1, 1] (one per
     arm of a stack): as tensors, not numbers, they cost no device sync and no recompilation each
-    time the penalty's warm-up changes them. g_theta and g_norm come back [..., N].
+    time the penalty's warm-up changes them. `rows` is the batch's (`pre` may hold some of its rows);
+    g_theta and g_norm, sums over `pre`'s rows, come back [..., N].
     """
-    rows = pre.shape[-2]
     pre32 = pre.float()
     above = pre32 > theta
     g = g_f.float()
@@ -70,26 +81,41 @@ def _pre_gradient(
     return g_pre.to(pre.dtype), g_theta.squeeze(-2), g_norm.squeeze(-2)
 
 
+# Rows per piece of the elementwise passes on a CPU: a [32 x N] float32 piece of every operand stays in the
+# CPU's cache for the pass's two dozen operations, which over whole tensors would each read memory again.
+ROW_PIECE = 32
 _compiled: dict = {}
 
 
-def fused(fn):
-    """`fn`, compiled into fused kernels when its first argument is on a GPU and run as written otherwise."""
-
-    def call(*args, **kwargs):
-        if not args[0].is_cuda:
-            return fn(*args, **kwargs)
-        if fn not in _compiled:
-            # Each shape (width, batch, arms of a stack, the shorter last evaluation batch) compiles once;
-            # a sweep's process meets more than dynamo's default of 8 before it would fall back to eager.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            _compiled[fn] = torch.compile(fn, dynamic=False)
-        return _compiled[fn](*args, **kwargs)
-
-    return call
+def _on_gpu(fn):
+    """`fn` compiled into fused kernels (once per function; each shape compiles once)."""
+    if fn not in _compiled:
+        # Each shape (width, batch, arms of a stack, the shorter last evaluation batch) compiles once;
+        # a sweep's process meets more than dynamo's default of 8 before it would fall back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _compiled[fn] = torch.compile(fn, dynamic=False)
+    return _compiled[fn]
 
 
-activate, pre_gradient = fused(_activate), fused(_pre_gradient)
+def _by_pieces(fn, row_args: tuple, rest: tuple) -> list:
+    """`fn` over pieces of `ROW_PIECE` rows of the [..., rows, N] tensors `row_args`, with `rest` whole."""
+    return [fn(*piece, *rest) for piece in zip(*(a.split(ROW_PIECE, dim=-2) for a in row_args))]
+
+
+def activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
+    """`_activate`, fused on a GPU and by pieces of rows on a CPU."""
+    if pre.is_cuda:
+        return _on_gpu(_activate)(pre, theta, norm, tanh_scale, tanh_penalty)
+    f, sparsity, preact = zip(*_by_pieces(_activate, (pre,), (theta, norm, tanh_scale, tanh_penalty)))
+    return torch.cat(f, -2), torch.cat(sparsity, -1), torch.cat(preact, -1)
+
+
+def pre_gradient(g_f, pre, *rest):
+    """`_pre_gradient`, fused on a GPU and by pieces of rows on a CPU (the per-feature sums added up)."""
+    if pre.is_cuda:
+        return _on_gpu(_pre_gradient)(g_f, pre, *rest)
+    g_pre, g_theta, g_norm = zip(*_by_pieces(_pre_gradient, (g_f, pre), rest))
+    return torch.cat(g_pre, -2), sum(g_theta), sum(g_norm)
 
 
 class JumpReluSAELoss(torch.autograd.Function):
@@ -117,7 +143,7 @@ class JumpReluSAELoss(torch.autograd.Function):
         g_x_hat = err * per_arm(2 * g_reconstruction / rows)
         g_f = g_x_hat.to(dtype) @ w_dec_low
         g_pre, g_theta, g_norm = pre_gradient(
-            g_f, pre, theta.unsqueeze(-2), norm.unsqueeze(-2), per_arm(g_sparsity), per_arm(g_preact),
+            g_f, pre, theta.unsqueeze(-2), norm.unsqueeze(-2), per_arm(g_sparsity), per_arm(g_preact), rows,
             hp["tanh_scale"], hp["bandwidth"], hp["penalty"] == "tanh", hp["ste_to_input"],
         )  # fmt: skip
         g_enc = g_pre.mT @ with_column(x, 1.0, dtype)
