@@ -81,9 +81,10 @@ def _pre_gradient(
     return g_pre.to(pre.dtype), g_theta.squeeze(-2), g_norm.squeeze(-2)
 
 
-# Rows per piece of the elementwise passes on a CPU: a [32 x N] float32 piece of every operand stays in the
-# CPU's cache for the pass's two dozen operations, which over whole tensors would each read memory again.
-ROW_PIECE = 32
+# Entries per piece of the elementwise passes on a CPU (whole rows): a 1 MiB float32 piece of every operand
+# stays in the CPU's cache for the pass's two dozen operations, which over whole tensors would each read memory
+# again; pieces much smaller would cost more in calls than they save.
+PIECE = 1 << 18
 _compiled: dict = {}
 
 
@@ -98,8 +99,10 @@ def _on_gpu(fn):
 
 
 def _by_pieces(fn, row_args: tuple, rest: tuple) -> list:
-    """`fn` over pieces of `ROW_PIECE` rows of the [..., rows, N] tensors `row_args`, with `rest` whole."""
-    return [fn(*piece, *rest) for piece in zip(*(a.split(ROW_PIECE, dim=-2) for a in row_args))]
+    """`fn` over pieces of about `PIECE` entries (whole rows) of the [..., rows, N] tensors `row_args`, with `rest`
+    whole."""
+    rows = max(1, PIECE * row_args[0].shape[-2] // row_args[0].numel())
+    return [fn(*piece, *rest) for piece in zip(*(a.split(rows, dim=-2) for a in row_args))]
 
 
 def activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):

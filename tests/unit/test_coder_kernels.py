@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.nn import functional
 
+from pipeline.coders import jumprelu_kernel
 from pipeline.coders.jumprelu import JumpReLUFunction, JumpReluSAE, StepFunction
 from pipeline.coders.relu import ReluSAE
 
@@ -45,12 +46,13 @@ def test_relu_kernel_equals_autograd_over_the_plain_loss():
 
 @pytest.mark.parametrize("ste_to_input", [False, True], ids=["ste-threshold", "ste-to-input"])
 @pytest.mark.parametrize("penalty", ["tanh", "l0"])
-def test_jumprelu_kernel_equals_autograd_over_the_plain_loss(penalty, ste_to_input):
+def test_jumprelu_kernel_equals_autograd_over_the_plain_loss(penalty, ste_to_input, monkeypatch):
     coder = JumpReluSAE(
         16, 64, l1_coefficient=0.3, penalty=penalty, bandwidth=0.5, preact_coefficient=0.2, ste_to_input=ste_to_input
     )
     coder = _moved(coder)
-    x = torch.randn(77, 16)  # on CPU, three pieces of rows of the elementwise passes, the last one short
+    x = torch.randn(77, 16)
+    monkeypatch.setattr(jumprelu_kernel, "PIECE", 32 * 64)  # on CPU, three pieces of 32 rows, the last one short
     parts, f = coder.loss(x, sparsity_scale=0.7)
     fused = _grads(coder, parts["loss"])
 
