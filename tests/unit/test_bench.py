@@ -44,44 +44,23 @@ def test_sparse_kinds_are_set_against_the_faster_peer():
 
 
 @pytest.mark.parametrize(
-    "option, error",
+    "command, error",
     [
-        (["--steps", "0"], "argument --steps: expected a whole number of at least 1, got 0"),
-        (["--out", "no/such/folder/b.json"], "--out: expected a file in a writable folder, got no/such/folder/b.json"),
+        ("pipeline.bench all --steps 0", "argument --steps: expected a whole number of at least 1, got 0"),
+        ("pipeline.bench all --out no/such/b.json", "--out: expected a file in a writable folder, got no/such/b.json"),
+        ("pipeline.bench.train --steps x", "argument --steps: expected a whole number of at least 1, got x"),
+        ("pipeline.bench.kernels --steps 0", "argument --steps: expected a whole number of at least 1, got 0"),
+        ("pipeline.bench.store no-store", "STORE: expected a completely harvested activation store, got no-store"),
     ],
 )
-def test_a_bad_option_is_refused_in_one_line_before_any_work(tmp_path, option, error):
+def test_a_bad_option_is_refused_in_one_line_before_any_work(tmp_path, command, error):
+    module, *options = command.split()
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.bench", "all", *option],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
+        [sys.executable, "-m", module, *options], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
+    prog = "python -m pipeline.bench" if module == "pipeline.bench" else f"{module.rsplit('.', 1)[1]}.py"
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"python -m pipeline.bench: error: {error}"
-    assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize(
-    "argv, error",
-    [
-        (["train", "--steps", "x"], "argument --steps: expected a whole number of at least 1, got x"),
-        (["kernels", "--steps", "0"], "argument --steps: expected a whole number of at least 1, got 0"),
-        (["store", "no-store"], "STORE: expected a completely harvested activation store, got no-store"),
-    ],
-)
-def test_a_parts_bad_option_is_refused_in_one_line(tmp_path, argv, error):
-    part, *options = argv
-    result = subprocess.run(
-        [sys.executable, "-m", f"pipeline.bench.{part}", *options],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"{part}.py: error: {error}"
+    assert result.stderr.strip().splitlines()[-1] == f"{prog}: error: {error}"
     assert not list(tmp_path.iterdir())
 
 
