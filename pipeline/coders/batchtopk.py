@@ -146,6 +146,11 @@ class BatchTopKSAE(TopKFamily):
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], BatchSparseActs]:
         if not self.training:  # the learned threshold, as `activate` applies it
             return super().loss(x, sparsity_scale)
+        pre, f = self.batch_selection(x)
+        return self.loss_parts(x, self.decode(f), pre, sparsity_scale), f
+
+    def batch_selection(self, x: torch.Tensor) -> tuple[torch.Tensor, BatchSparseActs]:
+        """A training step's pre-activations (without autograd) and selection, its running statistics updated."""
         pre = self.selection_pre(x)
         rows = pre.shape[-2]
         flat = batch_top(pre, self.k * rows)
@@ -154,7 +159,7 @@ class BatchTopKSAE(TopKFamily):
         if self.updating():
             self.count_firing(f)
             self.after_activation(values.detach())
-        return self.loss_parts(x, self.decode(f), pre, sparsity_scale), f
+        return pre, f
 
     @property
     def arms(self) -> tuple[int, ...]:

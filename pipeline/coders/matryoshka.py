@@ -15,17 +15,21 @@ As in SAELens, every prefix has weight 1 and AuxK (alpha = `aux_k_coefficient` w
 warm-up) reconstructs the whole dictionary's residual; dictionary_learning averages the prefix
 terms with weights instead, which scales the loss and so the learning rate.
 
-The x_hat_j are running sums over consecutive groups of decoder columns, so the decoder costs what
-one decoder product costs; FLOPs per token are BatchTopK's. The prefix terms need the features in
-their global order, so the features are not split over ranks (train.parallel=features).
+The x_hat_j are running sums over consecutive groups of decoder columns, so the decoder costs what one
+decoder product costs; FLOPs per token are BatchTopK's. Training is sparse, as BatchTopK's: the selected
+entries of each row are decoded group by group with embedding bags (`topk_kernel.prefix_decode`) and the
+running sums taken over the groups; evaluation decodes the thresholded activations densely. The prefix
+terms need the features in their global order, so the features are not split over ranks
+(train.parallel=features).
 """
 
 from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.coders.base import expect, with_rows_axis
+from pipeline.coders.base import BatchSparseActs, expect, with_rows_axis
 from pipeline.coders.batchtopk import BatchTopKConfig, BatchTopKSAE
+from pipeline.coders.topk_kernel import prefix_decode
 
 
 def prefix_sizes(fractions: list[float], n_features: int) -> list[int]:
@@ -73,7 +77,8 @@ class MatryoshkaSAE(BatchTopKSAE):
         self.prefix_sizes = prefix_sizes(list(prefix_fractions), n_features)
 
     def nested_errors(self, x: torch.Tensor, f: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(mean_rows ||x - x_hat_j||^2 for each prefix j, the whole dictionary's x_hat); per arm of a stack."""
+        """(mean_rows ||x - x_hat_j||^2 for each prefix j, the whole dictionary's x_hat) of dense activations; per arm
+        of a stack."""
         f = f.to(self.w_dec.dtype)
         x_hat, errors, start = with_rows_axis(self.b_dec), [], 0
         for stop in self.prefix_sizes:
@@ -82,15 +87,25 @@ class MatryoshkaSAE(BatchTopKSAE):
             start = stop
         return errors, x_hat
 
-    def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        pre = self.pre_activation(x)
-        f = self.activate(pre)
-        if self.updating():
-            self.count_firing(f)
-            self.after_activation(f.detach())
-        errors, x_hat = self.nested_errors(x, f)
+    def sparse_nested_errors(self, x: torch.Tensor, f: BatchSparseActs) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """`nested_errors` of a training step's selection, decoded by embedding bags (`topk_kernel.prefix_decode`)."""
+        x_hats = prefix_decode(self.w_dec, f, self.prefix_sizes) + self.b_dec.unsqueeze(-2).unsqueeze(-2)
+        errors = (x.unsqueeze(-3) - x_hats).pow(2).sum(-1).mean(-1)
+        return list(errors.unbind(-1)), x_hats[..., -1, :, :]
+
+    def loss(
+        self, x: torch.Tensor, sparsity_scale: float = 1.0
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | BatchSparseActs]:
+        if self.training:  # sparse, as BatchTopK's training step
+            pre, f = self.batch_selection(x)
+            errors, x_hat = self.sparse_nested_errors(x, f)
+        else:  # the learned threshold, densely
+            pre = self.pre_activation(x)
+            f = self.activate(pre)
+            errors, x_hat = self.nested_errors(x, f)
+            pre = pre.detach()
         *inner, reconstruction = errors
-        auxk = self.auxk_loss(pre.detach(), x, (x - x_hat).detach())
+        auxk = self.auxk_loss(pre, x, (x - x_hat).detach())
         prefixes = torch.stack(inner).sum(0)
         total = reconstruction + prefixes + sparsity_scale * self.aux_k_coefficient * auxk
         return {"loss": total, "reconstruction": reconstruction, "prefix_reconstruction": prefixes, "auxk": auxk}, f

@@ -1,11 +1,11 @@
 """TopK's sparse training kernels: gradients for the chosen latents only, and decoding by embedding bag.
 
-`SelectedPreActivations` gathers the pre-activations of the latents a TopK or BatchTopK selection
-chose and gives gradients to the weights through them alone, and `sparse_decode` (k latents per
-row, `SparseActs`) and `batch_decode` (any number per row, `BatchSparseActs`) sum only the active
-decoder columns with an embedding bag, so a step of `topk`, `batchtopk` and their AuxK term never
-builds a differentiable [rows x N] tensor. The weights may
-carry a leading arm dimension (a stack of coders, see `pipeline.train.stack`).
+`SelectedPreActivations` gathers the pre-activations of the latents a TopK or BatchTopK selection chose
+and gives gradients to the weights through them alone, and `sparse_decode` (k latents per row,
+`SparseActs`), `batch_decode` (any number per row, `BatchSparseActs`) and `prefix_decode` (the same, over
+each of nested prefixes of the latents) sum only the active decoder columns with an embedding bag, so a
+step of `topk`, `batchtopk`, `matryoshka` and their AuxK term never builds a differentiable [rows x N] tensor. The
+weights may carry a leading arm dimension (a stack of coders, see `pipeline.train.stack`).
 """
 
 import torch
@@ -104,17 +104,25 @@ def sparse_decode(w_dec: torch.Tensor, f: SparseActs) -> torch.Tensor:
 
 
 def batch_decode(w_dec: torch.Tensor, f: BatchSparseActs) -> torch.Tensor:
-    """W_dec f without the decoder bias for a selection over the whole batch: one bag of columns per row.
+    """W_dec f without the decoder bias for a selection over the whole batch: one bag of columns per row."""
+    return prefix_decode(w_dec, f, [f.n_features])[..., 0, :, :]
 
-    The ids ascend, so each (arm, row)'s entries are consecutive and the bags' starts are where
-    each row's first id would go.
+
+def prefix_decode(w_dec: torch.Tensor, f: BatchSparseActs, sizes: list[int]) -> torch.Tensor:
+    """[..., len(sizes), rows, d]: for each prefix size m of increasing `sizes` (the last N), W_dec f over the first m
+    latents alone, without the decoder bias.
+
+    One bag per (arm, row, group of latents between two sizes), then a running sum over the groups. The ids
+    ascend, so each bag's entries are consecutive and the bags' starts are where each bag's first id would go.
     """
-    (d, n_features), lead = w_dec.shape[-2:], f.flat.shape[:-1]
+    (d, n_features), lead, groups = w_dec.shape[-2:], f.flat.shape[:-1], len(sizes)
     arms = torch.arange(lead.numel(), device=f.flat.device).unsqueeze(-1)
     flat = f.flat.reshape(len(arms), -1)
-    bags = (flat // n_features + f.rows * arms).flatten()
-    starts = torch.searchsorted(bags, torch.arange(len(arms) * f.rows, device=bags.device))
-    ids = (flat % n_features + n_features * arms).flatten()
+    latents = flat % n_features
+    group = torch.bucketize(latents, torch.tensor(sizes[:-1], device=flat.device), right=True)
+    bags = ((flat // n_features + f.rows * arms) * groups + group).flatten()
+    starts = torch.searchsorted(bags, torch.arange(len(arms) * f.rows * groups, device=bags.device))
+    ids = (latents + n_features * arms).flatten()
     columns = decoder_rows(w_dec)
     out = nn.functional.embedding_bag(ids, columns, starts, mode="sum", per_sample_weights=f.values.flatten().float())
-    return out.view(*lead, f.rows, d)
+    return out.view(*lead, f.rows, groups, d).cumsum(-2).movedim(-2, -3)

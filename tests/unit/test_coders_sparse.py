@@ -237,6 +237,25 @@ def test_sparse_batchtopk_training_gradients_equal_the_dense_expression(arms):
         torch.testing.assert_close(sparse_grads[name], p.grad, msg=name)
 
 
+@pytest.mark.parametrize("arms", [(), (3,)])  # one coder, and a stack of three
+def test_each_prefix_decodes_its_own_first_latents_of_a_batch_selection(arms):
+    from pipeline.coders.batchtopk import batch_top
+    from pipeline.coders.topk_kernel import prefix_decode
+
+    rows, n, d, sizes = 9, 40, 6, [5, 17, 40]
+    w_dec = torch.randn(*arms, d, n, requires_grad=True)
+    pre = torch.randn(*arms, rows, n)
+    f = BatchSparseActs(batch_top(pre, 4 * rows), torch.rand(*arms, 4 * rows, requires_grad=True), rows, n)
+    decoded = prefix_decode(w_dec, f, sizes)
+    dense = [f.dense()[..., :m] @ w_dec[..., :m].mT for m in sizes]
+    torch.testing.assert_close(decoded, torch.stack(dense, -3))
+    weights = torch.randn(decoded.shape)
+    sparse_grads = torch.autograd.grad((decoded * weights).sum(), [w_dec, f.values])
+    dense_grads = torch.autograd.grad((torch.stack(dense, -3) * weights).sum(), [w_dec, f.values])
+    for sparse, expected in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(sparse, expected)
+
+
 def test_batchtopk_threshold_is_a_running_minimum_and_is_used_in_eval_mode():
     coder = _coder("batchtopk", k=4)
     assert coder.threshold == 0
