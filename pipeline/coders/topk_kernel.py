@@ -119,7 +119,8 @@ def prefix_decode(w_dec: torch.Tensor, f: BatchSparseActs, sizes: list[int]) -> 
     arms = torch.arange(lead.numel(), device=f.flat.device).unsqueeze(-1)
     flat = f.flat.reshape(len(arms), -1)
     latents = flat % n_features
-    group = torch.bucketize(latents, torch.tensor(sizes[:-1], device=flat.device), right=True)
+    bounds = torch.tensor(sizes[:-1], dtype=latents.dtype, device=flat.device)
+    group = torch.bucketize(latents, bounds, right=True)
     bags = ((flat // n_features + f.rows * arms) * groups + group).flatten()
     starts = torch.searchsorted(bags, torch.arange(len(arms) * f.rows * groups, device=bags.device))
     ids = (latents + n_features * arms).flatten()
