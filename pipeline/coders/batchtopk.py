@@ -101,10 +101,10 @@ def top_above_sampled_threshold(pre: torch.Tensor, n: int) -> torch.Tensor:
     counts = torch.bincount(arm, minlength=len(flat))  # a sum over the boolean mask would take longer than the rest
     if bool((counts < n).any()):
         return top_in_two_rounds(pre, n)
-    slot = torch.arange(len(place)) - (counts.cumsum(0) - counts)[arm]
+    slot = torch.arange(len(place), device=flat.device) - (counts.cumsum(0) - counts)[arm]
     values = flat.new_full((len(flat), int(counts.max())), float("-inf"))
     values[arm, slot] = flat[arm, place]
-    places = torch.zeros(values.shape, dtype=torch.long)
+    places = torch.zeros(values.shape, dtype=torch.long, device=flat.device)
     places[arm, slot] = place
     top = values.topk(n, dim=-1, sorted=False).indices
     return places.gather(-1, top).sort(dim=-1).values.view(*lead, n)
