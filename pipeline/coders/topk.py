@@ -72,6 +72,33 @@ class TopKConfig(CoderConfig):
         expect(self.dead_tokens_threshold > 0, "dead_tokens_threshold", "a positive count", self.dead_tokens_threshold)
 
 
+@torch.no_grad()
+def dead_top(pre: torch.Tensor, dead: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, ids) of each row's `m` largest pre-activations among the latents `dead` ([..., N]), -inf where a
+    row has fewer dead latents: a selection whose size never depends on how many are dead (a GPU never waits)."""
+    return pre.masked_fill(~dead.unsqueeze(-2), float("-inf")).topk(m, dim=-1)
+
+
+@torch.no_grad()
+def dead_top_among_columns(pre: torch.Tensor, dead: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dead_top` over the dead latents' columns alone, as many as the arm with the most dead has (m at most).
+
+    On a CPU the host reads that count for free, and selecting among a few dead columns costs a fraction
+    of a selection over all N; where no more than m are dead it is no selection at all.
+    """
+    most = max(1, int(dead.sum(-1).max()))
+    columns = (
+        dead.int().topk(most, dim=-1).indices
+    )  # [..., most]: every dead latent (and live ones, for arms with fewer)
+    values = pre.gather(-1, columns.unsqueeze(-2).expand(*pre.shape[:-1], most))
+    values = values.masked_fill(~dead.gather(-1, columns).unsqueeze(-2), float("-inf"))
+    ids = columns.unsqueeze(-2).expand(values.shape)
+    if most > m:
+        values, chosen = values.topk(m, dim=-1)
+        ids = ids.gather(-1, chosen)
+    return values, ids
+
+
 class TopKFamily(Coder):
     """What topk and batchtopk share: initialisation, pre-bias encoder, decoder, dead-latent count, AuxK."""
 
@@ -183,17 +210,16 @@ class TopKFamily(Coder):
     def auxk_loss(self, pre: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """mean_rows ||e - e_hat||^2 with e_hat from the top `aux_k` dead latents; 0 when none is dead.
 
-        The selection always takes min(aux_k, N) latents, so its size never depends on how many are
-        dead (which only the device knows): where fewer are dead, the live latents it also picks
+        On a GPU the selection always takes min(aux_k, N) latents, so its size never depends on how
+        many are dead (which only the device knows; `dead_top`); a CPU selects among the dead columns
+        alone (`dead_top_among_columns`). Where fewer are dead, the live latents a selection also picks
         (at -inf) get activation 0, and with none dead the whole term is multiplied by 0.
         """
         if self.aux_k == 0 or not self.may_have_dead():
             return residual.new_zeros(residual.shape[:-2])  # one per arm of a stack
         dead = self.dead()
-        with torch.no_grad():
-            top, index = pre.masked_fill(~dead.unsqueeze(-2), float("-inf")).topk(
-                min(self.aux_k, self.n_features), dim=-1
-            )
+        select = dead_top_among_columns if pre.device.type == "cpu" else dead_top
+        top, index = select(pre, dead, min(self.aux_k, self.n_features))
         values = torch.relu(self.selected_pre(x, pre, index)).masked_fill(top.isneginf(), 0.0)
         f_aux = SparseActs(index, values, self.n_features)
         return (residual - self.sparse_decode(f_aux)).pow(2).sum(-1).mean(-1) * dead.any(-1)

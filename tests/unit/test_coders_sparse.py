@@ -321,6 +321,27 @@ def test_auxk_is_zero_without_dead_latents_and_reconstructs_the_residual_with_de
     assert (grad_norm[~dead] == 0).all() and (grad_norm[dead] > 0).any()
 
 
+@pytest.mark.parametrize("arms", [(), (3,)])  # one coder, and a stack of three
+@pytest.mark.parametrize("m", [4, 64])  # fewer than the dead of some arms, more than the dead of every arm
+def test_the_selection_among_dead_columns_picks_what_the_fixed_size_one_does(arms, m):
+    from pipeline.coders.topk import dead_top, dead_top_among_columns
+
+    rows, n = 10, 64
+    pre = torch.randn(*arms, rows, n)
+    dead = torch.rand(*arms, n) < torch.linspace(0.1, 0.5, arms[0] if arms else 1).view(*arms, 1)  # arms differ
+    expected_values, expected_ids = dead_top(pre, dead, m)
+    values, ids = dead_top_among_columns(pre, dead, m)
+
+    def chosen(values, ids):  # per (arm, row): the set of dead latents selected, with their values
+        return [
+            sorted(zip(i[v.isfinite()].tolist(), v[v.isfinite()].tolist()))
+            for v, i in zip(values.view(-1, values.shape[-1]), ids.reshape(-1, ids.shape[-1]))
+        ]
+
+    assert chosen(values, ids) == chosen(expected_values, expected_ids)
+    assert values.shape[-1] <= m
+
+
 def test_auxk_uses_at_most_the_dead_latents_and_is_capped_at_n_features():
     coder = _coder("topk", n=16, d=8, k=2, aux_k=512, dead_tokens_threshold=1)
     x = torch.randn(4, 8)
