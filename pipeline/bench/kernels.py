@@ -2,7 +2,7 @@
 
     python -m pipeline.bench.kernels [--steps 30]
 
-Three choices of `topk` and `batchtopk` were made on CPU and are untimed on a GPU; this part times each
+Four choices of `topk` and `batchtopk` were made on CPU and are untimed on a GPU; this part times each
 kernel chosen on this device and the others on the first TopK case's shape (N 32768, batch 4096, d 768 on
 a GPU; N 8192, batch 1024, d 128 on CPU), so one GPU run says which to keep:
 
@@ -10,6 +10,8 @@ a GPU; N 8192, batch 1024, d 128 on CPU), so one GPU run says which to keep:
   threshold guessed from a sample (chosen on CPU; it reads a count on the host), or one `torch.topk`;
 - W_enc's gradient through the selected entries, as one dense product (`topk_kernel.dense_encoder_gradient`,
   chosen on a GPU) against the sum over the entries (`sparse_encoder_gradient`, chosen on CPU);
+- the AuxK selection of each row's top dead latents, over all N at a fixed size (`topk.dead_top`, chosen on a
+  GPU) or among the dead latents' columns alone (`dead_top_among_columns`, chosen on CPU; it reads their count);
 - the embedding bag of the decoder, forward and backward, over one contiguous copy of its columns
   (`topk_kernel.decoder_rows`) against over W_dec's strided columns in place.
 """
@@ -22,10 +24,12 @@ from torch import nn
 from pipeline.bench.options import at_least_one
 from pipeline.bench.timing import CUDA, DEVICE, D, K, timed
 from pipeline.coders.batchtopk import top_above_sampled_threshold, top_in_two_rounds
+from pipeline.coders.topk import dead_top, dead_top_among_columns
 from pipeline.coders.topk_kernel import decoder_rows, dense_encoder_gradient, row_major, sparse_encoder_gradient
 
 N_FEATURES, BATCH = (32768, 4096) if CUDA else (8192, 1024)
 PRODUCTS = torch.bfloat16 if CUDA else torch.float32  # the dtype of the pre-activations a training step selects on
+AUX_K, DEAD_SHARE = 512, 0.05  # the AuxK selection of TopK's default aux_k, with a twentieth of the latents dead
 
 
 def kernel_rows(steps: int) -> list[dict]:
@@ -46,9 +50,15 @@ def kernel_rows(steps: int) -> list[dict]:
         ("dense product", lambda: dense_encoder_gradient(grad, flat, centred, N_FEATURES)),
         ("sum over entries", lambda: sparse_encoder_gradient(grad, flat, centred, N_FEATURES)),
     ]
+    dead = torch.rand(N_FEATURES, device=DEVICE) < DEAD_SHARE
+    auxk = [
+        ("fixed size", lambda: dead_top(pre, dead, AUX_K)),
+        ("dead columns", lambda: dead_top_among_columns(pre, dead, AUX_K)),
+    ]
     if not CUDA:  # the chosen one first
         selections.insert(0, selections.pop(1))
         gradients.reverse()
+        auxk.reverse()
 
     def bag(columns):
         def step():
@@ -61,6 +71,7 @@ def kernel_rows(steps: int) -> list[dict]:
     choices = [
         ("batchtopk selection over the batch", selections),
         ("W_enc gradient through the selection", gradients),
+        (f"AuxK selection, {DEAD_SHARE:.0%} of the latents dead", auxk),
         (
             "decoder embedding bag, forward and backward",
             [("contiguous copy", bag(lambda: decoder_rows(w_dec))), ("strided columns", bag(lambda: w_dec.mT))],

@@ -119,6 +119,7 @@ def test_each_kernel_choice_is_timed_against_its_alternative_on_cpu():
     assert [(r["what"], r["chosen"], list(r["ms"])) for r in rows] == [
         ("batchtopk selection over the batch", "sampled threshold", ["sampled threshold", "two rounds", "one round"]),
         ("W_enc gradient through the selection", "sum over entries", ["sum over entries", "dense product"]),
+        ("AuxK selection, 5% of the latents dead", "dead columns", ["dead columns", "fixed size"]),
         ("decoder embedding bag, forward and backward", "contiguous copy", ["contiguous copy", "strided columns"]),
-    ]  # a GPU takes the two rounds and the dense product
+    ]  # a GPU takes the two rounds, the dense product and the fixed size
     assert all(ms > 0 for r in rows for ms in r["ms"].values())
