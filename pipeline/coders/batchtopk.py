@@ -84,12 +84,13 @@ def top_in_two_rounds(pre: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def top_above_sampled_threshold(pre: torch.Tensor, n: int) -> torch.Tensor:
-    """`batch_top` among the entries at or above a threshold that every arm's `n` largest clear.
+    """`batch_top` among the entries at or above a threshold guessed from a sample to lie below every arm's `n`
+    largest.
 
-    The threshold is the value that a quarter more than n/s entries of a sample of every s-th entry reach
-    (s the first number from `SAMPLE_EVERY` up with no factor in common with N, so the sample takes every
-    latent in turn). Where it leaves some arm fewer than `n` entries, the two rounds select instead. The candidates,
-    about 1.25 n per arm, are then selected from exactly.
+    The guess is the value that a quarter more than n/s entries of a sample of every s-th entry reach (s the
+    first number from `SAMPLE_EVERY` up with no factor in common with N, so the sample takes every latent in
+    turn). The `n` largest are then selected exactly from the entries at or above it, about 1.25 n per arm;
+    where it leaves some arm fewer than `n`, the two rounds select instead.
     """
     *lead, rows, n_features = pre.shape
     flat = pre.reshape(-1, rows * n_features)  # one row per arm
