@@ -14,6 +14,7 @@ from pipeline.store.schema import base_attrs
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU tensors, in its interpreter
 
 FAMILIES = ("gpt2", "neox", "llama", "bert")
 SYNTHETIC_D = 16

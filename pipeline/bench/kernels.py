@@ -2,7 +2,7 @@
 
     python -m pipeline.bench.kernels [--steps 30]
 
-Four choices of `topk` and `batchtopk` were made on CPU and are untimed on a GPU; this part times each
+Five choices of `topk` and `batchtopk` were made on CPU and are untimed on a GPU; this part times each
 kernel chosen on this device and the others on the first TopK case's shape (N 32768, batch 4096, d 768 on
 a GPU; N 8192, batch 1024, d 128 on CPU), so one GPU run says which to keep:
 
@@ -13,7 +13,9 @@ a GPU; N 8192, batch 1024, d 128 on CPU), so one GPU run says which to keep:
 - the AuxK selection of each row's top dead latents, over all N at a fixed size (`topk.dead_top`, chosen on a
   GPU) or among the dead latents' columns alone (`dead_top_among_columns`, chosen on CPU; it reads their count);
 - the embedding bag of the decoder, forward and backward, over one contiguous copy of its columns
-  (`topk_kernel.decoder_rows`) against over W_dec's strided columns in place.
+  (`topk_kernel.decoder_rows`) against over W_dec's strided columns in place;
+- on a GPU with Triton, the decoder's bags as Triton's kernels (`triton_bag.bag_sum`, chosen there) against
+  torch's embedding bag, both over the contiguous copy.
 """
 
 import argparse
@@ -22,10 +24,16 @@ import torch
 from torch import nn
 
 from pipeline.bench.options import at_least_one
-from pipeline.bench.timing import CUDA, DEVICE, D, K, timed
+from pipeline.bench.timing import CUDA, DEVICE, D, K, failure, timed
 from pipeline.coders.batchtopk import top_above_sampled_threshold, top_in_two_rounds
 from pipeline.coders.topk import dead_top, dead_top_among_columns
-from pipeline.coders.topk_kernel import decoder_rows, dense_encoder_gradient, row_major, sparse_encoder_gradient
+from pipeline.coders.topk_kernel import (
+    TRITON,
+    decoder_rows,
+    dense_encoder_gradient,
+    row_major,
+    sparse_encoder_gradient,
+)
 
 N_FEATURES, BATCH = (32768, 4096) if CUDA else (8192, 1024)
 PRODUCTS = torch.bfloat16 if CUDA else torch.float32  # the dtype of the pre-activations a training step selects on
@@ -40,7 +48,7 @@ def kernel_rows(steps: int) -> list[dict]:
     grad = torch.randn(flat.shape, device=DEVICE)
     centred = torch.randn(BATCH, D, device=DEVICE, dtype=PRODUCTS)
     w_dec = torch.randn(D, N_FEATURES, device=DEVICE, requires_grad=True)
-    ids, weights = flat.view(BATCH, K) % N_FEATURES, grad.view(BATCH, K)
+    ids, weights = flat.view(BATCH, K) % N_FEATURES, grad.view(BATCH, K).clone().requires_grad_()
     selections = [
         ("two rounds", lambda: top_in_two_rounds(pre, K * BATCH)),
         ("sampled threshold", lambda: top_above_sampled_threshold(pre, K * BATCH)),
@@ -60,11 +68,13 @@ def kernel_rows(steps: int) -> list[dict]:
         gradients.reverse()
         auxk.reverse()
 
-    def bag(columns):
+    def embedding_bag(table):
+        return nn.functional.embedding_bag(ids, table, per_sample_weights=weights, mode="sum")
+
+    def bag(columns, bags=embedding_bag):
         def step():
-            out = nn.functional.embedding_bag(ids, columns(), per_sample_weights=weights, mode="sum")
-            out.sum().backward()
-            w_dec.grad = None
+            bags(columns()).sum().backward()
+            w_dec.grad = weights.grad = None
 
         return step
 
@@ -77,12 +87,42 @@ def kernel_rows(steps: int) -> list[dict]:
             [("contiguous copy", bag(lambda: decoder_rows(w_dec))), ("strided columns", bag(lambda: w_dec.mT))],
         ),
     ]
+    if CUDA and TRITON:
+        choices.append(("decoder bags, forward and backward", lambda: triton_against_torch(ids, weights, w_dec, bag)))
     rows = []
     for what, ways in choices:
-        ms = {name: timed(run, steps) * 1e3 for name, run in ways}
-        rows.append({"what": what, "n_features": N_FEATURES, "batch": BATCH, "chosen": ways[0][0], "ms": ms})
-        print(f"{what}: " + ", ".join(f"{name} {t:.3g} ms" for name, t in ms.items()), flush=True)
+        row = {"what": what, "n_features": N_FEATURES, "batch": BATCH}
+        try:
+            ways = ways() if callable(ways) else ways
+            row |= {"chosen": ways[0][0], "ms": {name: timed(run, steps) * 1e3 for name, run in ways}}
+            print(f"{what}: " + ", ".join(f"{name} {t:.3g} ms" for name, t in row["ms"].items()), flush=True)
+        except Exception as error:  # noqa: BLE001
+            row["failed"] = failure(error)
+            print(f"{what}: {row['failed']}", flush=True)
+        rows.append(row)
     return rows
+
+
+def triton_against_torch(ids, weights, w_dec, bag) -> list:
+    """Triton's bags (chosen on a GPU) and torch's embedding bag over the decoder's contiguous copy, after
+    checking on this GPU that both give the same sums and gradients (the tests check Triton's interpreter)."""
+    from pipeline.coders.triton_bag import bag_sum
+
+    starts = torch.arange(0, ids.numel(), ids.shape[-1], device=ids.device)
+    ways = {
+        "triton": lambda table: bag_sum(table, ids.flatten(), starts, weights.flatten()),
+        "embedding bag": lambda table: nn.functional.embedding_bag(ids, table, per_sample_weights=weights, mode="sum"),
+    }
+    cotangent = torch.randn(ids.shape[0], w_dec.shape[0], device=ids.device)
+    results = []
+    for bags in ways.values():
+        out = bags(decoder_rows(w_dec))
+        out.backward(cotangent)
+        results.append((out.detach(), w_dec.grad, weights.grad))
+        w_dec.grad = weights.grad = None
+    for name, mine, theirs in zip(("sums", "W_dec gradient", "weights' gradient"), *results):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"triton {name}: {m}")
+    return [(name, bag(lambda: decoder_rows(w_dec), bags)) for name, bags in ways.items()]
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ only inside these functions, so the package does not depend on them.
 
 import torch
 
-from pipeline.bench.timing import CUDA, DEVICE, D, K
+from pipeline.bench.timing import CUDA, DEVICE, D, K, failure
 
 
 def sparsify_step(kind: str, n_features: int, batch: int):
@@ -71,4 +71,4 @@ def peer(make, kind: str, n_features: int, batch: int):
     try:
         return make(kind, n_features, batch)
     except Exception as err:  # noqa: BLE001 - a peer that fails to build is reported, not fatal
-        return f"failed: {type(err).__name__}: {err}"
+        return failure(err)

@@ -59,7 +59,7 @@ def run(steps: int, out: Path | None) -> dict:
 
 
 def targets(figures: dict) -> list[dict]:
-    """Each target's ratio in this run, its threshold and whether it is met."""
+    """Each target's ratio in this run, its threshold and whether it is met (a step that failed has ratio 0)."""
     h, grid = figures["harvest"], figures["grid"]
     found = [
         ("harvest / slower of forward and plain Zarr", h["harvest_of_slower"], HARVEST_OF_SLOWER),
@@ -70,14 +70,14 @@ def targets(figures: dict) -> list[dict]:
     for r in own:
         case = f"{r['kind']} N {r['n_features']} batch {r['batch']}"
         if r["kind"] in ("relu", "jumprelu") and r["batch"] == 4096:
-            found.append((f"{case}: of matrix peak", r["of_peak"], DENSE_OF_PEAK))
+            found.append((f"{case}: of matrix peak", r.get("of_peak", 0.0), DENSE_OF_PEAK))
         peers = [
             p["tokens_s"]
             for p in figures["steps"]
             if p["tool"] != "pipeline" and "tokens_s" in p and _case(p) == _case(r)
         ]
         if r["kind"] in ("topk", "batchtopk") and peers:
-            found.append((f"{case}: over the faster peer", r["tokens_s"] / max(peers), SPARSE_OVER_PEERS))
+            found.append((f"{case}: over the faster peer", r.get("tokens_s", 0.0) / max(peers), SPARSE_OVER_PEERS))
     return [{"what": what, "ratio": ratio, "target": target, "met": ratio >= target} for what, ratio, target in found]
 
 
@@ -104,7 +104,8 @@ def print_table(figures: dict) -> None:
             else (what, f"{r['tokens_s']:,.0f} tokens/s, {r['tflops']:.3g} TFLOP/s, {r['of_peak']:.0%} of peak")
         )
     for r in figures["kernels"]:
-        lines.append((f"kernel: {r['what']}", ", ".join(f"{name} {ms:.3g} ms" for name, ms in r["ms"].items())))
+        timed = ", ".join(f"{name} {ms:.3g} ms" for name, ms in r.get("ms", {}).items())
+        lines.append((f"kernel: {r['what']}", r.get("failed", timed)))
     lines += [
         (
             f"grid: {grid['arms']} relu arms N {grid['n_features']} batch {grid['batch']}, streamed",

@@ -2,7 +2,8 @@
 
 `CUDA`, `DEVICE`, the input width `D` (768 on a GPU, 128 on CPU) and `K`, the active latents per row of the
 TopK cases, are fixed at import; `timed` is the median of timed calls after warm-up that every figure of
-`python -m pipeline.bench.train` comes from, and `matrix_peak` the matrix product its TFLOP/s are set against.
+`python -m pipeline.bench.train` comes from, `failure` what a row holds instead when a step fails, and
+`matrix_peak` the matrix product its TFLOP/s are set against.
 """
 
 import statistics
@@ -19,6 +20,12 @@ K = 32
 def sync() -> None:
     if CUDA:
         torch.cuda.synchronize()
+
+
+def failure(error: Exception) -> str:
+    """One line saying how a step failed, for the table: a step that fails on this device is a finding of the
+    run, not its end."""
+    return f"failed: {type(error).__name__}: {error}".splitlines()[0]
 
 
 def timed(step, n: int) -> float:

@@ -22,7 +22,7 @@ import torch
 from pipeline.bench.grid import grid_comparison, step_overhead
 from pipeline.bench.options import at_least_one
 from pipeline.bench.peers import peer, saelens_step, sparsify_step
-from pipeline.bench.timing import CUDA, DEVICE, D, K, matrix_peak, sync, timed
+from pipeline.bench.timing import CUDA, DEVICE, D, K, failure, matrix_peak, sync, timed
 from pipeline.coders.registry import AnyCoderConfig, build
 from pipeline.train.arm_run import autocast
 from pipeline.train.optimizer import adam, clipped_step, gradient_norm
@@ -61,7 +61,7 @@ def own_step(kind: str, n_features: int, batch: int):
 def step_rows(steps: int, peers: bool, peak: float, cases=CASES) -> list[dict]:
     """Per case and tool, tokens/s, achieved TFLOP/s and their share of `peak`; printed as each is measured.
 
-    A peer that cannot run a case holds why in `failed`; a peer without the kind has no row.
+    A tool that cannot run a case holds why in `failed`; a peer without the kind has no row.
     """
     print(f"{'kind':10} {'N':>7} {'batch':>6} {'tool':9} {'tokens/s':>11} {'TFLOP/s':>8} {'of peak':>8}")
     rows = []
@@ -75,11 +75,15 @@ def step_rows(steps: int, peers: bool, peak: float, cases=CASES) -> list[dict]:
             ]
         for tool, run in runs:
             row = {"kind": kind, "n_features": n_features, "batch": batch, "tool": tool}
+            if run is not None and not isinstance(run, str):
+                try:
+                    rate = batch / timed(run, steps)
+                except Exception as error:  # noqa: BLE001
+                    run = failure(error)
             if isinstance(run, str):
                 rows.append({**row, "failed": run})
                 print(f"{kind:10} {n_features:>7} {batch:>6} {tool:9} {run}")
             elif run is not None:
-                rate = batch / timed(run, steps)
                 rows.append({**row, "tokens_s": rate, "tflops": rate * flops / 1e12, "of_peak": rate * flops / peak})
                 print(
                     f"{kind:10} {n_features:>7} {batch:>6} {tool:9} {rate:>11,.0f} "

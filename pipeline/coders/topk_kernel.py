@@ -3,10 +3,13 @@
 `SelectedPreActivations` gathers the pre-activations of the latents a TopK or BatchTopK selection chose
 and gives gradients to the weights through them alone, and `sparse_decode` (k latents per row,
 `SparseActs`), `batch_decode` (any number per row, `BatchSparseActs`) and `prefix_decode` (the same, over
-each of nested prefixes of the latents) sum only the active decoder columns with an embedding bag, so a
-step of `topk`, `batchtopk`, `matryoshka` and their AuxK term never builds a differentiable [rows x N] tensor. The
-weights may carry a leading arm dimension (a stack of coders, see `pipeline.train.stack`).
+each of nested prefixes of the latents) sum only the active decoder columns in bags (`column_bags`: Triton
+kernels on a GPU, torch's embedding bag elsewhere), so a step of `topk`, `batchtopk`, `matryoshka` and their AuxK
+term never builds a differentiable [rows x N] tensor. The weights may carry a leading arm dimension (a stack of
+coders, see `pipeline.train.stack`).
 """
+
+from importlib.util import find_spec
 
 import torch
 from torch import nn
@@ -60,7 +63,7 @@ def sparse_encoder_gradient(grad, flat, centred, n_features: int) -> torch.Tenso
     """The same gradient as `dense_encoder_gradient`, summed over the selected entries alone.
 
     A latent's encoder row gets the sum of its entries' gradients times their rows' centred inputs:
-    an embedding bag per latent over the entries sorted by latent. On a CPU the dense product costs
+    one bag per latent over the entries sorted by latent. On a CPU the dense product costs
     N/k times these FLOPs, and its [rows x N] matrix a pass over memory more.
     """
     lead, (rows, d) = flat.shape[:-1], centred.shape[-2:]
@@ -70,8 +73,7 @@ def sparse_encoder_gradient(grad, flat, centred, n_features: int) -> torch.Tenso
     starts = torch.searchsorted(latents, torch.arange(lead.numel() * n_features, device=flat.device))
     weights = grad.flatten()[order].float()
     rows_in = centred.expand(*lead, rows, d).reshape(-1, d).float()
-    g_w_enc = nn.functional.embedding_bag(inputs, rows_in, starts, mode="sum", per_sample_weights=weights)
-    return g_w_enc.view(*lead, n_features, d)
+    return column_bags(rows_in, inputs, starts, weights).view(*lead, n_features, d)
 
 
 def row_major(index: torch.Tensor, n_features: int) -> torch.Tensor:
@@ -90,16 +92,32 @@ def decoder_rows(w_dec: torch.Tensor) -> torch.Tensor:
     return w_dec.mT.contiguous().view(-1, w_dec.shape[-2])
 
 
-def sparse_decode(w_dec: torch.Tensor, f: SparseActs) -> torch.Tensor:
-    """W_dec f without the decoder bias, summing only the active columns.
+TRITON = find_spec("triton") is not None  # it comes with torch's CUDA builds on Linux
 
-    In float32: CUDA has no bfloat16 kernel for the gradient of the embedding bag's weights. A
-    stack's arms are one bag per (arm, row) over all arms' columns.
+
+def column_bags(table: torch.Tensor, ids: torch.Tensor, starts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[len(starts), d] float32: per bag of entries (from its start to the next bag's), the sum of `weights` times
+    the rows `ids` of `table` ([rows, d]: the decoder's columns from `decoder_rows`, or inputs), differentiable in
+    both.
+
+    Triton's kernels (`pipeline.coders.triton_bag`) on a GPU where installed, whose table gradient is summed in
+    one order; torch's embedding bag elsewhere. In float32: CUDA has no bfloat16 kernel for the gradient of the
+    embedding bag's weights.
     """
+    if table.is_cuda and TRITON:
+        from pipeline.coders.triton_bag import bag_sum  # imports Triton, which takes seconds, only where it runs
+
+        return bag_sum(table, ids, starts, weights)
+    return nn.functional.embedding_bag(ids, table, starts, mode="sum", per_sample_weights=weights.float())
+
+
+def sparse_decode(w_dec: torch.Tensor, f: SparseActs) -> torch.Tensor:
+    """W_dec f without the decoder bias, summing only the active columns: one bag per (arm, row) over all arms'
+    columns."""
     (d, n_features), k = w_dec.shape[-2:], f.index.shape[-1]
-    columns = decoder_rows(w_dec)
-    ids = arm_offsets(f.index, n_features).reshape(-1, k)
-    out = nn.functional.embedding_bag(ids, columns, per_sample_weights=f.values.reshape(-1, k).float(), mode="sum")
+    ids = arm_offsets(f.index, n_features).flatten()
+    starts = torch.arange(0, len(ids), k, device=ids.device)
+    out = column_bags(decoder_rows(w_dec), ids, starts, f.values.flatten())
     return out.view(*f.index.shape[:-1], d)
 
 
@@ -124,6 +142,5 @@ def prefix_decode(w_dec: torch.Tensor, f: BatchSparseActs, sizes: list[int]) -> 
     bags = ((flat // n_features + f.rows * arms) * groups + group).flatten()
     starts = torch.searchsorted(bags, torch.arange(len(arms) * f.rows * groups, device=bags.device))
     ids = (latents + n_features * arms).flatten()
-    columns = decoder_rows(w_dec)
-    out = nn.functional.embedding_bag(ids, columns, starts, mode="sum", per_sample_weights=f.values.flatten().float())
+    out = column_bags(decoder_rows(w_dec), ids, starts, f.values.flatten())
     return out.view(*lead, f.rows, groups, d).cumsum(-2).movedim(-2, -3)

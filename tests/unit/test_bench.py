@@ -38,6 +38,16 @@ def test_each_target_is_a_ratio_of_this_run_against_its_threshold():
     }  # batchtopk: no peer ran, so no ratio
 
 
+def test_a_step_that_failed_misses_its_target():
+    figures = _figures(4e5)
+    failed = {"tool": "pipeline", "n_features": 32768, "batch": 4096, "failed": "failed: RuntimeError: no kernel"}
+    figures["steps"][0] = {**failed, "kind": "relu"}
+    figures["steps"][3] = {**failed, "kind": "topk"}
+    found = {t["what"]: (t["ratio"], t["met"]) for t in targets(figures)}
+    assert found["relu N 32768 batch 4096: of matrix peak"] == (0.0, False)
+    assert found["topk N 32768 batch 4096: over the faster peer"] == (0.0, False)
+
+
 def test_sparse_kinds_are_set_against_the_faster_peer():
     [topk] = [t for t in targets(_figures(6e5)) if t["what"].startswith("topk")]
     assert topk["ratio"] == pytest.approx(1e6 / 6e5) and not topk["met"]
@@ -123,3 +133,24 @@ def test_each_kernel_choice_is_timed_against_its_alternative_on_cpu():
         ("decoder embedding bag, forward and backward", "contiguous copy", ["contiguous copy", "strided columns"]),
     ]  # a GPU takes the two rounds, the dense product and the fixed size
     assert all(ms > 0 for r in rows for ms in r["ms"].values())
+
+
+def test_the_table_says_which_step_or_kernel_failed(capsys):
+    from pipeline.bench.suite import print_table
+
+    rates = ("forward_tokens_s", "store_write_tokens_s", "plain_zarr_tokens_s", "harvest_tokens_s")
+    figures = _figures(4e5) | {"device": "cpu", "torch": "2", "matrix_peak_tflops": 1.0, "wall_s": 9.0}
+    figures["harvest"] |= {"model": "m", "hooks": ["h"], "store_write_gb_s": 1.0, "plain_zarr_gb_s": 1.0}
+    figures["harvest"] |= dict.fromkeys(rates, 1.0)
+    figures["grid"] |= {"n_features": 8, "batch": 4, "stacked_s": 1.0, "unstacked_s": 1.0, "one_after_another_s": 6.5}
+    figures["steps"] = [{"tflops": 1.0, "of_peak": 0.1} | r for r in figures["steps"]]
+    figures["kernels"] = [
+        {"what": "decoder bags, forward and backward", "failed": "failed: CompilationError: no"},
+        {"what": "AuxK selection", "ms": {"fixed size": 1.5, "dead columns": 2.0}},
+    ]
+    figures["targets"] = targets(figures)
+    print_table(figures)
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert "kernel: decoder bags, forward and backward failed: CompilationError: no" in lines
+    assert "kernel: AuxK selection fixed size 1.5 ms, dead columns 2 ms" in lines
+    assert "step: batchtopk N 32768 batch 4096, sae-lens failed: ImportError: no sae_lens" in lines
