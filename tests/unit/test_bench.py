@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pipeline.bench.suite import targets
 
@@ -154,3 +155,29 @@ def test_the_table_says_which_step_or_kernel_failed(capsys):
     assert "kernel: decoder bags, forward and backward failed: CompilationError: no" in lines
     assert "kernel: AuxK selection fixed size 1.5 ms, dead columns 2 ms" in lines
     assert "step: batchtopk N 32768 batch 4096, sae-lens failed: ImportError: no sae_lens" in lines
+
+
+def test_the_gpus_triton_row_checks_both_bags_agree_before_timing_them():
+    """The kernel row only a GPU with Triton adds, run here by Triton's interpreter at a small shape."""
+    pytest.importorskip("triton")
+    from pipeline.bench.kernels import triton_against_torch
+
+    torch.manual_seed(0)
+    d, n, batch, k = 12, 40, 6, 3
+    w_dec = torch.randn(d, n, requires_grad=True)
+    ids, weights = torch.randint(0, n, (batch, k)), torch.randn(batch, k, requires_grad=True)
+    timed_steps = []
+
+    def bag(columns, bags):
+        def step():
+            bags(columns()).sum().backward()
+            timed_steps.append(w_dec.grad.abs().sum().item())
+            w_dec.grad = weights.grad = None
+
+        return step
+
+    ways = triton_against_torch(ids, weights, w_dec, bag)
+    assert [name for name, _ in ways] == ["triton", "embedding bag"]
+    for _, step in ways:
+        step()
+    assert timed_steps[0] == pytest.approx(timed_steps[1], rel=1e-5) and timed_steps[0] > 0
