@@ -2,7 +2,7 @@
 
     python -m pipeline.bench.kernels [--steps 30]
 
-Five choices of `topk` and `batchtopk` were made on CPU and are untimed on a GPU; this part times each
+Six choices of `topk` and `batchtopk` were made on CPU and are untimed on a GPU; this part times each
 kernel chosen on this device and the others on the first TopK case's shape (N 32768, batch 4096, d 768 on
 a GPU; N 8192, batch 1024, d 128 on CPU), so one GPU run says which to keep:
 
@@ -15,10 +15,13 @@ a GPU; N 8192, batch 1024, d 128 on CPU), so one GPU run says which to keep:
 - the embedding bag of the decoder, forward and backward, over one contiguous copy of its columns
   (`topk_kernel.decoder_rows`) against over W_dec's strided columns in place;
 - on a GPU with Triton, the decoder's bags as Triton's kernels (`triton_bag.bag_sum`, chosen there) against
-  torch's embedding bag, both over the contiguous copy.
+  torch's embedding bag, both over the contiguous copy;
+- on a GPU with Triton, TopK's selection of each row's k latents (`topk_kernel.row_top`) as Triton's rounds
+  over chunks of the rows (`triton_topk.top_ids`, chosen there, in two tiles) against `torch.topk`.
 """
 
 import argparse
+from functools import partial
 
 import torch
 from torch import nn
@@ -89,6 +92,7 @@ def kernel_rows(steps: int) -> list[dict]:
     ]
     if CUDA and TRITON:
         choices.append(("decoder bags, forward and backward", lambda: triton_against_torch(ids, weights, w_dec, bag)))
+        choices.append((f"TopK's selection of each row's {K}", lambda: row_tops_against_torch(pre, K)))
     rows = []
     for what, ways in choices:
         row = {"what": what, "n_features": N_FEATURES, "batch": BATCH}
@@ -123,6 +127,19 @@ def triton_against_torch(ids, weights, w_dec, bag) -> list:
     for name, mine, theirs in zip(("sums", "W_dec gradient", "weights' gradient"), *results):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"triton {name}: {m}")
     return [(name, bag(lambda: decoder_rows(w_dec), bags)) for name, bags in ways.items()]
+
+
+def row_tops_against_torch(pre: torch.Tensor, k: int) -> list:
+    """Triton's rounds over chunks of each row, four rows a program (chosen on a GPU) and one, and `torch.topk`,
+    after checking on this device that each selects the values `torch.topk` does."""
+    from pipeline.coders.triton_topk import CHUNK, ROWS, top_ids
+
+    tiles = [(ROWS, CHUNK), (1, CHUNK)]
+    ways = {f"triton {rows} x {chunk}": partial(top_ids, pre, k, (rows, chunk)) for rows, chunk in tiles}
+    largest = pre.topk(k, dim=-1).values
+    for name, select in ways.items():
+        torch.testing.assert_close(pre.gather(-1, select()), largest, rtol=0, atol=0, msg=lambda m, n=name: f"{n}: {m}")
+    return [*ways.items(), ("torch.topk", lambda: pre.topk(k, dim=-1, sorted=False))]
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from pipeline.coders.base import (
     fired_in_batch,
     with_rows_axis,
 )
-from pipeline.coders.topk_kernel import SelectedPreActivations, batch_decode, row_major, sparse_decode
+from pipeline.coders.topk_kernel import SelectedPreActivations, batch_decode, row_major, row_top, sparse_decode
 from pipeline.config import CoderConfig
 
 # While dead latents may exist, how many steps pass between reads of the true idle maximum.
@@ -311,8 +311,7 @@ class TopKSAE(TopKFamily):
 
     def loss(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[dict[str, torch.Tensor], SparseActs]:
         pre = self.selection_pre(x)
-        with torch.no_grad():
-            index = pre.topk(self.k, dim=-1, sorted=False).indices
+        index = row_top(pre, self.k)
         f = SparseActs(index, torch.relu(self.selected_pre(x, pre, index)), self.n_features)
         if self.updating():
             self.count_firing(f)

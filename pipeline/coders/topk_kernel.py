@@ -1,5 +1,6 @@
-"""TopK's sparse training kernels: gradients for the chosen latents only, and decoding by embedding bag.
+"""TopK's sparse training kernels: each row's selection, gradients for the chosen latents alone, embedding bags.
 
+`row_top` chooses each row's k latents for TopK (Triton's kernels on a GPU, `torch.topk` elsewhere),
 `SelectedPreActivations` gathers the pre-activations of the latents a TopK or BatchTopK selection chose
 and gives gradients to the weights through them alone, and `sparse_decode` (k latents per row,
 `SparseActs`), `batch_decode` (any number per row, `BatchSparseActs`) and `prefix_decode` (the same, over
@@ -109,6 +110,16 @@ def column_bags(table: torch.Tensor, ids: torch.Tensor, starts: torch.Tensor, we
 
         return bag_sum(table, ids, starts, weights)
     return nn.functional.embedding_bag(ids, table, starts, mode="sum", per_sample_weights=weights.float())
+
+
+def row_top(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """[..., rows, k] ids of each row's k largest pre-activations, in no set order: Triton's rounds over chunks of
+    the rows (`pipeline.coders.triton_topk`, one read of them) on a GPU where installed; `torch.topk` elsewhere."""
+    if pre.is_cuda and TRITON:
+        from pipeline.coders.triton_topk import top_ids
+
+        return top_ids(pre, k)
+    return pre.topk(k, dim=-1, sorted=False).indices
 
 
 def sparse_decode(w_dec: torch.Tensor, f: SparseActs) -> torch.Tensor:

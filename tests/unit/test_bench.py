@@ -181,3 +181,17 @@ def test_the_gpus_triton_row_checks_both_bags_agree_before_timing_them():
     for _, step in ways:
         step()
     assert timed_steps[0] == pytest.approx(timed_steps[1], rel=1e-5) and timed_steps[0] > 0
+
+
+def test_the_gpus_selection_row_checks_each_tile_against_torch_topk_before_timing_them():
+    """The other kernel row only a GPU with Triton adds, run here by Triton's interpreter on a few rows."""
+    pytest.importorskip("triton")
+    from pipeline.bench.kernels import row_tops_against_torch
+
+    torch.manual_seed(0)
+    pre = torch.randn(2, 50)
+    ways = row_tops_against_torch(pre, 5)
+    assert [name for name, _ in ways] == ["triton 4 x 1024", "triton 1 x 1024", "torch.topk"]
+    chosen = {name: set(select().flatten().tolist()) for name, select in ways[:-1]}
+    assert len({frozenset(ids) for ids in chosen.values()}) == 1
+    assert ways[-1][1]().values.shape == (2, 5)
