@@ -6,6 +6,8 @@ is not installed or fails to build as a line of text instead of stopping the run
 only inside these functions, so the package does not depend on them.
 """
 
+import os
+
 import torch
 
 from pipeline.bench.timing import CUDA, DEVICE, D, K, failure
@@ -15,6 +17,8 @@ def sparsify_step(kind: str, n_features: int, batch: int):
     """One step of sparsify's TopK SparseCoder as its trainer runs it (its own bf16 autocast, Adam, unit decoder)."""
     if kind != "topk":
         return None
+    if not CUDA:  # sparsify's Triton decoder needs a GPU; its own switch, read as it is imported, picks its eager one
+        os.environ["SPARSIFY_DISABLE_TRITON"] = "1"
     from sparsify import SparseCoder, SparseCoderConfig
 
     sae = SparseCoder(D, SparseCoderConfig(num_latents=n_features, k=K), device=DEVICE)

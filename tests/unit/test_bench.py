@@ -1,5 +1,6 @@
 """The benchmark suite's verdicts: each target is a ratio of two figures of the same run."""
 
+import os
 import subprocess
 import sys
 
@@ -195,3 +196,23 @@ def test_the_gpus_selection_row_checks_each_tile_against_torch_topk_before_timin
     chosen = {name: set(select().flatten().tolist()) for name, select in ways[:-1]}
     assert len({frozenset(ids) for ids in chosen.values()}) == 1
     assert ways[-1][1]().values.shape == (2, 5)
+
+
+SPARSIFY_STEP = """
+from pipeline.bench.peers import sparsify_step
+
+sparsify_step("topk", 256, 64)()
+print("ok")
+"""
+
+
+def test_sparsifys_step_runs_on_a_cpu_where_triton_is_installed():
+    """sparsify takes its Triton decoder whenever Triton imports; the CPU rehearsal of the benchmark must get its
+    eager one. In a child process, as the benchmark runs (without Triton's interpreter, which this one has on)."""
+    pytest.importorskip("sparsify")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SPARSIFY_DISABLE_TRITON")}
+    done = subprocess.run(
+        [sys.executable, "-c", SPARSIFY_STEP], env=env | {"CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "ok"
