@@ -4,8 +4,9 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 _PIECE = 1 << 20  # bytes written between two requests to start writing back to disk
@@ -18,15 +19,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     The data is flushed to disk before the rename, so even a crash of the machine leaves the old
     file or the new one. The temporary name is unique to this process and thread.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
+
+    def write_flushed(tmp: Path) -> None:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        flush_to_disk(tmp)
+
+    _replace(Path(path), write_flushed)
 
 
 def write_bytes_atomic(path: Path, data: memoryview, verify: Callable[[Path], None]) -> None:
@@ -36,17 +34,57 @@ def write_bytes_atomic(path: Path, data: memoryview, verify: Callable[[Path], No
     ones are flushed: the write is on disk about when it would otherwise only be in the page cache.
     """
 
-    def write(tmp: Path) -> None:
+    def write_flushed(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             for start in range(0, len(data), _PIECE):
                 f.write(data[start : start + _PIECE])
                 f.flush()
                 _start_writeback(f.fileno(), start, _PIECE)
         flushed = _FLUSHERS.submit(flush_to_disk, tmp)
-        verify(tmp)
-        flushed.result()
+        try:
+            verify(tmp)
+        finally:
+            flushed.result()
 
-    write_atomic(path, write)
+    _replace(Path(path), write_flushed)
+
+
+@contextmanager
+def text_replacing_after(path: Path, text: Callable[[], str]) -> Iterator[None]:
+    """`text()` replaces the file at `path` as `write_text_atomic` does, once the block has ended without error.
+
+    `text()` is called, and its file written and flushed to disk, on another thread while the block runs,
+    so a record that may only appear after the data it describes costs no more than its rename after it.
+    """
+    path = Path(path)
+    tmp = _temporary(path)
+    staged = _FLUSHERS.submit(_write_flushed_text, tmp, text)
+    try:
+        yield
+        staged.result()
+        os.replace(tmp, path)
+    finally:
+        wait([staged])  # a block that failed must not leave the file to appear after its removal
+        tmp.unlink(missing_ok=True)
+
+
+def _write_flushed_text(tmp: Path, text: Callable[[], str]) -> None:
+    tmp.write_text(text())
+    flush_to_disk(tmp)
+
+
+def _replace(path: Path, write_flushed: Callable[[Path], None]) -> None:
+    tmp = _temporary(path)
+    try:
+        write_flushed(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _temporary(path: Path) -> Path:
+    """A name beside `path` for a file being written, unique to this process and thread."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
@@ -77,7 +115,7 @@ def create_dir_atomic(path: Path, fill: Callable[[Path], None]) -> None:
     path = Path(path)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _temporary(path)
     try:
         fill(tmp)
         for item in sorted(tmp.rglob("*"), reverse=True):  # each file, then the folders holding them

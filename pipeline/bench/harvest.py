@@ -24,6 +24,7 @@ import torch
 
 from pipeline.coders.registry import register_schema
 from pipeline.config import compose
+from pipeline.errors import ConfigError
 from pipeline.harvest.stage import planned_attrs
 from pipeline.harvest.worker import CONCURRENT, HarvestWorker
 from pipeline.models.hooks import parse_hook, run_to_hooks
@@ -143,8 +144,15 @@ def _time_writes(store: ActivationStore, d_model: int, plain_path: Path) -> tupl
     return write_s, plain_s, rounds
 
 
-def main(argv: list[str]) -> None:
-    r = measure(argv)
+def main(argv: list[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        return 0
+    try:
+        r = measure(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(
         f"model {r['model']} ({r['model_dtype']}, {r['device']}), hooks {r['hooks']}, "
         f"batch {r['batch_tokens']} tokens, store {r['store']}"
@@ -159,7 +167,8 @@ def main(argv: list[str]) -> None:
         f"harvest        {r['harvest_tokens_s']:>12,.0f} tokens/s  "
         f"({r['harvest_of_slower']:.2f} x the slower of the forward pass and the plain write)"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

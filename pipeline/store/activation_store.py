@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.atomic import create_dir_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
+from pipeline.atomic import create_dir_atomic, text_replacing_after, write_bytes_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.schema import check_schema
@@ -157,43 +157,60 @@ class ActivationStore:
     def write_shard(self, shard: int, acts: dict[str, torch.Tensor]) -> dict:
         """Writes one shard of every hook, verifies it by reading back, then records it complete.
 
-        Each hook's checksum and norms are computed on a second thread while its shard file is encoded and written.
+        Each hook's checksum and sums are computed on other threads while its file goes to disk; the
+        record goes to disk while the last hook's file does, and takes its name only after that file.
+        """
+        stamp, sums = _stamp(), {}
+        *first, last = self.hooks
+        for hook in first:
+            self._write_checked(f"acts/{hook}", shard, self._encoded_file(shard, hook, acts[hook], sums))
+        encoded = self._encoded_file(shard, last, acts[last], sums)
+        # One line: json's indenting encoder is pure Python, twice as slow on a record's row sums as the compact one.
+        with text_replacing_after(
+            self.path / RECORDS / f"shard-{shard:06d}.json", lambda: json.dumps(self._record(shard, sums, stamp))
+        ):
+            self._write_checked(f"acts/{last}", shard, encoded)
+        return self._record(shard, sums, stamp)
+
+    def _encoded_file(self, shard: int, hook: str, acts: torch.Tensor, sums: dict) -> np.ndarray:
+        """The bytes of `hook`'s file for shard `shard`; its checksum and sums start on other threads, into `sums`.
+
+        They start once the file is encoded: on a CPU of few cores they would slow the encoding, and they
+        are needed only once the file is on disk, which leaves the cores idle while it gets there.
         """
         start, stop = self.layout.rows(shard)
-        checksums, sizes, sum_sq, row_sums = {}, {}, {}, {}
-        for hook in self.hooks:
-            data = codecs.encode(acts[hook], self.dtype)
-            if data.shape[0] != stop - start:
-                raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
-            digest = _HELPERS.submit(checksum, data)
-            stats = _HELPERS.submit(_sums, codecs.decode(data, self.dtype))
-            self._write_checked(f"acts/{hook}", shard, data)
-            checksums[f"acts/{hook}"] = digest.result()
-            sizes[f"acts/{hook}"] = self.file_bytes(f"acts/{hook}", shard)
-            sum_sq[hook], row_sums[hook] = stats.result()
-        record = {
+        data = codecs.encode(acts, self.dtype)
+        if data.shape[0] != stop - start:
+            raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
+        encoded = self._encoder(f"acts/{hook}")(data).as_numpy_array()
+        digest = _HELPERS.submit(checksum, data)
+        stats = _HELPERS.submit(_sums, codecs.decode(data, self.dtype))
+        sums[hook] = digest, stats, encoded.nbytes  # the file's size: the read-back check compares every byte
+        return encoded
+
+    def _record(self, shard: int, sums: dict, stamp: dict) -> dict:
+        """Shard `shard`'s completion record, once the checksums and sums of `sums` are done."""
+        start, stop = self.layout.rows(shard)
+        stats = {hook: stat.result() for hook, (_, stat, _) in sums.items()}
+        return {
             "shard": shard,
             "contexts": list(self.layout.contexts(shard)),
             "rows": [start, stop],
-            "checksums": checksums,
-            "bytes": sizes,
-            "sum_sq_norm": sum_sq,
-            "sum": row_sums,
-            **_stamp(),
+            "checksums": {f"acts/{hook}": digest.result() for hook, (digest, _, _) in sums.items()},
+            "bytes": {f"acts/{hook}": size for hook, (_, _, size) in sums.items()},
+            "sum_sq_norm": {hook: sum_sq for hook, (sum_sq, _) in stats.items()},
+            "sum": {hook: row_sums for hook, (_, row_sums) in stats.items()},
+            **stamp,
         }
-        # One line: json's indenting encoder is pure Python, twice as slow on a record's row sums as the compact one.
-        write_text_atomic(self.path / RECORDS / f"shard-{shard:06d}.json", json.dumps(record))
-        return record
 
-    def _write_checked(self, name: str, shard: int, data: np.ndarray) -> None:
-        """Stores `data` as shard `shard` of array `name`: its file, read back and compared byte for byte, then put on
-        disk and renamed into place, so no record can outlive its data.
+    def _write_checked(self, name: str, shard: int, encoded: np.ndarray) -> None:
+        """Stores the shard file's bytes `encoded` as shard `shard` of array `name`: read back and compared byte for
+        byte, then put on disk and renamed into place, so no record can outlive its data.
 
         The shard's file is encoded whole in memory and replaces the one on disk: Zarr would merge a slice write into
         the file already there, where a damaged one would fail it or survive in it; and the bytes to compare with are
         at hand without decoding the file again, which costs more than writing it.
         """
-        encoded = self._encoder(name)(data).as_numpy_array()
         file = self.shard_file(name, shard)
         target = f"{self.path}/{name}"
 

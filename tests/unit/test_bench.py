@@ -124,6 +124,23 @@ def test_the_harvest_benchmark_times_every_part_on_a_real_store():
     assert r["store_write_gb_s"] * 1e9 / r["store_write_tokens_s"] == pytest.approx(768 * 2)
 
 
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("bogus", "bogus: expected an override of the form key=value"),
+        ("harvest.hooks=[resid_pre.99]", "harvest.hooks: layer 99 of 'resid_pre.99' is out of range; the model has"),
+    ],
+)
+def test_a_bad_harvest_benchmark_override_is_refused_in_one_line(tmp_path, override, error):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench.harvest", "model.name=random:gpt2", override],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith(f"error: {error}") and len(result.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_each_kernel_choice_is_timed_against_its_alternative_on_cpu():
     from pipeline.bench.kernels import kernel_rows
 

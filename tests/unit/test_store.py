@@ -6,7 +6,7 @@ import pytest
 import torch
 import zarr
 
-from pipeline.atomic import write_atomic, write_bytes_atomic, write_json_atomic
+from pipeline.atomic import text_replacing_after, write_atomic, write_bytes_atomic, write_json_atomic
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore, checksum, open_store
@@ -141,6 +141,28 @@ def test_a_failed_write_leaves_the_shard_unrecorded_and_names_it(tmp_path):
     assert store.incomplete_shards() == [0, 1]
 
 
+def test_a_shard_whose_last_hooks_file_fails_leaves_no_record_nor_its_temporary_file(tmp_path):
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(hooks=("resid_post.0", "resid_post.1")), d_model=8)
+    (tmp_path / "s.zarr" / "acts" / "resid_post.1" / "c" / "0" / "0").mkdir(parents=True)
+    with pytest.raises(OSError, match="shard 0: writing .*acts/resid_post.1"):
+        store.write_shard(0, {"resid_post.0": torch.ones(16, 8), "resid_post.1": torch.ones(16, 8)})
+    assert store.shard_file("acts/resid_post.0", 0).exists()  # the first hook's file was written ...
+    assert store.incomplete_shards() == [0, 1]  # ... but the shard is not complete
+    assert not list((tmp_path / "s.zarr" / "completion").iterdir())
+
+
+def test_a_shards_record_gives_each_hooks_file_size_and_checksum(tmp_path):
+    hooks = ("resid_post.0", "resid_post.1")
+    store = ActivationStore.create(tmp_path / "s.zarr", _attrs(hooks=hooks, codec="zstd"), d_model=8)
+    acts = {hook: torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i, hook in enumerate(hooks)}
+    returned = store.write_shard(1, acts)
+    assert returned == store.record(1)
+    for hook in hooks:
+        assert returned["bytes"][f"acts/{hook}"] == store.shard_file(f"acts/{hook}", 1).stat().st_size
+        assert returned["checksums"][f"acts/{hook}"] == checksum(codecs.encode(acts[hook], "float16"))
+    assert data_damage(store, 1) is None
+
+
 def test_a_failed_record_write_leaves_no_record(tmp_path, monkeypatch):
     store = ActivationStore.create(tmp_path / "s.zarr", _attrs(), d_model=8)
 
@@ -167,6 +189,18 @@ def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_nothing_else(t
         write_atomic(path, half_then_fail)
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_a_text_replacing_after_its_block_appears_only_once_the_block_succeeds(tmp_path):
+    path = tmp_path / "record.json"
+    path.write_text("old")
+    with text_replacing_after(path, lambda: "new"):
+        assert path.read_text() == "old"
+    assert path.read_text() == "new"
+    with pytest.raises(OSError, match="data failed"), text_replacing_after(path, lambda: "newer"):
+        raise OSError("data failed")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]  # the temporary file is gone too
 
 
 def test_a_bytes_write_whose_read_back_fails_keeps_the_old_file_and_leaves_nothing_else(tmp_path):
