@@ -9,7 +9,8 @@ with random weights. The bare forward pass keeps its activations on the device; 
 write puts the same rows into an array of the same chunks, shards and codec with Zarr's defaults,
 shard by shard in turn with the store's so that both see the same machine load, for a couple of
 seconds; harvest copies the activations to the host and writes them with a worker's two shards in
-flight, as a harvest actor does. Harvest should approach the slower of the forward pass and the plain write.
+flight, as a harvest actor does, in turn with the bare forward pass over the same contexts. Harvest
+should approach the slower of the forward pass and the plain write.
 """
 
 import os
@@ -35,6 +36,7 @@ from pipeline.store.activation_store import ActivationStore
 SHARDS = 8
 WRITE_S = 2.0  # seconds of writes each side is timed for, at least ...
 MAX_ROUNDS = 8  # ... unless it has written every shard this many times
+HARVEST_ROUNDS = 3  # rounds of the bare forward pass and of the harvest, in turn
 
 
 def _sync(device: torch.device) -> None:
@@ -60,14 +62,11 @@ def measure(argv: list[str]) -> dict:
             str(store.path), cfg.model, info.n_layers, cfg.harvest.batch_contexts, cfg.harvest.drop_bos
         )
         rows = store.layout.rows_per_shard * SHARDS
-        forward_s = _time_forward(worker, tokens)
         write_s, plain_s, rounds = _time_writes(store, info.d_model, Path(tmp) / "plain.zarr")
         n_bytes = rounds * rows * len(store.hooks) * info.d_model * torch.finfo(codecs.DTYPES[store.dtype][1]).bits // 8
-        with ThreadPoolExecutor(CONCURRENT) as pool:
-            list(pool.map(worker.harvest, range(CONCURRENT)))  # warm-up
-            start = time.perf_counter()
-            list(pool.map(worker.harvest, range(SHARDS)))
-            harvest_s = time.perf_counter() - start
+        forward_s, harvest_s = _time_harvest(worker, tokens)
+    forward, harvested = HARVEST_ROUNDS * rows / forward_s, HARVEST_ROUNDS * rows / harvest_s
+    plain = rounds * rows / plain_s
     return {
         "model": cfg.model.name,
         "model_dtype": cfg.model.dtype,
@@ -76,22 +75,36 @@ def measure(argv: list[str]) -> dict:
         "batch_tokens": cfg.harvest.batch_contexts * cfg.data.context_len,
         "store": f"{cfg.store.dtype}/{cfg.store.codec}",
         "tokens": rows,
-        "forward_tokens_s": rows / forward_s,
+        "forward_tokens_s": forward,
         "store_write_tokens_s": rounds * rows / write_s,
         "store_write_gb_s": n_bytes / write_s / 1e9,
-        "plain_zarr_tokens_s": rounds * rows / plain_s,
+        "plain_zarr_tokens_s": plain,
         "plain_zarr_gb_s": n_bytes / plain_s / 1e9,
-        "harvest_tokens_s": rows / harvest_s,
+        "harvest_tokens_s": harvested,
         "store_of_plain": plain_s / write_s,
-        "harvest_of_slower": rows / harvest_s / min(rows / forward_s, rounds * rows / plain_s),
+        "harvest_of_slower": harvested / min(forward, plain),
     }
+
+
+def _time_harvest(worker: HarvestWorker, tokens: np.ndarray) -> tuple[float, float]:
+    """Seconds of bare forward passes over every context and of harvests of every shard, HARVEST_ROUNDS of each
+    in turn, after one of each untimed: the two then see the same machine load, which drifts on a shared host
+    by more than a tenth between one measurement and the next."""
+    forward_s = harvest_s = 0.0
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        _time_forward(worker, tokens[: worker.batch_contexts])
+        list(pool.map(worker.harvest, range(CONCURRENT)))
+        for _ in range(HARVEST_ROUNDS):
+            forward_s += _time_forward(worker, tokens)
+            start = time.perf_counter()
+            list(pool.map(worker.harvest, range(SHARDS)))
+            harvest_s += time.perf_counter() - start
+    return forward_s, harvest_s
 
 
 def _time_forward(worker: HarvestWorker, tokens: np.ndarray) -> float:
     ids = torch.from_numpy(tokens).long()
     points = [parse_hook(p.name, worker.n_layers) for p in worker.points]
-    for batch in ids[: worker.batch_contexts].split(worker.batch_contexts):  # warm-up
-        run_to_hooks(worker.model, batch.to(worker.device), points, worker.n_layers)
     _sync(worker.device)
     start = time.perf_counter()
     for batch in ids.split(worker.batch_contexts):
