@@ -94,6 +94,10 @@ def print_table(figures: dict) -> None:
         (f"harvest: bare forward ({h['model']}, {h['hooks'][0]})", f"{h['forward_tokens_s']:,.0f} tokens/s"),
         ("harvest: store write", f"{h['store_write_tokens_s']:,.0f} tokens/s, {h['store_write_gb_s']:.2f} GB/s"),
         ("harvest: plain Zarr write", f"{h['plain_zarr_tokens_s']:,.0f} tokens/s, {h['plain_zarr_gb_s']:.2f} GB/s"),
+        (
+            "harvest: plain Zarr write flushed to disk",
+            f"{h['plain_flushed_gb_s']:.2f} GB/s, {h['store_of_flushed_plain']:.2f} x it for the store",
+        ),
         ("harvest: harvest", f"{h['harvest_tokens_s']:,.0f} tokens/s"),
     ]
     for r in figures["steps"]:

@@ -122,6 +122,9 @@ def test_the_harvest_benchmark_times_every_part_on_a_real_store():
     # Both writes moved the same bytes: their GB/s stand in the ratio of their tokens/s.
     assert r["store_write_gb_s"] / r["plain_zarr_gb_s"] == pytest.approx(r["store_of_plain"])
     assert r["store_write_gb_s"] * 1e9 / r["store_write_tokens_s"] == pytest.approx(768 * 2)
+    # The flush to disk only adds to the plain write's time.
+    assert r["plain_flushed_gb_s"] <= r["plain_zarr_gb_s"]
+    assert r["store_write_gb_s"] / r["plain_flushed_gb_s"] == pytest.approx(r["store_of_flushed_plain"])
 
 
 @pytest.mark.parametrize(
@@ -160,6 +163,7 @@ def test_the_table_says_which_step_or_kernel_failed(capsys):
     rates = ("forward_tokens_s", "store_write_tokens_s", "plain_zarr_tokens_s", "harvest_tokens_s")
     figures = _figures(4e5) | {"device": "cpu", "torch": "2", "matrix_peak_tflops": 1.0, "wall_s": 9.0}
     figures["harvest"] |= {"model": "m", "hooks": ["h"], "store_write_gb_s": 1.0, "plain_zarr_gb_s": 1.0}
+    figures["harvest"] |= {"plain_flushed_gb_s": 0.5, "store_of_flushed_plain": 2.0}
     figures["harvest"] |= dict.fromkeys(rates, 1.0)
     figures["grid"] |= {"n_features": 8, "batch": 4, "stacked_s": 1.0, "unstacked_s": 1.0, "one_after_another_s": 6.5}
     figures["steps"] = [{"tflops": 1.0, "of_peak": 0.1} | r for r in figures["steps"]]
@@ -172,6 +176,7 @@ def test_the_table_says_which_step_or_kernel_failed(capsys):
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
     assert "kernel: decoder bags, forward and backward failed: CompilationError: no" in lines
     assert "kernel: AuxK selection fixed size 1.5 ms, dead columns 2 ms" in lines
+    assert "harvest: plain Zarr write flushed to disk 0.50 GB/s, 2.00 x it for the store" in lines
     assert "step: batchtopk N 32768 batch 4096, sae-lens failed: ImportError: no sae_lens" in lines
 
 
