@@ -98,7 +98,11 @@ def print_table(figures: dict) -> None:
             "harvest: plain Zarr write flushed to disk",
             f"{h['plain_flushed_gb_s']:.2f} GB/s, {h['store_of_flushed_plain']:.2f} x it for the store",
         ),
-        ("harvest: harvest", f"{h['harvest_tokens_s']:,.0f} tokens/s"),
+        (
+            "harvest: harvest",
+            f"{h['harvest_tokens_s']:,.0f} tokens/s, {h['harvest_of_slower_flushed']:.2f} x the slower of the "
+            "forward pass and the flushed plain write",
+        ),
     ]
     for r in figures["steps"]:
         what = f"step: {r['kind']} N {r['n_features']} batch {r['batch']}, {r['tool']}"

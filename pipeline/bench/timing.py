@@ -15,6 +15,9 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 D = 768 if CUDA else 128
 K = 32
+# Seconds of timed calls after which a case stops (once it has three): the slowest cases, a peer's step at the
+# largest shape, then take seconds rather than a minute, and the suite fits one call of the GPU host.
+CASE_S = 3.0
 
 
 def sync() -> None:
@@ -29,11 +32,12 @@ def failure(error: Exception) -> str:
 
 
 def timed(step, n: int) -> float:
-    """Median seconds per call of `step` over `n` calls, after three warm-up calls."""
+    """Median seconds per call of `step` over `n` calls after three warm-up calls; past the third, no more once
+    the timed calls have taken CASE_S."""
     for _ in range(3):
         step()
     times = []
-    for _ in range(n):
+    while len(times) < n and (len(times) < 3 or sum(times) < CASE_S):
         sync()
         start = time.perf_counter()
         step()

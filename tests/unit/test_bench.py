@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -125,6 +126,8 @@ def test_the_harvest_benchmark_times_every_part_on_a_real_store():
     # The flush to disk only adds to the plain write's time.
     assert r["plain_flushed_gb_s"] <= r["plain_zarr_gb_s"]
     assert r["store_write_gb_s"] / r["plain_flushed_gb_s"] == pytest.approx(r["store_of_flushed_plain"])
+    slower = min(r["forward_tokens_s"], r["plain_flushed_tokens_s"])
+    assert r["harvest_of_slower_flushed"] == pytest.approx(r["harvest_tokens_s"] / slower)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +166,7 @@ def test_the_table_says_which_step_or_kernel_failed(capsys):
     rates = ("forward_tokens_s", "store_write_tokens_s", "plain_zarr_tokens_s", "harvest_tokens_s")
     figures = _figures(4e5) | {"device": "cpu", "torch": "2", "matrix_peak_tflops": 1.0, "wall_s": 9.0}
     figures["harvest"] |= {"model": "m", "hooks": ["h"], "store_write_gb_s": 1.0, "plain_zarr_gb_s": 1.0}
-    figures["harvest"] |= {"plain_flushed_gb_s": 0.5, "store_of_flushed_plain": 2.0}
+    figures["harvest"] |= {"plain_flushed_gb_s": 0.5, "store_of_flushed_plain": 2.0, "harvest_of_slower_flushed": 1.5}
     figures["harvest"] |= dict.fromkeys(rates, 1.0)
     figures["grid"] |= {"n_features": 8, "batch": 4, "stacked_s": 1.0, "unstacked_s": 1.0, "one_after_another_s": 6.5}
     figures["steps"] = [{"tflops": 1.0, "of_peak": 0.1} | r for r in figures["steps"]]
@@ -177,6 +180,7 @@ def test_the_table_says_which_step_or_kernel_failed(capsys):
     assert "kernel: decoder bags, forward and backward failed: CompilationError: no" in lines
     assert "kernel: AuxK selection fixed size 1.5 ms, dead columns 2 ms" in lines
     assert "harvest: plain Zarr write flushed to disk 0.50 GB/s, 2.00 x it for the store" in lines
+    assert "harvest: harvest 1 tokens/s, 1.50 x the slower of the forward pass and the flushed plain write" in lines
     assert "step: batchtopk N 32768 batch 4096, sae-lens failed: ImportError: no sae_lens" in lines
 
 
@@ -238,3 +242,18 @@ def test_sparsifys_step_runs_on_a_cpu_where_triton_is_installed():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "ok"
+
+
+@pytest.mark.parametrize("n, calls", [(2, 3 + 2), (100, 3 + 3)])
+def test_a_case_stops_being_timed_after_its_seconds_once_it_has_three_calls(monkeypatch, n, calls):
+    from pipeline.bench import timing
+
+    monkeypatch.setattr(timing, "CASE_S", 0.05)
+    made = []
+
+    def step():
+        made.append(1)
+        time.sleep(0.02)
+
+    assert timing.timed(step, n) == pytest.approx(0.02, abs=0.015)
+    assert len(made) == calls  # three warm-up calls, then n, or three past which 0.05 s have gone
