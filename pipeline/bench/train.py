@@ -24,7 +24,9 @@ from pipeline.bench.options import at_least_one
 from pipeline.bench.peers import peer, saelens_step, sparsify_step
 from pipeline.bench.timing import CUDA, DEVICE, D, K, failure, matrix_peak, sync, timed
 from pipeline.coders.registry import AnyCoderConfig, build
+from pipeline.evaluate.metrics import FiringTracker
 from pipeline.train.arm_run import autocast
+from pipeline.train.host_memory import keep_freed_blocks
 from pipeline.train.optimizer import adam, clipped_step, gradient_norm
 
 CLT_LAYERS = 4  # layers of the CLT case
@@ -40,20 +42,24 @@ LAYERED = [(kind, *CASES[0][1:]) for kind in ("transcoder", "clt")]
 
 
 def own_step(kind: str, n_features: int, batch: int):
-    """A closure running one trainer step of a fresh coder; its FLOPs per token."""
+    """A closure running one trainer step of a fresh coder (as `ArmRun.step` takes it: the loss, its gradients,
+    the clipped Adam step, the coder's own after-step and the firing history); its FLOPs per token."""
+    keep_freed_blocks()  # as the trainer does
     layers = CLT_LAYERS if kind == "clt" else 1
     coder = build(AnyCoderConfig(kind=kind, n_features=n_features, k=K), D, layers).to(DEVICE).train()
     optimizer = adam(coder.parameters(), 1e-4)
     shape = (batch, layers, D) if kind == "clt" else (batch, D)
     x = torch.randn(shape, device=DEVICE)
     target = {"target": torch.randn(shape, device=DEVICE)} if coder.target_field else {}
+    firing = FiringTracker(n_features, DEVICE)
 
     def step():
         with autocast(DEVICE, "auto"):
-            parts, _ = coder.loss(x, 1.0, **target)
+            parts, f = coder.loss(x, 1.0, **target)
         parts["loss"].backward()
         clipped_step(optimizer, gradient_norm(coder.parameters()), 1.0)
         coder.after_step()
+        firing.update(f)
 
     return step, coder.flops_per_token()
 

@@ -21,7 +21,7 @@ g_S and g_P the upstream gradients of the sparsity and pre-activation terms, and
 
 import torch
 
-from pipeline.coders.relu_kernel import encode, per_arm, weight_grad, with_column
+from pipeline.coders.relu_kernel import encode, loss_gradients, losses_only, per_arm, weight_grad, with_column
 
 
 def _activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
@@ -137,10 +137,13 @@ class JumpReluSAELoss(torch.autograd.Function):
         ctx.save_for_backward(x, pre, f, err, w_dec_low, w_dec, theta, norm)
         ctx.hp = hp
         ctx.mark_non_differentiable(f)
-        return err.pow(2).sum(-1).mean(-1), sparsity.sum(-1) / rows, preact.sum(-1) / rows, f
+        reconstruction = err.pow(2).sum(-1).mean(-1)
+        losses_only(ctx, reconstruction)
+        return reconstruction, sparsity.sum(-1) / rows, preact.sum(-1) / rows, f
 
     @staticmethod
     def backward(ctx, g_reconstruction, g_sparsity, g_preact, _):
+        g_reconstruction, g_sparsity, g_preact = loss_gradients(ctx, g_reconstruction, g_sparsity, g_preact)
         x, pre, f, err, w_dec_low, w_dec, theta, norm = ctx.saved_tensors
         hp, (rows, d), dtype = ctx.hp, x.shape, pre.dtype
         g_x_hat = err * per_arm(2 * g_reconstruction / rows)

@@ -66,6 +66,19 @@ def per_arm(value: torch.Tensor) -> torch.Tensor:
     return value[..., None, None]
 
 
+def losses_only(ctx, loss: torch.Tensor) -> None:
+    """Sets up `ctx` of a loss whose last output is the [rows x N] activations, which is never differentiated:
+    autograd would otherwise pass it a gradient of zeros of that size, a pass over memory as long as an
+    elementwise one. Gradients the losses do not get are then None (`loss_gradients`)."""
+    ctx.set_materialize_grads(False)
+    ctx.loss_shape, ctx.loss_device = loss.shape, loss.device
+
+
+def loss_gradients(ctx, *grads: torch.Tensor | None) -> list[torch.Tensor]:
+    """The losses' gradients, zeros for a loss that is not used (a penalty with no weight, say)."""
+    return [g if g is not None else torch.zeros(ctx.loss_shape, device=ctx.loss_device) for g in grads]
+
+
 class ReluSAELoss(torch.autograd.Function):
     """(reconstruction, sparsity, f) of a ReLU SAE: mean_rows ||x - x_hat||^2, mean_rows sum_i f_i ||W_dec[:, i]||."""
 
@@ -79,10 +92,13 @@ class ReluSAELoss(torch.autograd.Function):
         err = out[..., :d] + b_dec.unsqueeze(-2) - x
         ctx.save_for_backward(x, f, err, dec, w_dec, norm)
         ctx.mark_non_differentiable(f)
-        return err.pow(2).sum(-1).mean(-1), out[..., d].mean(-1), f
+        reconstruction = err.pow(2).sum(-1).mean(-1)
+        losses_only(ctx, reconstruction)
+        return reconstruction, out[..., d].mean(-1), f
 
     @staticmethod
     def backward(ctx, g_reconstruction, g_sparsity, _):
+        g_reconstruction, g_sparsity = loss_gradients(ctx, g_reconstruction, g_sparsity)
         x, f, err, dec, w_dec, norm = ctx.saved_tensors
         rows, d = x.shape
         dtype = f.dtype

@@ -12,6 +12,7 @@ from pipeline.activations.loading import ActivationData
 from pipeline.config import CoderConfig, TrackingConfig, TrainConfig
 from pipeline.progress import Progress
 from pipeline.train.arm_run import ArmRun, ArmSpec
+from pipeline.train.host_memory import keep_freed_blocks
 from pipeline.train.stack import build_stacks
 
 
@@ -27,6 +28,7 @@ def train_grid(
     """
     if len({(s.train.batch_size, s.train.seed) for s in specs}) != 1:
         raise ValueError("a fused grid needs one batch size and one seed for all its arms")
+    keep_freed_blocks()  # a CPU's steps then reuse each other's large blocks
     outcomes: list[dict | Exception | None] = [None] * len(specs)
     stacks = build_stacks(_start_arms(specs, data, tracking, outcomes))
     if stacks:

@@ -44,12 +44,15 @@ def test_relu_kernel_equals_autograd_over_the_plain_loss():
         torch.testing.assert_close(fused[name], reference[name], msg=name)
 
 
+# Without the pre-activation loss its output gets no gradient at all, which the kernel takes as zero.
+@pytest.mark.parametrize("preact_coefficient", [0.2, 0.0])
 @pytest.mark.parametrize("ste_to_input", [False, True], ids=["ste-threshold", "ste-to-input"])
 @pytest.mark.parametrize("penalty", ["tanh", "l0"])
-def test_jumprelu_kernel_equals_autograd_over_the_plain_loss(penalty, ste_to_input, monkeypatch):
+def test_jumprelu_kernel_equals_autograd_over_the_plain_loss(penalty, ste_to_input, preact_coefficient, monkeypatch):
     coder = JumpReluSAE(
-        16, 64, l1_coefficient=0.3, penalty=penalty, bandwidth=0.5, preact_coefficient=0.2, ste_to_input=ste_to_input
-    )
+        16, 64, l1_coefficient=0.3, penalty=penalty, bandwidth=0.5, preact_coefficient=preact_coefficient,
+        ste_to_input=ste_to_input,
+    )  # fmt: skip
     coder = _moved(coder)
     x = torch.randn(77, 16)
     monkeypatch.setattr(jumprelu_kernel, "PIECE", 32 * 64)  # on CPU, three pieces of 32 rows, the last one short
@@ -65,7 +68,7 @@ def test_jumprelu_kernel_equals_autograd_over_the_plain_loss(penalty, ste_to_inp
     else:
         sparsity = StepFunction.apply(pre, theta, 0.5, ste_to_input).sum(-1).mean()
     preact = (torch.relu(theta - pre) * norm).sum(-1).mean()
-    reference = _grads(coder, reconstruction + 0.7 * 0.3 * sparsity + 0.2 * preact)
+    reference = _grads(coder, reconstruction + 0.7 * 0.3 * sparsity + preact_coefficient * preact)
 
     torch.testing.assert_close(f, f_ref.detach())
     for key, value in (("reconstruction", reconstruction), ("sparsity", sparsity), ("preact", preact)):

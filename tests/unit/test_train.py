@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.activations.loading import ActivationData
+from pipeline.coders.base import fired_in_batch
 from pipeline.coders.registry import AnyCoderConfig, build, load
 from pipeline.config import TrackingConfig, TrainConfig
 from pipeline.errors import ConfigError
@@ -53,6 +54,15 @@ def test_dead_features_are_counted_over_the_trailing_window():
     tracker.update(torch.tensor([[0.0, 1.0, 0.0]] * 10))
     assert tracker.dead_fraction(window=100) == (pytest.approx(1 / 3), 20)  # short run: all its tokens
     assert tracker.dead_fraction(window=10) == (pytest.approx(2 / 3), 10)
+
+
+def test_a_latent_fired_in_a_batch_when_some_row_activates_it_in_each_arm_of_a_stack():
+    f = torch.tensor([[0.0, -1.0, 2.0, 0.0], [0.0, -3.0, 0.0, 1e-30]])  # zeros, negatives, one positive, a tiny one
+    assert fired_in_batch(f).tolist() == [False, False, True, True]
+    stack = torch.stack([f, -f])  # [arms, rows, N]
+    assert fired_in_batch(stack).tolist() == [[False, False, True, True], [False, True, False, False]]
+    assert fired_in_batch(f.bfloat16()).tolist() == [False, False, True, True]  # bfloat16 keeps float32's range
+    assert fired_in_batch(f.half()).tolist() == [False, False, True, False]  # float16 rounds 1e-30 to 0
 
 
 def test_a_perfect_reconstruction_has_zero_fvu_and_mse():
