@@ -98,27 +98,36 @@ def _on_gpu(fn):
     return _compiled[fn]
 
 
-def _by_pieces(fn, row_args: tuple, rest: tuple) -> list:
+def _by_pieces(fn, row_args: tuple, rest: tuple) -> tuple:
     """`fn` over pieces of about `PIECE` entries (whole rows) of the [..., rows, N] tensors `row_args`, with `rest`
-    whole."""
+    whole: its first output, of the pieces' shape, put together as each piece comes, while that is in the cache
+    (joining them afterwards would read them all from memory again); its other outputs as one tuple per output
+    of the pieces' values."""
     rows = max(1, PIECE * row_args[0].shape[-2] // row_args[0].numel())
-    return [fn(*piece, *rest) for piece in zip(*(a.split(rows, dim=-2) for a in row_args))]
+    whole, others = None, []
+    for start, piece in zip(range(0, row_args[0].shape[-2], rows), zip(*(a.split(rows, dim=-2) for a in row_args))):
+        first, *more = fn(*piece, *rest)
+        if whole is None:
+            whole = first.new_empty(row_args[0].shape)
+        whole[..., start : start + first.shape[-2], :] = first
+        others.append(more)
+    return whole, *zip(*others)
 
 
 def activate(pre, theta, norm, tanh_scale: float, tanh_penalty: bool):
     """`_activate`, fused on a GPU and by pieces of rows on a CPU."""
     if pre.is_cuda:
         return _on_gpu(_activate)(pre, theta, norm, tanh_scale, tanh_penalty)
-    f, sparsity, preact = zip(*_by_pieces(_activate, (pre,), (theta, norm, tanh_scale, tanh_penalty)))
-    return torch.cat(f, -2), torch.cat(sparsity, -1), torch.cat(preact, -1)
+    f, sparsity, preact = _by_pieces(_activate, (pre,), (theta, norm, tanh_scale, tanh_penalty))
+    return f, torch.cat(sparsity, -1), torch.cat(preact, -1)
 
 
 def pre_gradient(g_f, pre, *rest):
     """`_pre_gradient`, fused on a GPU and by pieces of rows on a CPU (the per-feature sums added up)."""
     if pre.is_cuda:
         return _on_gpu(_pre_gradient)(g_f, pre, *rest)
-    g_pre, g_theta, g_norm = zip(*_by_pieces(_pre_gradient, (g_f, pre), rest))
-    return torch.cat(g_pre, -2), sum(g_theta), sum(g_norm)
+    g_pre, g_theta, g_norm = _by_pieces(_pre_gradient, (g_f, pre), rest)
+    return g_pre, sum(g_theta), sum(g_norm)
 
 
 class JumpReluSAELoss(torch.autograd.Function):
