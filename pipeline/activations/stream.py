@@ -27,9 +27,10 @@ from pipeline.activations.arrays import array_means, open_arrays, scale_columns,
 from pipeline.activations.transfer import batch_to_device
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore
 from pipeline.store.schema import training_rows
-from pipeline.store.verify import read_checked
+from pipeline.store.verify import read_checked, stored_checked
 
 THREAD_NAME = "pipeline-prefetch"
 _DONE = object()  # the reader's last item
@@ -258,7 +259,10 @@ def _read_chunks(store, arrays, chunk_rows, chunks, out: queue.Queue, stop: thre
             if stop.is_set():
                 return
             start, stop_row = chunk * chunk_rows, (chunk + 1) * chunk_rows
-            rows = side_by_side([read_checked(store, name, start, stop_row) for name in arrays])
+            stored = [stored_checked(store, name, start, stop_row) for name in arrays]
+            # Joined by numpy: a torch copy would leave this thread OpenMP threads of its own, which slow every
+            # parallel operation of the training thread on a machine of few cores while it lives (store.stats).
+            rows = codecs.decode(stored[0] if len(stored) == 1 else np.concatenate(stored, axis=1), store.dtype)
             if not put((chunk, rows)):
                 return
         put(_DONE)

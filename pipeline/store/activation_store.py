@@ -23,7 +23,7 @@ from pipeline.atomic import create_dir_atomic, text_replacing_after, write_bytes
 from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.schema import check_schema
-from pipeline.store.stats import hook_stats, sum_of_rows, sum_of_squares
+from pipeline.store.stats import hook_stats, shard_sums
 
 RECORDS = "completion"
 
@@ -74,10 +74,6 @@ def checksum(array: np.ndarray) -> str:
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             digests = pool.map(lambda block: hashlib.sha256(block).digest(), blocks)
     return hashlib.sha256(b"".join(digests)).hexdigest()
-
-
-def _sums(rows: torch.Tensor) -> tuple[float, list[float]]:
-    return sum_of_squares(rows), sum_of_rows(rows)
 
 
 def _file_holds(path: Path, expected: np.ndarray) -> bool:
@@ -184,7 +180,7 @@ class ActivationStore:
             raise ValueError(f"shard {shard} of {hook}: {data.shape[0]} rows, expected {stop - start}")
         encoded = self._encoder(f"acts/{hook}")(data).as_numpy_array()
         digest = _HELPERS.submit(checksum, data)
-        stats = _HELPERS.submit(_sums, codecs.decode(data, self.dtype))
+        stats = _HELPERS.submit(shard_sums, data, self.dtype)
         sums[hook] = digest, stats, encoded.nbytes  # the file's size: the read-back check compares every byte
         return encoded
 

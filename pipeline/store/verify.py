@@ -109,6 +109,11 @@ def read_checked(store: ActivationStore, hook: str, start: int, stop: int) -> to
     A shard is checked in full the first time this process reads any of its rows; rows that cover it
     whole are checked as read, without a second read.
     """
+    return codecs.decode(stored_checked(store, hook, start, stop), store.dtype)
+
+
+def stored_checked(store: ActivationStore, hook: str, start: int, stop: int) -> np.ndarray:
+    """`read_checked`'s rows as the store holds them (bfloat16 as its uint16 bits), before they become a tensor."""
     name = f"acts/{hook}"
     stored = store.group[name][start:stop]
     per_shard = store.layout.rows_per_shard
@@ -116,7 +121,7 @@ def read_checked(store: ActivationStore, hook: str, start: int, stop: int) -> to
         first, last = store.layout.rows(shard)
         whole = {name: stored[first - start : last - start]} if first >= start and last <= stop else None
         _check_once(store, name, shard, whole)
-    return codecs.decode(stored, store.dtype)
+    return stored
 
 
 def _check_once(store: ActivationStore, name: str, shard: int, rows: dict | None) -> None:

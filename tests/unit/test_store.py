@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.store import codecs
 from pipeline.store.activation_store import ActivationStore, checksum, open_store
 from pipeline.store.schema import base_attrs, check_reusable, check_trainable, training_rows
+from pipeline.store.stats import shard_sums
 from pipeline.store.verify import data_damage
 
 
@@ -101,6 +104,15 @@ def test_shards_count_only_once_their_record_exists_and_records_hold_checksums(t
     assert record["sum_sq_norm"]["resid_post.1"] == pytest.approx(16 * 8)
     with pytest.raises(RuntimeError, match="not complete"):
         store.finalize()
+
+
+@pytest.mark.parametrize("dtype", list(codecs.DTYPES))
+def test_a_shards_sums_agree_with_float64_sums_of_its_rows_in_every_dtype(dtype):
+    rows = (torch.randn(2500, 48) * 3 + 1).to(codecs.DTYPES[dtype][1])  # three chunks of rows, the last short
+    exact = rows.double()
+    sum_sq, row_sum = shard_sums(codecs.encode(rows, dtype), dtype)
+    assert sum_sq == pytest.approx(exact.pow(2).sum().item(), rel=1e-6)
+    np.testing.assert_allclose(row_sum, exact.sum(0).numpy(), rtol=1e-6, atol=1e-6 * exact.abs().sum(0).max().item())
 
 
 def test_finalize_records_each_hooks_mean_and_mean_to_spread_ratio(tmp_path):
@@ -272,3 +284,41 @@ def test_the_read_back_check_finds_a_changed_missing_or_extra_byte(tmp_path):
     for data, holds in ((expected, True), (changed, False), (expected[:-1], False), (np.append(expected, 0), False)):
         data.tofile(path)
         assert _file_holds(path, expected) is holds
+
+
+# In a child process, with torch's two threads whatever the machine: counts the threads the OS runs that are not
+# Python's, which are OpenMP's, before and after a store writes shards big enough for parallel operations.
+OPENMP_THREADS = """
+import os, sys, threading
+from pathlib import Path
+import torch
+from pipeline.store.activation_store import ActivationStore
+from pipeline.store.schema import base_attrs
+
+torch.set_num_threads(2)
+torch.ones(1 << 22).sum()  # the main thread's own OpenMP threads start here
+def openmp_threads():
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+before = openmp_threads()
+layout = {"n_contexts": 8, "context_len": 513, "rows_per_context": 512, "contexts_per_shard": 4, "drop_bos": True}
+attrs = base_attrs(
+    model={"name": "m", "revision": "main", "dtype": "float32", "n_layers": 2, "d_model": 64, "has_lm_head": False},
+    dataset={"source": "stdlib", "name": "x", "subset": "", "split": "train", "seed": 0, "context_len": 513,
+             "paths": []},
+    hooks=["resid_post.1"], layout=layout, codec={"dtype": "float16", "codec": "none", "contexts_per_chunk": 2},
+)
+store = ActivationStore.create(Path(sys.argv[1]) / "s.zarr", attrs, 64)
+for shard in range(store.layout.n_shards):
+    store.write_shard(shard, {"resid_post.1": torch.randn(store.layout.rows_per_shard, 64)})
+print(before, openmp_threads())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_writing_shards_starts_no_openmp_threads_of_its_own(tmp_path):
+    # A thread the store keeps that ran torch's parallel operations would keep OpenMP threads of its own: on a
+    # machine of few cores they slow every parallel torch operation of the process after it (see store.stats).
+    out = subprocess.run([sys.executable, "-c", OPENMP_THREADS, str(tmp_path)], capture_output=True, text=True)
+    before, after = map(int, out.stdout.split())
+    assert after == before
