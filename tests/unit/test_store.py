@@ -106,8 +106,13 @@ def test_shards_count_only_once_their_record_exists_and_records_hold_checksums(t
         store.finalize()
 
 
+@pytest.mark.parametrize("parts", [1, 3])
 @pytest.mark.parametrize("dtype", list(codecs.DTYPES))
-def test_a_shards_sums_agree_with_float64_sums_of_its_rows_in_every_dtype(dtype):
+def test_a_shards_sums_agree_with_float64_sums_of_its_rows_in_every_dtype(dtype, parts, monkeypatch):
+    from pipeline.store import stats
+
+    monkeypatch.setattr(stats, "_PARALLEL_BYTES", 0 if parts > 1 else stats._PARALLEL_BYTES)
+    monkeypatch.setattr(stats.os, "cpu_count", lambda: parts)
     rows = (torch.randn(2500, 48) * 3 + 1).to(codecs.DTYPES[dtype][1])  # three chunks of rows, the last short
     exact = rows.double()
     sum_sq, row_sum = shard_sums(codecs.encode(rows, dtype), dtype)
