@@ -6,7 +6,7 @@ about a dozen times (bias, ReLU, penalty product, penalty sum, and their gradien
 
 - the encoder's bias and ReLU run inside its matrix product (`torch._addmm_activation`);
 - the decoder's product also yields each row's penalty sum_i f_i ||W_dec[:, i]||, from an extra
-  column of norms appended to W_dec^T;
+  row of norms appended to W_dec;
 - backward, the penalty's gradient n_i * lambda / rows enters the product g_x_hat W_dec as one more
   column, a column of ones gives the encoder bias gradient inside the encoder weight gradient, and
   a row of ones gives each feature's total activation inside the decoder weight gradient.
@@ -24,16 +24,21 @@ import torch
 _ALIGN = 8  # tensor cores want inner dimensions that are multiples of 8
 
 
-def with_column(mat: torch.Tensor, column: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
-    """[mat | column | zeros] in `dtype`: one extra column, padded to a multiple of 8 columns, in one copy.
+def with_column(mat: torch.Tensor, column: torch.Tensor | float, dtype: torch.dtype, dim: int = -1) -> torch.Tensor:
+    """[mat | column | zeros] in `dtype`: one extra column, padded to a multiple of 8 columns, in one copy; with
+    `dim=-2`, one extra row the same way.
 
-    `mat` may be stacked ([arms, rows, cols]); `column` broadcasts against [..., rows].
+    `mat` may be stacked ([arms, rows, cols]); `column` broadcasts against the other axis ([..., rows], or for a
+    row [..., cols]).
     """
-    *lead, rows, cols = mat.shape
-    out = mat.new_empty(*lead, rows, -(-(cols + 1) // _ALIGN) * _ALIGN, dtype=dtype)
-    out[..., :cols] = mat
-    out[..., cols] = column
-    out[..., cols + 1 :] = 0
+    size = mat.shape[dim]
+    shape = list(mat.shape)
+    shape[dim] = -(-(size + 1) // _ALIGN) * _ALIGN
+    out = mat.new_empty(shape, dtype=dtype)
+    grown = out.movedim(dim, -1)  # a view with the grown axis last
+    grown[..., :size] = mat.movedim(dim, -1)
+    grown[..., size] = column
+    grown[..., size + 1 :] = 0
     return out
 
 
@@ -87,8 +92,8 @@ class ReluSAELoss(torch.autograd.Function):
         d = x.shape[1]
         norm = w_dec.norm(dim=-2)
         f = encode(x.to(dtype), w_enc.to(dtype), b_enc.to(dtype), relu=True)
-        dec = with_column(w_dec.mT, norm, dtype)
-        out = (f @ dec).float()
+        dec = with_column(w_dec, norm, dtype, dim=-2)  # [..., d + 8, N]: W_dec's own layout, no transposed copy
+        out = (f @ dec.mT).float()
         err = out[..., :d] + b_dec.unsqueeze(-2) - x
         ctx.save_for_backward(x, f, err, dec, w_dec, norm)
         ctx.mark_non_differentiable(f)
@@ -104,7 +109,7 @@ class ReluSAELoss(torch.autograd.Function):
         dtype = f.dtype
         g_x_hat = err * per_arm(2 * g_reconstruction / rows)
         g_norm_term = g_sparsity / rows
-        g_f = with_column(g_x_hat, g_norm_term[..., None], dtype) @ dec.mT
+        g_f = with_column(g_x_hat, g_norm_term[..., None], dtype) @ dec
         g_pre = torch.ops.aten.threshold_backward(g_f, f, 0.0)
         g_enc = g_pre.mT @ with_column(x, 1.0, dtype)
         g_dec = with_column(g_x_hat, 1.0, dtype).mT @ f
