@@ -19,8 +19,8 @@ def faults():
 
 mapped = faults()
 keep_freed_blocks()
-faults(), faults()  # the heap grows to hold the block (at the second block in a row, here)
-print(mapped, faults())
+# The heap grows until its freed blocks, joined, hold one block with torch's alignment: one to three rounds.
+print(mapped, [faults() for _ in range(8)][-1])
 """
 
 
